@@ -1,0 +1,249 @@
+//! Probing the TLS material and secret files the config points at.
+//!
+//! Shared by `check` and daemon start-up: every CA, certificate, key and password file must be
+//! readable and parse, the key must match the certificate, and the certificate must be valid now
+//! (a warning when it expires within 30 days). Each problem becomes a [`Finding`] on the config key
+//! that names the file. Key and password contents are never copied into a finding.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::{BrokerConfig, Finding};
+use crate::identity::leaf_der;
+
+/// A certificate that expires sooner than this gets a warning.
+const RENEW_WARNING_S: i64 = 30 * 24 * 3600;
+
+/// Probes `broker.tls` and `broker.password_file` at Unix time `now_s`.
+pub fn probe(broker: &BrokerConfig, now_s: i64) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let tls = &broker.tls;
+    if let Some(path) = &tls.ca_file {
+        probe_ca("broker.tls.ca_file", path, now_s, &mut findings);
+    }
+    let cert = tls
+        .cert_file
+        .as_deref()
+        .and_then(|path| probe_cert("broker.tls.cert_file", path, now_s, &mut findings));
+    if let Some(path) = &tls.key_file {
+        let key = probe_key("broker.tls.key_file", path, &mut findings);
+        if let (Some(cert), Some(key)) = (cert, key) {
+            match cert.public_key() {
+                Ok(public) if public.public_eq(&key) => {}
+                Ok(_) => findings.push(Finding::error(
+                    "broker.tls.key_file",
+                    format!(
+                        "{} does not match the certificate in broker.tls.cert_file; expected the \
+                         private key the certificate was issued for",
+                        path.display()
+                    ),
+                )),
+                Err(err) => findings.push(Finding::error(
+                    "broker.tls.cert_file",
+                    format!("cannot read the certificate's public key: {err}"),
+                )),
+            }
+        }
+    }
+    if let Some(path) = &broker.password_file {
+        if let Some(bytes) = read_file("broker.password_file", path, &mut findings) {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                findings.push(Finding::error(
+                    "broker.password_file",
+                    format!(
+                        "expected a password in {}, found an empty file",
+                        path.display()
+                    ),
+                ));
+            }
+            warn_if_world_readable("broker.password_file", path, &mut findings);
+        }
+    }
+    findings
+}
+
+fn read_file(key: &str, path: &Path, findings: &mut Vec<Finding>) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            let hint = match err.kind() {
+                ErrorKind::PermissionDenied => {
+                    "; the service runs as user fieldagent: give group fieldagent read access"
+                }
+                ErrorKind::NotFound => "; check the path",
+                _ => "",
+            };
+            findings.push(Finding::error(
+                key,
+                format!("cannot read {}: {err}{hint}", path.display()),
+            ));
+            None
+        }
+    }
+}
+
+fn warn_if_world_readable(key: &str, path: &Path, findings: &mut Vec<Finding>) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            findings.push(Finding::warning(
+                key,
+                format!(
+                    "{} is readable by every user; expected mode 0640 or stricter",
+                    path.display()
+                ),
+            ));
+        }
+    }
+}
+
+fn probe_ca(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) {
+    let Some(bytes) = read_file(key, path, findings) else {
+        return;
+    };
+    let certs = match X509::stack_from_pem(&bytes) {
+        Ok(certs) if !certs.is_empty() => certs,
+        Ok(_) => {
+            findings.push(Finding::error(
+                key,
+                format!(
+                    "expected PEM CA certificates in {}, found none",
+                    path.display()
+                ),
+            ));
+            return;
+        }
+        Err(err) => {
+            findings.push(Finding::error(
+                key,
+                format!("{} is not a PEM certificate file: {err}", path.display()),
+            ));
+            return;
+        }
+    };
+    for cert in certs {
+        if let Ok(der) = cert.to_der() {
+            check_validity(key, path, &der, now_s, "CA certificate", findings);
+        }
+    }
+}
+
+/// Returns the leaf certificate for the key match.
+fn probe_cert(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) -> Option<X509> {
+    let bytes = read_file(key, path, findings)?;
+    let der = match leaf_der(&bytes) {
+        Ok(der) => der,
+        Err(reason) => {
+            findings.push(Finding::error(key, format!("{}: {reason}", path.display())));
+            return None;
+        }
+    };
+    if !check_validity(key, path, &der, now_s, "certificate", findings) {
+        return None;
+    }
+    match X509::from_der(&der) {
+        Ok(cert) => Some(cert),
+        Err(err) => {
+            findings.push(Finding::error(
+                key,
+                format!("{}: not an X.509 certificate: {err}", path.display()),
+            ));
+            None
+        }
+    }
+}
+
+/// Checks the validity period; false when the certificate does not parse at all.
+fn check_validity(
+    key: &str,
+    path: &Path,
+    der: &[u8],
+    now_s: i64,
+    what: &str,
+    findings: &mut Vec<Finding>,
+) -> bool {
+    let cert = match X509Certificate::from_der(der) {
+        Ok((_, cert)) => cert,
+        Err(err) => {
+            findings.push(Finding::error(
+                key,
+                format!("{}: not an X.509 certificate: {err}", path.display()),
+            ));
+            return false;
+        }
+    };
+    let subject = cert.subject().to_string();
+    let validity = cert.validity();
+    let not_after = validity.not_after.timestamp();
+    let not_before = validity.not_before.timestamp();
+    if not_after < now_s {
+        findings.push(Finding::error(
+            key,
+            format!(
+                "{what} {subject} in {} expired on {}; renew it",
+                path.display(),
+                validity.not_after
+            ),
+        ));
+    } else if not_after - now_s < RENEW_WARNING_S {
+        findings.push(Finding::warning(
+            key,
+            format!(
+                "{what} {subject} in {} expires in {} days ({}); renew it soon",
+                path.display(),
+                (not_after - now_s) / 86_400,
+                validity.not_after
+            ),
+        ));
+    }
+    if not_before > now_s {
+        findings.push(Finding::warning(
+            key,
+            format!(
+                "{what} {subject} in {} is not valid before {}; is the clock set (NTP, RTC)?",
+                path.display(),
+                validity.not_before
+            ),
+        ));
+    }
+    true
+}
+
+fn probe_key(key: &str, path: &Path, findings: &mut Vec<Finding>) -> Option<PKey<Private>> {
+    let bytes = read_file(key, path, findings)?;
+    warn_if_world_readable(key, path, findings);
+    let parsed = if bytes.starts_with(b"-----") || bytes.contains(&b'-') {
+        if bytes.windows(9).any(|w| w == b"ENCRYPTED") {
+            findings.push(Finding::error(
+                key,
+                format!(
+                    "{} is an encrypted private key; expected an unencrypted one (protect it \
+                     with file permissions instead)",
+                    path.display()
+                ),
+            ));
+            return None;
+        }
+        PKey::private_key_from_pem(&bytes)
+    } else {
+        PKey::private_key_from_der(&bytes)
+    };
+    match parsed {
+        Ok(pkey) => Some(pkey),
+        Err(_) => {
+            // The OpenSSL error stack may quote the input; say only what kind of file it is not.
+            findings.push(Finding::error(
+                key,
+                format!(
+                    "{} is not a private key (expected PEM or DER, PKCS#8, PKCS#1 or SEC1)",
+                    path.display()
+                ),
+            ));
+            None
+        }
+    }
+}

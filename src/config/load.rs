@@ -1,0 +1,529 @@
+//! YAML text to [`Config`], with a key path, line and column on every problem.
+//!
+//! serde stops at the first error it meets, so each top-level section and each list entry is
+//! deserialized on its own: a broken sensor does not hide a broken alert. The key path of a serde
+//! error comes from `serde_path_to_error`; its line and column come from a [`Positions`] index built
+//! from the YAML event stream, since serde_yaml forgets positions once the text is a `Value`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+use super::finding::{Finding, Findings};
+use super::validate::{validate, ValidConfig};
+use super::{
+    ActuatorConfig, AlertConfig, Config, IdentityConfig, LogConfig, SensorConfig, SparkplugConfig,
+    TelemetryConfig, TopicsConfig,
+};
+
+/// Why a config cannot be used. Every variant is a config error (exit 78).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read, but has at least one error-level finding.
+    #[error("{0}")]
+    Invalid(Findings),
+}
+
+const SECTIONS: &[&str] = &[
+    "broker",
+    "identity",
+    "topics",
+    "state_dir",
+    "sysfs_root",
+    "telemetry",
+    "sensors",
+    "alerts",
+    "actuators",
+    "sparkplug",
+    "log",
+];
+
+/// Reads, parses and validates the config at `path`. Warnings and notes come back with the valid
+/// config; any error refuses it.
+pub fn load(path: &Path) -> Result<(ValidConfig, Findings), ConfigError> {
+    let (config, findings) = inspect(path)?;
+    match config {
+        Some(config) if !findings.has_errors() => Ok((config, findings)),
+        _ => Err(ConfigError::Invalid(findings)),
+    }
+}
+
+/// As [`load`], for text already in memory; `path` only names the file in findings.
+pub fn load_str(text: &str, path: &Path) -> Result<(ValidConfig, Findings), ConfigError> {
+    match inspect_str(text, path) {
+        (Some(config), findings) if !findings.has_errors() => Ok((config, findings)),
+        (_, findings) => Err(ConfigError::Invalid(findings)),
+    }
+}
+
+/// For `check`: reads and parses the file and returns every finding together with whatever
+/// parsed, even when findings contain errors, so certificates and sensors can still be probed.
+/// The config is `None` only when the file is not YAML or not a mapping.
+pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(inspect_str(&text, path))
+}
+
+fn inspect_str(text: &str, path: &Path) -> (Option<ValidConfig>, Findings) {
+    let mut findings = Findings {
+        file: path.to_owned(),
+        items: Vec::new(),
+    };
+    let positions = match Positions::index(text) {
+        Ok(positions) => positions,
+        Err(finding) => {
+            findings.items.push(finding);
+            return (None, findings);
+        }
+    };
+    let parsed = parse(text, &mut findings.items);
+    let valid = parsed
+        .and_then(|(config, partial)| validate(config, &partial, &mut findings.items))
+        .map(|valid| valid.with_positions(positions));
+    if let Some(valid) = &valid {
+        valid.locate(&mut findings.items);
+    }
+    // File order reads best; findings without a position (none so far) go last.
+    findings
+        .items
+        .sort_by_key(|f| f.position.unwrap_or((usize::MAX, 0)));
+    (valid, findings)
+}
+
+/// What validation needs to know about entries that failed to parse: it reports nothing more
+/// about them, and keeps naming list entries by their index in the file.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    /// Names of sensors whose entry did not parse; references to them are not reported.
+    pub sensor_names: Vec<String>,
+    /// The file index of each parsed entry of `sensors`, `alerts`, `actuators`.
+    pub sensor_index: Vec<usize>,
+    pub alert_index: Vec<usize>,
+    pub actuator_index: Vec<usize>,
+    /// The broker section did not parse; its defaults stand in and are not checked.
+    pub broker_failed: bool,
+}
+
+fn parse(text: &str, findings: &mut Vec<Finding>) -> Option<(Config, Partial)> {
+    let document: Value = match serde_yaml::from_str(text) {
+        Ok(document) => document,
+        Err(err) => {
+            let mut finding =
+                Finding::error("", format!("not valid YAML: {}", strip_location(&err)));
+            finding.position = err.location().map(|l| (l.line(), l.column()));
+            findings.push(finding);
+            return None;
+        }
+    };
+    let mapping = match document {
+        Value::Mapping(mapping) => mapping,
+        Value::Null => {
+            findings.push(Finding::error(
+                "",
+                "expected a mapping with at least broker.urls, found an empty file",
+            ));
+            return None;
+        }
+        other => {
+            findings.push(Finding::error(
+                "",
+                format!("expected a mapping of sections, found {}", describe(&other)),
+            ));
+            return None;
+        }
+    };
+
+    let mut partial = Partial::default();
+    let mut config = Config {
+        broker: serde_yaml::from_value(Value::Mapping(Default::default()))
+            .expect("every broker key has a default"),
+        identity: IdentityConfig::default(),
+        topics: TopicsConfig::default(),
+        state_dir: super::default_state_dir(),
+        sysfs_root: super::default_sysfs_root(),
+        telemetry: TelemetryConfig::default(),
+        sensors: Vec::new(),
+        alerts: Vec::new(),
+        actuators: Vec::new(),
+        sparkplug: None,
+        log: LogConfig::default(),
+    };
+    for (key, value) in mapping {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            findings.push(Finding::error(
+                "",
+                format!("expected section names as keys, found {}", describe(&key)),
+            ));
+            continue;
+        };
+        match key.as_str() {
+            "broker" => match section(value, &key, findings) {
+                Some(broker) => config.broker = broker,
+                None => partial.broker_failed = true,
+            },
+            "identity" => set(
+                &mut config.identity,
+                section::<IdentityConfig>(value, &key, findings),
+            ),
+            "topics" => set(
+                &mut config.topics,
+                section::<TopicsConfig>(value, &key, findings),
+            ),
+            "state_dir" => set(&mut config.state_dir, section(value, &key, findings)),
+            "sysfs_root" => set(&mut config.sysfs_root, section(value, &key, findings)),
+            "telemetry" => set(&mut config.telemetry, section(value, &key, findings)),
+            "sensors" => {
+                let parsed = list::<SensorConfig>(value, &key, findings, |item| {
+                    if let Some(name) = item.get("name").and_then(Value::as_str) {
+                        partial.sensor_names.push(name.to_owned());
+                    }
+                });
+                (partial.sensor_index, config.sensors) = parsed.into_iter().unzip();
+            }
+            "alerts" => {
+                let parsed = list::<AlertConfig>(value, &key, findings, |_| {});
+                (partial.alert_index, config.alerts) = parsed.into_iter().unzip();
+            }
+            "actuators" => {
+                let parsed = list::<ActuatorConfig>(value, &key, findings, |_| {});
+                (partial.actuator_index, config.actuators) = parsed.into_iter().unzip();
+            }
+            "sparkplug" => {
+                config.sparkplug = section::<Option<SparkplugConfig>>(value, &key, findings)?
+            }
+            "log" => set(&mut config.log, section(value, &key, findings)),
+            _ => findings.push(Finding::error(
+                key.as_str(),
+                format!("unknown key; expected one of {}", SECTIONS.join(", ")),
+            )),
+        }
+    }
+    Some((config, partial))
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// Deserializes one section, reporting a failure as a finding under `prefix`.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    findings: &mut Vec<Finding>,
+) -> Option<T> {
+    deserialize(value, prefix, findings).ok()
+}
+
+/// Deserializes a list entry by entry, so every broken entry is reported. Returns each parsed
+/// entry with its index in the file; `on_failure` sees the raw entry that did not parse.
+fn list<T: DeserializeOwned>(
+    value: Value,
+    prefix: &str,
+    findings: &mut Vec<Finding>,
+    mut on_failure: impl FnMut(&Value),
+) -> Vec<(usize, T)> {
+    let items = match value {
+        Value::Sequence(items) => items,
+        Value::Null => return Vec::new(),
+        other => {
+            findings.push(Finding::error(
+                prefix,
+                format!("expected a list, found {}", describe(&other)),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut parsed = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match deserialize(item, &format!("{prefix}[{index}]"), findings) {
+            Ok(entry) => parsed.push((index, entry)),
+            Err(item) => on_failure(&item),
+        }
+    }
+    parsed
+}
+
+/// Deserializes `value`, reporting failures under `prefix`. An unknown key is reported, removed
+/// and the value tried again, so one typo does not hide the rest of its section. Any other
+/// failure gives the value back.
+fn deserialize<T: DeserializeOwned>(
+    mut value: Value,
+    prefix: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<T, Value> {
+    // Bounded: each retry removes one key, and a config has few.
+    for _ in 0..64 {
+        let err = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(parsed) => return Ok(parsed),
+            Err(err) => err,
+        };
+        findings.push(serde_finding(prefix, &err));
+        if !err.inner().to_string().starts_with("unknown field `")
+            || !remove_at(&mut value, err.path())
+        {
+            return Err(value);
+        }
+    }
+    Err(value)
+}
+
+/// Removes the key that `path` ends in; false when the path does not lead to a mapping key.
+fn remove_at(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    let segments: Vec<&serde_path_to_error::Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        node = match (segment, node) {
+            (serde_path_to_error::Segment::Map { key }, Value::Mapping(map)) => {
+                match map.get_mut(key.as_str()) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            (serde_path_to_error::Segment::Seq { index }, Value::Sequence(items)) => {
+                match items.get_mut(*index) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (serde_path_to_error::Segment::Map { key }, Value::Mapping(map)) => {
+            map.remove(key.as_str()).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Turns a serde error into a finding with the full key path and a message in the house form
+/// "expected X, found Y".
+fn serde_finding(prefix: &str, err: &serde_path_to_error::Error<serde_yaml::Error>) -> Finding {
+    let mut key = prefix.to_owned();
+    for segment in err.path().iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            serde_path_to_error::Segment::Map { key: name } => {
+                key.push('.');
+                key.push_str(name);
+            }
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    let raw = strip_location(err.inner());
+    let message = if let Some(rest) = raw.strip_prefix("unknown field `") {
+        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        if !key.ends_with(&format!(".{name}")) {
+            key.push('.');
+            key.push_str(name);
+        }
+        let expected = expected
+            .trim_start_matches(", expected ")
+            .trim_start_matches("one of ")
+            .replace('`', "");
+        if expected.is_empty() {
+            "unknown key".to_owned()
+        } else {
+            format!("unknown key; expected one of {expected}")
+        }
+    } else if let Some(rest) = raw.strip_prefix("missing field `") {
+        let name = rest.trim_end_matches('`');
+        format!("missing required key `{name}`")
+    } else if let Some(rest) = raw.strip_prefix("unknown variant `") {
+        let (found, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected = expected
+            .trim_start_matches(", expected ")
+            .trim_start_matches("one of ")
+            .replace('`', "");
+        format!("expected one of {expected}, found \"{found}\"")
+    } else if let Some((found, expected)) = raw
+        .strip_prefix("invalid type: ")
+        .or_else(|| raw.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        format!("expected {expected}, found {found}")
+    } else {
+        raw
+    };
+    Finding::error(key, message)
+}
+
+/// serde_yaml appends " at line L column C" to some messages; positions are reported separately.
+fn strip_location(err: &serde_yaml::Error) -> String {
+    let text = err.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".to_owned(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string \"{s}\""),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(tagged) => format!("tagged value {}", tagged.tag),
+    }
+}
+
+/// Line and column of every key and list entry, by key path.
+#[derive(Debug, Default)]
+pub(crate) struct Positions {
+    by_path: HashMap<String, (usize, usize)>,
+}
+
+impl Positions {
+    /// Builds the index, or returns the YAML syntax error as a finding.
+    pub fn index(text: &str) -> Result<Positions, Finding> {
+        let mut indexer = Indexer::default();
+        let mut parser = Parser::new_from_str(text);
+        match parser.load(&mut indexer, false) {
+            Ok(()) => Ok(Positions {
+                by_path: indexer.by_path,
+            }),
+            Err(err) => {
+                let mut finding = Finding::error("", format!("not valid YAML: {}", err.info()));
+                finding.position = Some((err.marker().line(), err.marker().col() + 1));
+                Err(finding)
+            }
+        }
+    }
+
+    /// The position of `key`, or of its nearest ancestor that is in the file (a missing key is
+    /// reported where its parent stands).
+    pub fn find(&self, key: &str) -> Option<(usize, usize)> {
+        let mut key = key;
+        loop {
+            if let Some(position) = self.by_path.get(key) {
+                return Some(*position);
+            }
+            let cut = key.rfind(['.', '['])?;
+            key = &key[..cut];
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Frame {
+    Map {
+        path: String,
+        expecting_key: bool,
+        key: String,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Indexer {
+    stack: Vec<Frame>,
+    by_path: HashMap<String, (usize, usize)>,
+}
+
+impl Indexer {
+    /// Called for every node; returns the path of that node and records its position.
+    fn enter_node(&mut self, scalar: Option<&str>, mark: Marker) -> String {
+        let position = (mark.line(), mark.col() + 1);
+        match self.stack.last_mut() {
+            None => String::new(),
+            Some(Frame::Map {
+                path,
+                expecting_key,
+                key,
+            }) => {
+                if *expecting_key {
+                    *expecting_key = false;
+                    *key = scalar.unwrap_or("?").to_owned();
+                    let child = join(path, key);
+                    self.by_path.insert(child.clone(), position);
+                    child
+                } else {
+                    *expecting_key = true;
+                    join(path, key)
+                }
+            }
+            Some(Frame::Seq { path, index }) => {
+                let child = format!("{path}[{index}]");
+                *index += 1;
+                self.by_path.insert(child.clone(), position);
+                child
+            }
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl MarkedEventReceiver for Indexer {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::Scalar(value, ..) => {
+                self.enter_node(Some(&value), mark);
+            }
+            Event::Alias(_) => {
+                self.enter_node(None, mark);
+            }
+            Event::MappingStart(..) => {
+                let path = self.enter_node(None, mark);
+                self.stack.push(Frame::Map {
+                    path,
+                    expecting_key: true,
+                    key: String::new(),
+                });
+            }
+            Event::SequenceStart(..) => {
+                let path = self.enter_node(None, mark);
+                self.stack.push(Frame::Seq { path, index: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_name_keys_and_list_entries() {
+        let text = "broker:\n  urls: [\"mqtts://a:8883\"]\nsensors:\n  - name: a\n    file: /x\n  - { name: b, i2c: { bus: 1, address: 0x90 } }\n";
+        let positions = Positions::index(text).unwrap();
+        assert_eq!(positions.find("broker.urls"), Some((2, 3)));
+        assert_eq!(positions.find("sensors[0].file"), Some((5, 5)));
+        assert_eq!(positions.find("sensors[1].i2c.address"), Some((6, 31)));
+        // A missing key is placed at its parent.
+        assert_eq!(positions.find("sensors[1].i2c.chip"), Some((6, 16)));
+    }
+}

@@ -1,0 +1,579 @@
+//! The config file: typed structs, loading and validation.
+//!
+//! `load` turns YAML into these structs and remembers where every key stood, so each finding can
+//! name the line and column. `validate` checks the parsed structure without touching the file
+//! system and returns every finding at once. Probing what the config points at (certificates,
+//! sensors) is not done here: see `crate::certs` and `crate::sensors`.
+//!
+//! The structs mirror the YAML keys exactly; every field has the default the SPEC gives. Only this
+//! module names `serde_yaml`.
+
+mod finding;
+mod load;
+mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use finding::{Finding, Findings, Severity};
+pub use load::{inspect, load, load_str, ConfigError};
+pub use validate::{validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig};
+
+/// Where the daemon and the offline commands look for the config when neither `--config` nor
+/// `FIELDAGENT_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/fieldagent/config.yaml";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The only section without a full default: `broker.urls` is required.
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Persistence of in-flight and buffered messages and of command dedupe.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Root for hwmon, thermal, IIO, serial and MAC lookups; tests point it at a fake tree.
+    #[serde(default = "default_sysfs_root")]
+    pub sysfs_root: PathBuf,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub sensors: Vec<SensorConfig>,
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
+    /// The allow-list of things a remote command may change.
+    #[serde(default)]
+    pub actuators: Vec<ActuatorConfig>,
+    /// Sparkplug B edge node mode instead of the plain topics, when present.
+    #[serde(default)]
+    pub sparkplug: Option<SparkplugConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fieldagent")
+}
+
+fn default_sysfs_root() -> PathBuf {
+    PathBuf::from("/sys")
+}
+
+/// `broker:` — how to reach the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Tried in order, so a dead first broker fails over to the next. Required: validation
+    /// refuses an empty list.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Plain `mqtt://` is refused unless this is true.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    /// A connect attempt (TCP + TLS + CONNACK) that takes longer is abandoned.
+    #[serde(default = "default_connect_timeout_s")]
+    pub connect_timeout_s: u64,
+    /// False keeps a persistent session (v5: clean_start false + session_expiry_s).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT 5 only: how long the broker keeps the session while the device is away.
+    #[serde(default = "default_session_expiry_s")]
+    pub session_expiry_s: u64,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Read at connect time; its contents never reach a log.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub reconnect: ReconnectConfig,
+    /// Bound of the offline buffer kept on disk in `state_dir`.
+    #[serde(default = "default_max_queued_messages")]
+    pub max_queued_messages: u64,
+}
+
+fn default_keepalive_s() -> u64 {
+    60
+}
+fn default_connect_timeout_s() -> u64 {
+    10
+}
+fn default_session_expiry_s() -> u64 {
+    86_400
+}
+fn default_max_queued_messages() -> u64 {
+    10_000
+}
+
+impl BrokerConfig {
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_s)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_s)
+    }
+}
+
+/// MQTT protocol version. Accepts `"3.1.1"`, `"5"` or the number `5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(f64),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text,
+            Raw::Number(number) => number.to_string(),
+        };
+        match text.as_str() {
+            "3.1.1" => Ok(Protocol::V311),
+            "5" | "5.0" => Ok(Protocol::V5),
+            other => Err(serde::de::Error::custom(format!(
+                "expected \"3.1.1\" or \"5\", found \"{other}\""
+            ))),
+        }
+    }
+}
+
+/// `broker.tls:` — mutual TLS material and policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Required for `mqtts://` and `ssl://` URLs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The provisioning certificate; its subject CN is the first identity source.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            min_version: TlsVersion::default(),
+            verify_hostname: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The lowest TLS version the agent accepts; nothing below 1.2 exists here on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `broker.reconnect:` — exponential backoff with random jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectConfig {
+    #[serde(default = "default_initial_s")]
+    pub initial_s: f64,
+    #[serde(default = "default_max_s")]
+    pub max_s: f64,
+    /// Fraction of each delay drawn at random, 0..=1, so a fleet does not reconnect in lockstep.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            initial_s: default_initial_s(),
+            max_s: default_max_s(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+fn default_initial_s() -> f64 {
+    1.0
+}
+fn default_max_s() -> f64 {
+    120.0
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+
+/// `identity:` — where the MQTT client ID comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `auto`, or a literal client ID.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// The order `auto` tries.
+    #[serde(default = "default_identity_sources")]
+    pub sources: Vec<IdentitySource>,
+    /// For the `mac` source; else the first non-loopback interface by name.
+    #[serde(default)]
+    pub mac_interface: Option<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            client_id: default_client_id(),
+            sources: default_identity_sources(),
+            mac_interface: None,
+        }
+    }
+}
+
+fn default_client_id() -> String {
+    "auto".to_owned()
+}
+
+fn default_identity_sources() -> Vec<IdentitySource> {
+    vec![
+        IdentitySource::CertificateCn,
+        IdentitySource::Serial,
+        IdentitySource::Mac,
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    CertificateCn,
+    Serial,
+    Mac,
+}
+
+/// `topics:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            prefix: default_prefix(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "devices/{client_id}".to_owned()
+}
+
+/// `telemetry:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Seconds between two sampling passes; fractions are allowed.
+    #[serde(default = "default_interval_s")]
+    pub interval_s: f64,
+    #[serde(default)]
+    pub qos: u8,
+    /// How many telemetry messages to keep while offline; 0 drops them (counted).
+    #[serde(default)]
+    pub buffer_while_offline: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            interval_s: default_interval_s(),
+            qos: 0,
+            buffer_while_offline: 0,
+        }
+    }
+}
+
+fn default_interval_s() -> f64 {
+    10.0
+}
+
+/// One entry of `sensors:`. Exactly one source key is set; validation turns it into
+/// [`SensorSource`]. The source keys are plain options (not a serde enum) so that unknown keys
+/// stay errors and a missing or doubled source gets a message of our own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    pub name: String,
+    /// value = reading * scale + offset, after the source's own unit conversion.
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub offset: Option<f64>,
+    /// Overrides the source's own unit in `read` and in metadata.
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub thermal_zone: Option<ThermalZoneConfig>,
+    #[serde(default)]
+    pub hwmon: Option<HwmonConfig>,
+    #[serde(default)]
+    pub iio: Option<IioConfig>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub i2c: Option<I2cConfig>,
+    #[serde(default)]
+    pub system: Option<Vec<SystemMetric>>,
+}
+
+/// A thermal zone, found by the contents of its `type` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThermalZoneConfig {
+    #[serde(rename = "type")]
+    pub zone_type: String,
+}
+
+/// A hwmon input, found by the chip's `name` file (never by hwmonN, which changes across boots).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HwmonConfig {
+    pub chip: String,
+    /// `temp1`, `in0`, `curr1`, `power1`, `humidity1`, `fan1`.
+    pub input: String,
+}
+
+/// An IIO channel, found by the device's `name` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IioConfig {
+    pub device: String,
+    /// e.g. `in_voltage0`, `in_temp`, `in_humidityrelative`.
+    pub channel: String,
+}
+
+/// An I2C chip read directly over `/dev/i2c-N`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2cConfig {
+    pub bus: u32,
+    /// 7-bit address, 0x03..=0x77.
+    pub address: u16,
+    pub chip: I2cChip,
+    /// ads1115: single-ended input 0..=3.
+    #[serde(default)]
+    pub channel: Option<u8>,
+    /// ads1115: full-scale range in volts (the PGA setting).
+    #[serde(default)]
+    pub gain: Option<f64>,
+    /// ads1115: samples per second.
+    #[serde(default)]
+    pub data_rate: Option<u32>,
+    /// raw: the register to read.
+    #[serde(default)]
+    pub register: Option<u8>,
+    /// raw: how many bytes, 1..=4.
+    #[serde(default)]
+    pub length: Option<u8>,
+    #[serde(default)]
+    pub endian: Option<Endian>,
+    #[serde(default)]
+    pub signed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum I2cChip {
+    Tmp102,
+    Lm75,
+    Sht3x,
+    Bme280,
+    Ads1115,
+    Raw,
+}
+
+impl I2cChip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            I2cChip::Tmp102 => "tmp102",
+            I2cChip::Lm75 => "lm75",
+            I2cChip::Sht3x => "sht3x",
+            I2cChip::Bme280 => "bme280",
+            I2cChip::Ads1115 => "ads1115",
+            I2cChip::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endian {
+    #[default]
+    Big,
+    Little,
+}
+
+/// Host metrics, read through sysinfo and statvfs rather than sysfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemMetric {
+    CpuPercent,
+    MemUsedPercent,
+    Load1,
+    Load5,
+    Load15,
+    DiskUsedPercent,
+    UptimeS,
+}
+
+impl SystemMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemMetric::CpuPercent => "cpu_percent",
+            SystemMetric::MemUsedPercent => "mem_used_percent",
+            SystemMetric::Load1 => "load1",
+            SystemMetric::Load5 => "load5",
+            SystemMetric::Load15 => "load15",
+            SystemMetric::DiskUsedPercent => "disk_used_percent",
+            SystemMetric::UptimeS => "uptime_s",
+        }
+    }
+
+    pub fn unit(self) -> Option<&'static str> {
+        match self {
+            SystemMetric::CpuPercent
+            | SystemMetric::MemUsedPercent
+            | SystemMetric::DiskUsedPercent => Some("%"),
+            SystemMetric::UptimeS => Some("s"),
+            SystemMetric::Load1 | SystemMetric::Load5 | SystemMetric::Load15 => None,
+        }
+    }
+}
+
+/// One entry of `alerts:`. Exactly one of `above`, `below`, `equals`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    pub name: String,
+    /// A sensor name, or `name.quantity` for sensors with several quantities.
+    pub sensor: String,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub equals: Option<f64>,
+    /// Hysteresis for `above`.
+    #[serde(default)]
+    pub clear_below: Option<f64>,
+    /// Hysteresis for `below`.
+    #[serde(default)]
+    pub clear_above: Option<f64>,
+    /// How long the condition must hold before raising (and the clear condition before clearing).
+    #[serde(default)]
+    pub for_s: f64,
+    #[serde(default)]
+    pub severity: AlertSeverity,
+    #[serde(default = "default_alert_qos")]
+    pub qos: u8,
+}
+
+fn default_alert_qos() -> u8 {
+    1
+}
+
+/// Alert severity as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSeverity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+/// One entry of `actuators:` — a file a remote command may write one of `values` to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActuatorConfig {
+    pub name: String,
+    pub file: PathBuf,
+    pub values: Vec<String>,
+}
+
+/// `sparkplug:` — Sparkplug B 3.0 edge node settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    pub group_id: String,
+    #[serde(default = "default_edge_node_id")]
+    pub edge_node_id: String,
+    #[serde(default)]
+    pub primary_host_id: Option<String>,
+    /// Per-sensor report-by-exception deadband, in the sensor's unit.
+    #[serde(default)]
+    pub deadband: std::collections::BTreeMap<String, f64>,
+}
+
+fn default_edge_node_id() -> String {
+    "{client_id}".to_owned()
+}
+
+/// `log:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub level: LogLevel,
+    #[serde(default)]
+    pub target: LogTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// `auto` is journald when run by systemd, else stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    #[default]
+    Auto,
+    Journald,
+    Stderr,
+}

@@ -1,0 +1,24 @@
+//! fieldagent: a device agent for industrial Linux boards.
+//!
+//! It reads sensors (sysfs hwmon, thermal zones, IIO, plain files, I2C chips, system metrics) and
+//! turns readings into telemetry and alerts. Everything is a library so tests can drive it;
+//! `main.rs` only parses the command line and maps results to exit codes.
+//!
+//! Layout:
+//! - `cli`: clap definitions of the command line.
+//! - `config`: typed config structs, YAML loading with key paths and positions, validation.
+//! - `certs`: probing the TLS files the config points at.
+//! - `identity`: the client ID from certificate CN, board serial or MAC.
+//! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
+//! - `model`: plain data shared by all, such as `Sample`.
+//! - `offline`: the `check`, `identity` and `read` commands.
+
+#![deny(unsafe_code)]
+
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod model;
+pub mod offline;
+pub mod sensors;

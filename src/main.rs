@@ -1,0 +1,66 @@
+//! Entry point: parse the command line, run one subcommand, map its result to an exit code.
+//! This is the only place that chooses an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use fieldagent::cli::{Cli, Command};
+use fieldagent::offline;
+
+/// sysexits.h EX_CONFIG: the unit file's RestartPreventExitStatus, so systemd does not restart a
+/// broken config in a loop.
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = stdout.lock();
+    let mut err = stderr.lock();
+    let result = match cli.command {
+        Some(Command::Check) => offline::check(&cli.config, &mut out).map(|outcome| {
+            if outcome.errors > 0 {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }),
+        Some(Command::Identity) => {
+            offline::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Read { json }) => {
+            offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
+        }
+        // clap prints the help when no subcommand is given; `run` becomes the default with the
+        // daemon.
+        None => Ok(ExitCode::from(2)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(err, "fieldagent: {}", chain(&error));
+            if error.is_config() {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, as ripgrep prints them.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,209 @@
+//! The commands that work without a broker: `check`, `identity` and `read`.
+//!
+//! Each writes its report to the given writer and returns what `main` needs to pick the exit
+//! code; none of them exits the process.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::config::{self, ConfigError, Finding, Findings, Severity, ValidConfig};
+use crate::identity::{self, IdentityError};
+use crate::model::Sample;
+use crate::sensors::Sensors;
+
+/// Errors of the offline commands. Config and identity errors are config errors (exit 78).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True when the cause is the config or what it points at, which exits 78 (EX_CONFIG).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::Identity(_))
+    }
+}
+
+/// What `check` found.
+#[derive(Debug)]
+pub struct CheckOutcome {
+    pub errors: usize,
+    pub warnings: usize,
+}
+
+/// `fieldagent check`: every finding about the config, its certificates, the identity and one read
+/// of every sensor. Sensor failures are warnings: the agent runs and reports them.
+pub fn check(path: &Path, out: &mut dyn Write) -> Result<CheckOutcome, Error> {
+    let (config, mut report) = config::inspect(path)?;
+    if let Some(config) = &config {
+        probe(config, &mut report.items);
+    }
+    if !report.has_errors() {
+        report.items.insert(0, Finding::ok("", "config is valid"));
+    }
+    writeln!(out, "{report}")?;
+    let count = |severity| {
+        report
+            .items
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
+    };
+    let outcome = CheckOutcome {
+        errors: count(Severity::Error),
+        warnings: count(Severity::Warning),
+    };
+    writeln!(
+        out,
+        "check: {} error(s), {} warning(s)",
+        outcome.errors, outcome.warnings
+    )?;
+    Ok(outcome)
+}
+
+/// The probes `check` adds to the config's own findings.
+fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
+    let now_s = (crate::model::now_ms() / 1000) as i64;
+    let mut found = crate::certs::probe(&config.config().broker, now_s);
+    if !found.iter().any(|f| f.severity == Severity::Error) {
+        if let Some(ca) = &config.config().broker.tls.ca_file {
+            found.push(Finding::ok(
+                "broker.tls",
+                format!(
+                    "certificates in {} and the device key are usable",
+                    ca.display()
+                ),
+            ));
+        }
+    }
+    match identity::resolve(config.config()) {
+        Ok(identity) => {
+            found.push(Finding::ok("identity", format!("client ID {identity}")));
+            if !items
+                .iter()
+                .any(|f| f.key == "topics.prefix" && f.severity == Severity::Error)
+            {
+                found.push(Finding::ok(
+                    "topics.prefix",
+                    format!("topics under {}/", config.topic_prefix(&identity.client_id)),
+                ));
+            }
+        }
+        Err(err) => found.push(Finding::error("identity", err.to_string())),
+    }
+    let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
+    let mut sample = Sample::default();
+    sensors.read_all(&mut sample);
+    for (spec, sensor) in config.sensors.iter().zip(sensors.iter()) {
+        let key = &spec.key;
+        for (value_index, name) in sensor.value_names().iter().enumerate() {
+            if let Some((_, value)) = sample.values.iter().find(|(n, _)| n == name) {
+                let unit = sensor.unit(value_index).unwrap_or("");
+                found.push(Finding::ok(
+                    key,
+                    format!("{name} = {value} {unit} from {}", sensor.describe()),
+                ));
+            } else if let Some((_, err)) = sample.errors.iter().find(|(n, _)| n == name) {
+                found.push(Finding::warning(key, format!("{name}: {err}")));
+            }
+        }
+    }
+    config.locate(&mut found);
+    items.extend(found);
+}
+
+/// `fieldagent identity`: prints e.g. `node-1 (from certificate CN of /etc/fieldagent/device.crt)`.
+pub fn identity(path: &Path, out: &mut dyn Write, warn: &mut dyn Write) -> Result<(), Error> {
+    let config = load(path, warn)?;
+    let identity = identity::resolve(config.config())?;
+    writeln!(out, "{identity}")?;
+    Ok(())
+}
+
+/// `fieldagent read`: one pass over every sensor, as a table or one JSON object.
+pub fn read(
+    path: &Path,
+    json: bool,
+    out: &mut dyn Write,
+    warn: &mut dyn Write,
+) -> Result<(), Error> {
+    let config = load(path, warn)?;
+    let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
+    let mut sample = Sample::default();
+    sensors.read_all(&mut sample);
+    if json {
+        writeln!(out, "{}", sample.to_json())?;
+        return Ok(());
+    }
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "VALUE".to_owned(),
+        "UNIT".to_owned(),
+        "SOURCE".to_owned(),
+    ]];
+    for sensor in sensors.iter() {
+        for (index, name) in sensor.value_names().iter().enumerate() {
+            let unit = sensor.unit(index).unwrap_or("-").to_owned();
+            let row = match sample.values.iter().find(|(n, _)| n == name) {
+                Some((_, value)) => [name.to_string(), value.to_string(), unit, sensor.describe()],
+                None => {
+                    let err = sample
+                        .errors
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or_else(String::new, |(_, err)| err.to_string());
+                    [
+                        name.to_string(),
+                        "ERROR".to_owned(),
+                        unit,
+                        format!("{}: {err}", sensor.describe()),
+                    ]
+                }
+            };
+            rows.push(row);
+        }
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &rows {
+        writeln!(
+            out,
+            "{:<w0$}  {:>w1$}  {:<w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )?;
+    }
+    if sensors.is_empty() {
+        writeln!(out, "(no sensors configured)")?;
+    }
+    Ok(())
+}
+
+/// Loads a valid config, printing its warnings to `warn`.
+fn load(path: &Path, warn: &mut dyn Write) -> Result<ValidConfig, Error> {
+    let (config, findings): (ValidConfig, Findings) = config::load(path)?;
+    for finding in findings
+        .items
+        .iter()
+        .filter(|f| f.severity >= Severity::Warning)
+    {
+        writeln!(warn, "{}", finding.display(&findings.file))?;
+    }
+    Ok(config)
+}

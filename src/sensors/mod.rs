@@ -1,0 +1,219 @@
+//! Sensors: one blocking read of one or more named values per sensor.
+//!
+//! Each kind of source lives in its own file and only knows how to get its raw reading into the
+//! source's own unit (°C, V, A, W, %RH, hPa, RPM). Scale, offset, rounding and naming are applied
+//! once, here, in [`Sensor`]. A source that fails returns an error for that sensor only; the others
+//! are read all the same.
+//!
+//! Reads block (sysfs attributes may run an I2C transfer in the kernel), so callers run them on a
+//! dedicated thread, never on an async runtime worker.
+
+mod file;
+mod sysfs;
+mod system;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{SensorSource, SensorSpec};
+use crate::model::Sample;
+
+pub use sysfs::hwmon_kind;
+
+/// Why one sensor could not be read. The message names the path or device, the cause and, where
+/// it helps, what was read.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("no {what} with {key} \"{wanted}\" under {}", dir.display())]
+    NotFound {
+        what: &'static str,
+        key: &'static str,
+        wanted: String,
+        dir: PathBuf,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: expected a number, found \"{found}\"", path.display())]
+    NotANumber { path: PathBuf, found: String },
+    #[error("{metric}: {reason}")]
+    System {
+        metric: &'static str,
+        reason: String,
+    },
+    #[error("i2c bus {bus} addr {addr:#04x}: {reason}")]
+    I2c { bus: u32, addr: u16, reason: String },
+}
+
+/// What every kind of sensor source provides.
+pub(crate) trait Source: Send {
+    /// Reads every quantity into `out`, one slot per quantity (one slot for single-valued
+    /// sources), in the order of [`SensorSource::quantities`].
+    fn read(&mut self, out: &mut [Result<f64, SensorError>]);
+
+    /// Where the value comes from, for `read` and `check`: kind, name and path once known.
+    fn describe(&self) -> String;
+
+    /// The unit of quantity `index` after the source's own conversion.
+    fn unit(&self, index: usize) -> Option<&'static str>;
+}
+
+/// A configured sensor: its source plus scale, offset and the names of its values.
+pub struct Sensor {
+    spec: SensorSpec,
+    /// `name`, or `name.quantity` for each quantity; built once so a read allocates no names.
+    names: Vec<Arc<str>>,
+    source: Box<dyn Source>,
+    /// Reused between reads.
+    results: Vec<Result<f64, SensorError>>,
+}
+
+impl Sensor {
+    pub fn new(spec: SensorSpec, sysfs_root: &Path) -> Sensor {
+        let quantities = spec.source.quantities();
+        let names: Vec<Arc<str>> = if quantities.is_empty() {
+            vec![Arc::from(spec.name.as_str())]
+        } else {
+            quantities
+                .iter()
+                .map(|q| Arc::from(format!("{}.{q}", spec.name)))
+                .collect()
+        };
+        let source: Box<dyn Source> = match &spec.source {
+            SensorSource::ThermalZone { zone_type } => {
+                Box::new(sysfs::SysfsSource::thermal(sysfs_root, zone_type))
+            }
+            SensorSource::Hwmon { chip, input } => {
+                Box::new(sysfs::SysfsSource::hwmon(sysfs_root, chip, input))
+            }
+            SensorSource::Iio { device, channel } => {
+                Box::new(sysfs::SysfsSource::iio(sysfs_root, device, channel))
+            }
+            SensorSource::File(path) => Box::new(file::FileSource::new(path.clone())),
+            SensorSource::System(metrics) => Box::new(system::SystemSource::new(metrics.clone())),
+            SensorSource::I2c(i2c) => Box::new(NoI2cDriver {
+                bus: i2c.bus,
+                addr: i2c.address,
+                chip: i2c.chip.as_str(),
+            }),
+        };
+        let results = names.iter().map(|_| Ok(f64::NAN)).collect();
+        Sensor {
+            spec,
+            names,
+            source,
+            results,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The full names of this sensor's values, in read order.
+    pub fn value_names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// The unit of value `index`: the config's `unit`, else the source's.
+    pub fn unit(&self, index: usize) -> Option<&str> {
+        self.spec
+            .unit
+            .as_deref()
+            .or_else(|| self.source.unit(index))
+    }
+
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+
+    /// Reads once and appends each value or error to `sample`.
+    pub fn read_into(&mut self, sample: &mut Sample) {
+        self.source.read(&mut self.results);
+        for (name, result) in self.names.iter().zip(self.results.iter_mut()) {
+            match std::mem::replace(result, Ok(f64::NAN)) {
+                Ok(raw) => {
+                    let value = round(raw * self.spec.scale + self.spec.offset);
+                    sample.values.push((Arc::clone(name), value));
+                }
+                Err(err) => sample.errors.push((Arc::clone(name), err)),
+            }
+        }
+    }
+}
+
+/// Rounds to 6 decimal places, so `123 * 0.1` reads 12.3 and not 12.300000000000001. Values too
+/// large for that to be exact are left alone.
+fn round(value: f64) -> f64 {
+    if value.abs() < 1e9 {
+        (value * 1e6).round() / 1e6
+    } else {
+        value
+    }
+}
+
+/// Every configured sensor, read in config order.
+pub struct Sensors {
+    sensors: Vec<Sensor>,
+}
+
+impl Sensors {
+    pub fn new(specs: &[SensorSpec], sysfs_root: &Path) -> Sensors {
+        Sensors {
+            sensors: specs
+                .iter()
+                .map(|spec| Sensor::new(spec.clone(), sysfs_root))
+                .collect(),
+        }
+    }
+
+    /// Reads every sensor once into `sample` (cleared first). One failure never stops the rest.
+    pub fn read_all(&mut self, sample: &mut Sample) {
+        sample.values.clear();
+        sample.errors.clear();
+        sample.ts_ms = crate::model::now_ms();
+        for sensor in &mut self.sensors {
+            sensor.read_into(sample);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Sensor> {
+        self.sensors.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+}
+
+/// Stands in for an I2C chip until the I2C drivers exist: every read reports that, naming the
+/// chip, so the other sensors and the rest of the config keep working.
+struct NoI2cDriver {
+    bus: u32,
+    addr: u16,
+    chip: &'static str,
+}
+
+impl Source for NoI2cDriver {
+    fn read(&mut self, out: &mut [Result<f64, SensorError>]) {
+        for slot in out {
+            *slot = Err(SensorError::I2c {
+                bus: self.bus,
+                addr: self.addr,
+                reason: format!("no {} driver in this build of fieldagent", self.chip),
+            });
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("i2c {} bus {} addr {:#04x}", self.chip, self.bus, self.addr)
+    }
+
+    fn unit(&self, _index: usize) -> Option<&'static str> {
+        None
+    }
+}
