@@ -349,11 +349,8 @@ fn serde_finding(prefix: &str, err: &serde_path_to_error::Error<serde_yaml::Erro
         format!("missing required key `{name}`")
     } else if let Some(rest) = raw.strip_prefix("unknown variant `") {
         let (found, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        let expected = expected
-            .trim_start_matches(", expected ")
-            .trim_start_matches("one of ")
-            .replace('`', "");
-        format!("expected one of {expected}, found \"{found}\"")
+        let expected = expected.trim_start_matches(", expected ").replace('`', "");
+        format!("expected {expected}, found \"{found}\"")
     } else if let Some((found, expected)) = raw
         .strip_prefix("invalid type: ")
         .or_else(|| raw.strip_prefix("invalid value: "))
