@@ -103,10 +103,12 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
         let key = &spec.key;
         for (value_index, name) in sensor.value_names().iter().enumerate() {
             if let Some((_, value)) = sample.values.iter().find(|(n, _)| n == name) {
-                let unit = sensor.unit(value_index).unwrap_or("");
+                let unit = sensor
+                    .unit(value_index)
+                    .map_or_else(String::new, |unit| format!(" {unit}"));
                 found.push(Finding::ok(
                     key,
-                    format!("{name} = {value} {unit} from {}", sensor.describe()),
+                    format!("{name} = {value}{unit} from {}", sensor.describe()),
                 ));
             } else if let Some((_, err)) = sample.errors.iter().find(|(n, _)| n == name) {
                 found.push(Finding::warning(key, format!("{name}: {err}")));

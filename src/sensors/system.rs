@@ -97,7 +97,7 @@ impl Source for SystemSource {
     }
 
     fn describe(&self) -> String {
-        "system".to_owned()
+        "system metrics".to_owned()
     }
 
     fn unit(&self, index: usize) -> Option<&'static str> {
