@@ -10,6 +10,7 @@
 //! - `certs`: probing the TLS files the config points at.
 //! - `identity`: the client ID from certificate CN, board serial or MAC.
 //! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
+//! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
 //! - `model`: plain data shared by all, such as `Sample`.
 //! - `offline`: the `check`, `identity` and `read` commands.
 
@@ -18,6 +19,7 @@
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod i2c;
 pub mod identity;
 pub mod model;
 pub mod offline;

@@ -19,7 +19,10 @@ use serde::Deserialize;
 
 pub use finding::{Finding, Findings, Severity};
 pub use load::{inspect, load, load_str, ConfigError};
-pub use validate::{validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig};
+pub use validate::{
+    validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig, ADS1115_GAINS,
+    ADS1115_RATES,
+};
 
 /// Where the daemon and the offline commands look for the config when neither `--config` nor
 /// `FIELDAGENT_CONFIG` says otherwise.

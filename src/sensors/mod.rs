@@ -9,6 +9,7 @@
 //! dedicated thread, never on an async runtime worker.
 
 mod file;
+mod i2c;
 mod sysfs;
 mod system;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{SensorSource, SensorSpec};
+use crate::i2c::I2cBus;
 use crate::model::Sample;
 
 pub use sysfs::hwmon_kind;
@@ -72,8 +74,19 @@ pub struct Sensor {
     results: Vec<Result<f64, SensorError>>,
 }
 
+/// Opens an I2C bus by number; tests swap in a simulated bus.
+pub(crate) type BusOpener<'a> = &'a dyn Fn(u32) -> Box<dyn I2cBus>;
+
+fn linux_bus(bus: u32) -> Box<dyn I2cBus> {
+    Box::new(crate::i2c::linux::LinuxBus::new(bus))
+}
+
 impl Sensor {
     pub fn new(spec: SensorSpec, sysfs_root: &Path) -> Sensor {
+        Sensor::with_buses(spec, sysfs_root, &linux_bus)
+    }
+
+    pub(crate) fn with_buses(spec: SensorSpec, sysfs_root: &Path, open_bus: BusOpener) -> Sensor {
         let quantities = spec.source.quantities();
         let names: Vec<Arc<str>> = if quantities.is_empty() {
             vec![Arc::from(spec.name.as_str())]
@@ -95,11 +108,9 @@ impl Sensor {
             }
             SensorSource::File(path) => Box::new(file::FileSource::new(path.clone())),
             SensorSource::System(metrics) => Box::new(system::SystemSource::new(metrics.clone())),
-            SensorSource::I2c(i2c) => Box::new(NoI2cDriver {
-                bus: i2c.bus,
-                addr: i2c.address,
-                chip: i2c.chip.as_str(),
-            }),
+            SensorSource::I2c(config) => {
+                Box::new(i2c::I2cSource::new(config.clone(), open_bus(config.bus)))
+            }
         };
         let results = names.iter().map(|_| Ok(f64::NAN)).collect();
         Sensor {
@@ -163,10 +174,19 @@ pub struct Sensors {
 
 impl Sensors {
     pub fn new(specs: &[SensorSpec], sysfs_root: &Path) -> Sensors {
+        Sensors::with_buses(specs, sysfs_root, &linux_bus)
+    }
+
+    /// As [`Sensors::new`], with I2C buses from `open_bus`.
+    pub(crate) fn with_buses(
+        specs: &[SensorSpec],
+        sysfs_root: &Path,
+        open_bus: BusOpener,
+    ) -> Sensors {
         Sensors {
             sensors: specs
                 .iter()
-                .map(|spec| Sensor::new(spec.clone(), sysfs_root))
+                .map(|spec| Sensor::with_buses(spec.clone(), sysfs_root, open_bus))
                 .collect(),
         }
     }
@@ -187,33 +207,5 @@ impl Sensors {
 
     pub fn is_empty(&self) -> bool {
         self.sensors.is_empty()
-    }
-}
-
-/// Stands in for an I2C chip until the I2C drivers exist: every read reports that, naming the
-/// chip, so the other sensors and the rest of the config keep working.
-struct NoI2cDriver {
-    bus: u32,
-    addr: u16,
-    chip: &'static str,
-}
-
-impl Source for NoI2cDriver {
-    fn read(&mut self, out: &mut [Result<f64, SensorError>]) {
-        for slot in out {
-            *slot = Err(SensorError::I2c {
-                bus: self.bus,
-                addr: self.addr,
-                reason: format!("no {} driver in this build of fieldagent", self.chip),
-            });
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!("i2c {} bus {} addr {:#04x}", self.chip, self.bus, self.addr)
-    }
-
-    fn unit(&self, _index: usize) -> Option<&'static str> {
-        None
     }
 }
