@@ -143,6 +143,8 @@ pub struct Ads1115 {
     pub inputs: [f64; 4],
     /// Every config word written, for tests to check.
     pub configs: Vec<u16>,
+    /// Never finishes a conversion, as a chip with a stuck oscillator would.
+    pub stuck: bool,
 }
 
 impl Ads1115 {
@@ -154,6 +156,7 @@ impl Ads1115 {
             busy_reads: 0,
             inputs,
             configs: Vec::new(),
+            stuck: false,
         }
     }
 }
@@ -181,7 +184,9 @@ impl SimChip for Ads1115 {
 
     fn read(&mut self, buf: &mut [u8]) -> Result<(), I2cError> {
         let value = if self.pointer == 0x01 {
-            if self.busy_reads > 0 {
+            if self.stuck {
+                self.config
+            } else if self.busy_reads > 0 {
                 self.busy_reads -= 1;
                 self.config
             } else {
@@ -214,35 +219,9 @@ impl Bme280 {
     pub fn new(calibration: &bme280::Calibration, adc: (i32, i32, i32)) -> Bme280 {
         let mut registers = [0u8; 256];
         registers[0xD0] = bme280::CHIP_ID;
-        let c = calibration;
-        let words = [
-            c.t1,
-            c.t2 as u16,
-            c.t3 as u16,
-            c.p1,
-            c.p2 as u16,
-            c.p3 as u16,
-            c.p4 as u16,
-            c.p5 as u16,
-            c.p6 as u16,
-            c.p7 as u16,
-            c.p8 as u16,
-            c.p9 as u16,
-        ];
-        for (i, word) in words.into_iter().enumerate() {
-            registers[0x88 + 2 * i..0x8A + 2 * i].copy_from_slice(&word.to_le_bytes());
-        }
-        registers[0xA1] = c.h1;
-        let [h2_lo, h2_hi] = c.h2.to_le_bytes();
-        registers[0xE1..=0xE7].copy_from_slice(&[
-            h2_lo,
-            h2_hi,
-            c.h3,
-            (c.h4 >> 4) as u8,
-            ((c.h4 & 0x0F) as u8) | (((c.h5 & 0x0F) as u8) << 4),
-            (c.h5 >> 4) as u8,
-            c.h6 as u8,
-        ]);
+        let (low, high) = calibration.to_registers();
+        registers[0x88..=0xA1].copy_from_slice(&low);
+        registers[0xE1..=0xE7].copy_from_slice(&high);
         Bme280 {
             registers,
             pointer: 0,

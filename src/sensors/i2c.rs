@@ -285,6 +285,25 @@ mod tests {
             .collect();
         assert_eq!(errors, expected);
 
+        // A conversion that never finishes is given up on after the datasheet time plus polls.
+        let mut stuck = sim::Ads1115::new([1.0; 4]);
+        stuck.stuck = true;
+        bus2.attach(0x49, stuck);
+        let mut set = sensors(
+            "  - { name: adc, i2c: { bus: 2, address: 0x49, chip: ads1115, data_rate: 860 } }\n",
+            &bus1,
+            &bus2,
+        );
+        let (values, errors) = read(&mut set);
+        assert!(values.is_empty());
+        assert_eq!(
+            errors,
+            [(
+                "adc".to_owned(),
+                "i2c bus 2 addr 0x49: conversion not ready after 21 ms".to_owned()
+            )]
+        );
+
         // A short read on the next transaction hits only the chip that makes it.
         bus1.fail_next(I2cError::ShortRead {
             expected: 2,

@@ -48,23 +48,11 @@ pub fn read(
     bus.write(addr, &[REG_CONFIG, hi, lo])?;
     // One conversion takes 1/data_rate; the internal oscillator may be 10 % slow.
     let conversion = Duration::from_micros(1_100_000 / u64::from(data_rate.max(1)));
-    std::thread::sleep(conversion);
     let mut buf = [0u8; 2];
-    let mut polls = 0;
-    loop {
+    super::wait_ready(conversion, POLL, POLLS, || {
         bus.write_read(addr, &[REG_CONFIG], &mut buf)?;
-        if u16::from_be_bytes(buf) & OS != 0 {
-            break;
-        }
-        if polls == POLLS {
-            let waited = conversion + POLL * POLLS;
-            return Err(I2cError::NotReady {
-                waited_ms: waited.as_millis() as u64,
-            });
-        }
-        polls += 1;
-        std::thread::sleep(POLL);
-    }
+        Ok(u16::from_be_bytes(buf) & OS != 0)
+    })?;
     bus.write_read(addr, &[REG_CONVERSION], &mut buf)?;
     Ok(decode(u16::from_be_bytes(buf), gain))
 }

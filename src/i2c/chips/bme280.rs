@@ -66,6 +66,42 @@ impl Calibration {
         Ok(Calibration::from_registers(&low, &high))
     }
 
+    /// Parameters to registers 0x88..=0xA1 and 0xE1..=0xE7, the inverse of `from_registers`,
+    /// for the simulated chip.
+    #[cfg(test)]
+    pub fn to_registers(&self) -> ([u8; 26], [u8; 7]) {
+        let mut low = [0u8; 26];
+        let words = [
+            self.t1,
+            self.t2 as u16,
+            self.t3 as u16,
+            self.p1,
+            self.p2 as u16,
+            self.p3 as u16,
+            self.p4 as u16,
+            self.p5 as u16,
+            self.p6 as u16,
+            self.p7 as u16,
+            self.p8 as u16,
+            self.p9 as u16,
+        ];
+        for (i, word) in words.into_iter().enumerate() {
+            low[2 * i..2 * i + 2].copy_from_slice(&word.to_le_bytes());
+        }
+        low[25] = self.h1;
+        let [h2_lo, h2_hi] = self.h2.to_le_bytes();
+        let high = [
+            h2_lo,
+            h2_hi,
+            self.h3,
+            (self.h4 >> 4) as u8,
+            ((self.h4 & 0x0F) as u8) | (((self.h5 & 0x0F) as u8) << 4),
+            (self.h5 >> 4) as u8,
+            self.h6 as u8,
+        ];
+        (low, high)
+    }
+
     /// Registers 0x88..=0xA1 and 0xE1..=0xE7 to parameters (table 16).
     pub fn from_registers(low: &[u8; 26], high: &[u8; 7]) -> Calibration {
         let u = |i: usize| u16::from_le_bytes([low[i], low[i + 1]]);
@@ -102,24 +138,12 @@ pub fn read(
 ) -> Result<[f64; 3], I2cError> {
     bus.write(addr, &[REG_CTRL_HUM, CTRL_HUM])?;
     bus.write(addr, &[REG_CTRL_MEAS, CTRL_MEAS])?;
-    std::thread::sleep(MEASUREMENT);
     let mut status = [0u8; 1];
-    let mut polls = 0;
-    loop {
+    super::wait_ready(MEASUREMENT, POLL, POLLS, || {
         bus.write_read(addr, &[REG_STATUS], &mut status)?;
         // Bit 3, measuring: 1 while a conversion runs.
-        if status[0] & 0b1000 == 0 {
-            break;
-        }
-        if polls == POLLS {
-            let waited = MEASUREMENT + POLL * POLLS;
-            return Err(I2cError::NotReady {
-                waited_ms: waited.as_millis() as u64,
-            });
-        }
-        polls += 1;
-        std::thread::sleep(POLL);
-    }
+        Ok(status[0] & 0b1000 == 0)
+    })?;
     let mut data = [0u8; 8];
     bus.write_read(addr, &[REG_DATA], &mut data)?;
     let adc_p = (i32::from(data[0]) << 12) | (i32::from(data[1]) << 4) | (i32::from(data[2]) >> 4);
@@ -251,42 +275,9 @@ pub(crate) mod tests {
     #[test]
     fn calibration_layout() {
         let c = example();
-        let mut low = [0u8; 26];
-        for (i, word) in [
-            c.t1,
-            c.t2 as u16,
-            c.t3 as u16,
-            c.p1,
-            c.p2 as u16,
-            c.p3 as u16,
-            c.p4 as u16,
-            c.p5 as u16,
-            c.p6 as u16,
-            c.p7 as u16,
-            c.p8 as u16,
-            c.p9 as u16,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            low[2 * i..2 * i + 2].copy_from_slice(&word.to_le_bytes());
-        }
-        low[25] = c.h1;
-        let high = registers_high(&c);
+        let (low, high) = c.to_registers();
         assert_eq!(Calibration::from_registers(&low, &high), c);
-    }
-
-    /// 0xE1..=0xE7 for a calibration, packing dig_H4 and dig_H5 as section 4.2.2 describes.
-    pub fn registers_high(c: &Calibration) -> [u8; 7] {
-        let [h2_lo, h2_hi] = c.h2.to_le_bytes();
-        [
-            h2_lo,
-            h2_hi,
-            c.h3,
-            (c.h4 >> 4) as u8,
-            ((c.h4 & 0x0F) as u8) | (((c.h5 & 0x0F) as u8) << 4),
-            (c.h5 >> 4) as u8,
-            c.h6 as u8,
-        ]
+        // dig_H4 = 313 = 0x139 and dig_H5 = 50 = 0x032 share register 0xE5 (table 16).
+        assert_eq!(&high[3..6], &[0x13, 0x29, 0x03]);
     }
 }

@@ -16,25 +16,15 @@ const POLLS: u32 = 10;
 
 pub fn read(bus: &mut dyn I2cBus, addr: u16) -> Result<(f64, f64), I2cError> {
     bus.write(addr, &MEASURE)?;
-    std::thread::sleep(MEASUREMENT);
     let mut buf = [0u8; 6];
-    let mut polls = 0;
-    loop {
+    // The chip does not ACK its read address while it measures.
+    super::wait_ready(MEASUREMENT, POLL, POLLS, || {
         match bus.read(addr, &mut buf) {
-            Ok(()) => break,
-            Err(I2cError::NoAck) if polls < POLLS => {
-                polls += 1;
-                std::thread::sleep(POLL);
-            }
-            Err(I2cError::NoAck) => {
-                let waited = MEASUREMENT + POLL * POLLS;
-                return Err(I2cError::NotReady {
-                    waited_ms: waited.as_millis() as u64,
-                });
-            }
-            Err(err) => return Err(err),
+            Ok(()) => Ok(true),
+            Err(I2cError::NoAck) => Ok(false),
+            Err(err) => Err(err),
         }
-    }
+    })?;
     decode(&buf)
 }
 
