@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 /// Device agent for industrial Linux boards: sensors to MQTT telemetry, alerts and commands.
 #[derive(Debug, Parser)]
-#[command(name = "fieldagent", version, about, arg_required_else_help = true)]
+#[command(name = "fieldagent", version, about)]
 pub struct Cli {
     /// Config file.
     #[arg(
@@ -24,6 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent (the default when no subcommand is given).
+    Run,
     /// Validate the config, certificates, identity and sensors; print every finding; exit 0 or 78.
     Check,
     /// Print the MQTT client ID and which source it came from.

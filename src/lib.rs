@@ -12,7 +12,9 @@
 //! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
 //! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
 //! - `model`: plain data shared by all, such as `Sample`.
-//! - `offline`: the `check`, `identity` and `read` commands.
+//! - `offline`: the `check`, `identity` and `read` commands, and start-up of `run`.
+//! - `run`: the daemon's sampler thread and event loop; `mqtt`: the Paho session and backoff;
+//!   `telemetry`: payloads; `service`: signals and logging.
 
 #![deny(unsafe_code)]
 
@@ -22,5 +24,9 @@ pub mod config;
 pub mod i2c;
 pub mod identity;
 pub mod model;
+pub mod mqtt;
 pub mod offline;
+pub mod run;
 pub mod sensors;
+pub mod service;
+pub mod telemetry;

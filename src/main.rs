@@ -16,9 +16,9 @@ const EX_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
     let mut out = stdout.lock();
-    let mut err = stderr.lock();
+    // Not locked: the daemon's threads log to stderr too.
+    let mut err = std::io::stderr();
     let result = match cli.command {
         Some(Command::Check) => offline::check(&cli.config, &mut out).map(|outcome| {
             if outcome.errors > 0 {
@@ -33,9 +33,9 @@ fn main() -> ExitCode {
         Some(Command::Read { json }) => {
             offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }
-        // clap prints the help when no subcommand is given; `run` becomes the default with the
-        // daemon.
-        None => Ok(ExitCode::from(2)),
+        Some(Command::Run) | None => {
+            offline::daemon(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

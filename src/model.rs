@@ -35,7 +35,7 @@ impl Sample {
 }
 
 /// Serializes a list of pairs as a JSON object, keeping the list's order.
-struct Ordered<'a, T>(&'a [(Arc<str>, T)]);
+pub(crate) struct Ordered<'a, T>(pub &'a [(Arc<str>, T)]);
 
 impl Serialize for Ordered<'_, f64> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -20,6 +20,10 @@ pub enum Error {
     Identity(#[from] IdentityError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl Error {
@@ -194,6 +198,46 @@ pub fn read(
     if sensors.is_empty() {
         writeln!(out, "(no sensors configured)")?;
     }
+    Ok(())
+}
+
+/// `fieldagent run`: checks the config and what it points at, then runs the daemon until
+/// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
+pub fn daemon(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
+    let config = load(path, warn)?;
+    let now_s = (crate::model::now_ms() / 1000) as i64;
+    let mut problems = crate::certs::probe(&config.config().broker, now_s);
+    config.locate(&mut problems);
+    let findings = Findings {
+        file: path.to_owned(),
+        items: problems,
+    };
+    for finding in findings
+        .items
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+    {
+        writeln!(warn, "{}", finding.display(&findings.file))?;
+    }
+    if findings.has_errors() {
+        return Err(Error::Config(ConfigError::Invalid(Findings {
+            file: findings.file.clone(),
+            items: findings.errors().cloned().collect(),
+        })));
+    }
+    let identity = identity::resolve(config.config())?;
+    crate::service::init_logging(config.config().log.level);
+    // One thread: the agent's work is small and boards have little memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("fieldagent")
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(crate::run::run(
+        config,
+        identity,
+        crate::service::shutdown_signal(),
+    ))?;
     Ok(())
 }
 

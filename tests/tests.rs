@@ -1,9 +1,11 @@
 //! Integration tests: one binary, one module per area.
 
+mod broker;
 mod util;
 
 mod certs;
 mod cli;
 mod config_errors;
+mod daemon;
 mod identity;
 mod sensors;

@@ -1,0 +1,217 @@
+//! The MQTT session through Eclipse Paho C (the `paho-mqtt` crate). Only this module names paho
+//! types. Paho's callbacks run on its own thread and only forward events into a bounded channel;
+//! they never block and never decide.
+//!
+//! Reconnecting is ours, not Paho's (its automatic reconnect has no jitter): `run` owns the loop
+//! and asks [`Session::connect`] again after each [`backoff::Backoff`] delay.
+
+pub mod backoff;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paho_mqtt as paho;
+use tokio::sync::mpsc;
+
+use crate::config::{Protocol, Scheme, ValidConfig};
+use crate::telemetry;
+
+/// What Paho tells the daemon.
+#[derive(Debug)]
+pub enum MqttEvent {
+    /// The connection dropped (keepalive timeout, broker gone, socket error).
+    Lost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("cannot create the MQTT client: {0}")]
+    Create(#[source] paho::Error),
+    #[error("cannot read broker.password_file {}: {source}", path.display())]
+    Password {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(#[source] paho::Error),
+    #[error("connect to {urls}: {cause}")]
+    Connect { urls: String, cause: String },
+}
+
+/// One device's MQTT client: the options it connects with and the topics it owns.
+pub struct Session {
+    client: paho::AsyncClient,
+    options: paho::ConnectOptions,
+    /// The URLs in failover order, for log lines.
+    urls: String,
+    /// `{prefix}/status`.
+    status_topic: String,
+    /// `{prefix}/telemetry`.
+    pub telemetry_topic: String,
+    boot_id: String,
+}
+
+/// Paho's URI for an endpoint: it knows `ssl://` and `tcp://`.
+fn paho_uri(endpoint: &crate::config::Endpoint) -> String {
+    let scheme = match endpoint.scheme {
+        Scheme::Tls => "ssl",
+        Scheme::Plain => "tcp",
+    };
+    if endpoint.host.contains(':') {
+        format!("{scheme}://[{}]:{}", endpoint.host, endpoint.port)
+    } else {
+        format!("{scheme}://{}:{}", endpoint.host, endpoint.port)
+    }
+}
+
+impl Session {
+    pub fn new(
+        config: &ValidConfig,
+        client_id: &str,
+        events: mpsc::Sender<MqttEvent>,
+    ) -> Result<Session, MqttError> {
+        let broker = &config.config().broker;
+        let uris: Vec<String> = config.endpoints.iter().map(paho_uri).collect();
+        let version = match broker.protocol {
+            Protocol::V311 => paho::MQTT_VERSION_3_1_1,
+            Protocol::V5 => paho::MQTT_VERSION_5,
+        };
+        let client = paho::CreateOptionsBuilder::new()
+            .server_uri(uris[0].clone())
+            .client_id(client_id)
+            .persistence(None)
+            .mqtt_version(version)
+            .finalize();
+        let client = paho::AsyncClient::new(client).map_err(MqttError::Create)?;
+        client.set_connection_lost_callback(move |_| {
+            // A full channel already holds a Lost event; this one adds nothing.
+            let _ = events.try_send(MqttEvent::Lost);
+        });
+
+        let prefix = config.topic_prefix(client_id);
+        let status_topic = format!("{prefix}/status");
+        let will = paho::Message::new_retained(&status_topic, telemetry::will(), 1);
+        let mut options = match broker.protocol {
+            Protocol::V311 => paho::ConnectOptionsBuilder::new_v3(),
+            Protocol::V5 => paho::ConnectOptionsBuilder::new_v5(),
+        };
+        options
+            .server_uris(&uris)
+            .keep_alive_interval(broker.keepalive())
+            .connect_timeout(broker.connect_timeout())
+            .will_message(will);
+        match broker.protocol {
+            Protocol::V311 => {
+                options.clean_session(broker.clean_session);
+            }
+            Protocol::V5 => {
+                let mut properties = paho::Properties::new();
+                let expiry = u32::try_from(broker.session_expiry_s).unwrap_or(u32::MAX);
+                properties
+                    .push_u32(paho::PropertyCode::SessionExpiryInterval, expiry)
+                    .map_err(MqttError::Create)?;
+                options
+                    .clean_start(broker.clean_session)
+                    .properties(properties);
+            }
+        }
+        if let Some(username) = &broker.username {
+            options.user_name(username);
+        }
+        if let Some(path) = &broker.password_file {
+            let password = std::fs::read_to_string(path).map_err(|source| MqttError::Password {
+                path: path.clone(),
+                source,
+            })?;
+            options.password(password.trim_end_matches(['\n', '\r']));
+        }
+        if config.endpoints.iter().any(|e| e.scheme == Scheme::Tls) {
+            let tls = &broker.tls;
+            let mut ssl = paho::SslOptionsBuilder::new();
+            ssl.enable_server_cert_auth(true)
+                .verify(tls.verify_hostname);
+            if let Some(ca) = &tls.ca_file {
+                ssl.trust_store(ca).map_err(MqttError::Tls)?;
+            }
+            if let Some(cert) = &tls.cert_file {
+                ssl.key_store(cert).map_err(MqttError::Tls)?;
+            }
+            if let Some(key) = &tls.key_file {
+                ssl.private_key(key).map_err(MqttError::Tls)?;
+            }
+            options.ssl_options(ssl.finalize());
+        }
+        Ok(Session {
+            client,
+            options: options.finalize(),
+            urls: uris.join(", "),
+            status_topic,
+            telemetry_topic: format!("{prefix}/telemetry"),
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Connects (trying the URLs in order) and publishes the retained online status.
+    pub async fn connect(&self) -> Result<(), MqttError> {
+        self.client
+            .connect(self.options.clone())
+            .await
+            .map_err(|err| MqttError::Connect {
+                urls: self.urls.clone(),
+                cause: err.to_string(),
+            })?;
+        let status = telemetry::online(crate::model::now_ms(), &self.boot_id);
+        self.publish(&self.status_topic, status, 1, true);
+        Ok(())
+    }
+
+    /// Hands a message to Paho; false when there is no connection to send it on.
+    pub fn publish(&self, topic: &str, payload: String, qos: u8, retain: bool) -> bool {
+        if !self.client.is_connected() {
+            return false;
+        }
+        let message = if retain {
+            paho::Message::new_retained(topic, payload, i32::from(qos))
+        } else {
+            paho::Message::new(topic, payload, i32::from(qos))
+        };
+        // QoS 0 needs no answer; a QoS >= 1 failure shows as a lost connection.
+        drop(self.client.publish(message));
+        true
+    }
+
+    /// Publishes the retained shutdown status, waits up to `wait` for it, and disconnects
+    /// cleanly so the broker does not send the will.
+    pub async fn close(&self, wait: Duration) {
+        if !self.client.is_connected() {
+            return;
+        }
+        let status = paho::Message::new_retained(
+            &self.status_topic,
+            telemetry::shutdown(crate::model::now_ms()),
+            1,
+        );
+        let delivered = tokio::time::timeout(wait, self.client.publish(status)).await;
+        if !matches!(delivered, Ok(Ok(()))) {
+            tracing::warn!(topic = %self.status_topic, "Shutdown status not confirmed in time.");
+        }
+        let options = paho::DisconnectOptionsBuilder::new()
+            .timeout(wait)
+            .finalize();
+        if let Err(err) = self.client.disconnect(options).await {
+            tracing::warn!(error = %err, "Disconnect failed.");
+        }
+    }
+
+    pub fn urls(&self) -> &str {
+        &self.urls
+    }
+}
+
+/// The kernel's boot id, so consumers can tell a reboot from a reconnect.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}

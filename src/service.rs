@@ -1,0 +1,30 @@
+//! Process-level concerns: signals, logging.
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::LogLevel;
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+pub async fn shutdown_signal() -> &'static str {
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler can be installed");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}
+
+/// Logs to stderr at the configured level.
+pub fn init_logging(level: LogLevel) {
+    let level = match level {
+        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

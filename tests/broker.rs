@@ -1,0 +1,199 @@
+//! A real mosquitto on a free loopback port with throwaway TLS and client certificates, and a
+//! real subscriber (mosquitto_sub) that records what arrives. Both are stopped by PID on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+
+use crate::util::TestDir;
+
+/// A CA, a server certificate for 127.0.0.1, and client certificates signed by the CA.
+pub struct BrokerPki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl BrokerPki {
+    pub fn new(dir: &TestDir) -> BrokerPki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "fieldagent test broker CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let ca = dir.write("broker/ca.pem", ca_cert.pem());
+        let pki = BrokerPki {
+            dir: dir.path().join("broker"),
+            ca,
+            ca_cert,
+            ca_key,
+        };
+        pki.issue("server", "127.0.0.1", true);
+        pki
+    }
+
+    /// Writes `<name>.crt` and `<name>.key` for subject CN `cn`; returns (cert, key).
+    pub fn issue(&self, name: &str, cn: &str, server: bool) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if server {
+            params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        }
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        let cert_path = self.dir.join(format!("{name}.crt"));
+        let key_path = self.dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+/// A running mosquitto; killed by PID when dropped.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    /// Starts mosquitto with a TLS listener that requires client certificates and takes the
+    /// certificate CN as the user name.
+    pub fn start(pki: &BrokerPki) -> Broker {
+        let port = free_port();
+        let dir = &pki.dir;
+        let config = format!(
+            "user root\nper_listener_settings false\npersistence false\nlog_dest stderr\n\
+             listener {port} 127.0.0.1\ncafile {ca}\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n",
+            ca = pki.ca.display(),
+            dir = dir.display(),
+        );
+        let config_path = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/test installs it)");
+        let broker = Broker { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One message as mosquitto_sub printed it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub retained: bool,
+    pub payload: String,
+}
+
+/// A mosquitto_sub on `topic`; killed by PID when dropped.
+pub struct Subscriber {
+    child: Child,
+    lines: mpsc::Receiver<Received>,
+}
+
+impl Subscriber {
+    pub fn start(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
+        let (cert, key) = pki.issue("observer", "observer", false);
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .arg("--cafile")
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["-t", topic, "-q", "1", "-F", "%r %t %p"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut parts = line.splitn(3, ' ');
+                let retained = parts.next() == Some("1");
+                let topic = parts.next().unwrap_or_default().to_owned();
+                let payload = parts.next().unwrap_or_default().to_owned();
+                if tx
+                    .send(Received {
+                        topic,
+                        retained,
+                        payload,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        // mosquitto_sub prints nothing when subscribed; give it a moment to get there.
+        std::thread::sleep(Duration::from_millis(300));
+        Subscriber { child, lines }
+    }
+
+    /// The first message, within `timeout`, for which `wanted` holds.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&Received) -> bool,
+    ) -> Option<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(message) if wanted(&message) => return Some(message),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
