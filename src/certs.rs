@@ -13,23 +13,35 @@ use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{BrokerConfig, Finding};
+use crate::config::{BrokerConfig, Finding, Severity};
 use crate::identity::leaf_der;
 
 /// A certificate that expires sooner than this gets a warning.
 const RENEW_WARNING_S: i64 = 30 * 24 * 3600;
 
-/// Probes `broker.tls` and `broker.password_file` at Unix time `now_s`.
+/// Probes `broker.tls` and `broker.password_file` at Unix time `now_s`, as `check` does: an
+/// expired certificate is an error.
 pub fn probe(broker: &BrokerConfig, now_s: i64) -> Vec<Finding> {
+    probe_with(broker, now_s, Severity::Error)
+}
+
+/// As [`probe`], for daemon start-up: an expired certificate is a warning there. The agent then
+/// runs, samples and keeps retrying the broker (which may not check expiry, or the clock may be
+/// wrong) until the certificate is renewed and the config reloaded, instead of staying down.
+pub fn probe_for_run(broker: &BrokerConfig, now_s: i64) -> Vec<Finding> {
+    probe_with(broker, now_s, Severity::Warning)
+}
+
+fn probe_with(broker: &BrokerConfig, now_s: i64, expired: Severity) -> Vec<Finding> {
     let mut findings = Vec::new();
     let tls = &broker.tls;
     if let Some(path) = &tls.ca_file {
-        probe_ca("broker.tls.ca_file", path, now_s, &mut findings);
+        probe_ca("broker.tls.ca_file", path, now_s, expired, &mut findings);
     }
     let cert = tls
         .cert_file
         .as_deref()
-        .and_then(|path| probe_cert("broker.tls.cert_file", path, now_s, &mut findings));
+        .and_then(|path| probe_cert("broker.tls.cert_file", path, now_s, expired, &mut findings));
     if let Some(path) = &tls.key_file {
         let key = probe_key("broker.tls.key_file", path, &mut findings);
         if let (Some(cert), Some(key)) = (cert, key) {
@@ -101,7 +113,7 @@ fn warn_if_world_readable(key: &str, path: &Path, findings: &mut Vec<Finding>) {
     }
 }
 
-fn probe_ca(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) {
+fn probe_ca(key: &str, path: &Path, now_s: i64, expired: Severity, findings: &mut Vec<Finding>) {
     let Some(bytes) = read_file(key, path, findings) else {
         return;
     };
@@ -127,13 +139,19 @@ fn probe_ca(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) {
     };
     for cert in certs {
         if let Ok(der) = cert.to_der() {
-            check_validity(key, path, &der, now_s, "CA certificate", findings);
+            check_validity(key, path, &der, now_s, expired, "CA certificate", findings);
         }
     }
 }
 
 /// Returns the leaf certificate for the key match.
-fn probe_cert(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) -> Option<X509> {
+fn probe_cert(
+    key: &str,
+    path: &Path,
+    now_s: i64,
+    expired: Severity,
+    findings: &mut Vec<Finding>,
+) -> Option<X509> {
     let bytes = read_file(key, path, findings)?;
     let der = match leaf_der(&bytes) {
         Ok(der) => der,
@@ -142,7 +160,7 @@ fn probe_cert(key: &str, path: &Path, now_s: i64, findings: &mut Vec<Finding>) -
             return None;
         }
     };
-    if !check_validity(key, path, &der, now_s, "certificate", findings) {
+    if !check_validity(key, path, &der, now_s, expired, "certificate", findings) {
         return None;
     }
     match X509::from_der(&der) {
@@ -163,6 +181,7 @@ fn check_validity(
     path: &Path,
     der: &[u8],
     now_s: i64,
+    expired: Severity,
     what: &str,
     findings: &mut Vec<Finding>,
 ) -> bool {
@@ -181,14 +200,16 @@ fn check_validity(
     let not_after = validity.not_after.timestamp();
     let not_before = validity.not_before.timestamp();
     if not_after < now_s {
-        findings.push(Finding::error(
+        let mut finding = Finding::error(
             key,
             format!(
                 "{what} {subject} in {} expired on {}; renew it",
                 path.display(),
                 validity.not_after
             ),
-        ));
+        );
+        finding.severity = expired;
+        findings.push(finding);
     } else if not_after - now_s < RENEW_WARNING_S {
         findings.push(Finding::warning(
             key,

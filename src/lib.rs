@@ -20,6 +20,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod i2c;
 pub mod identity;

@@ -24,6 +24,8 @@ pub enum Error {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot write the OpenSSL config that enforces broker.tls.min_version (state_dir and the temporary directory both refused it): {0}")]
+    TlsFloor(#[source] std::io::Error),
 }
 
 impl Error {
@@ -205,8 +207,13 @@ pub fn read(
 /// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
 pub fn daemon(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     let config = load(path, warn)?;
+    // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
+    let min = config.config().broker.tls.min_version;
+    crate::mqtt::tls::enforce_floor(min, &config.config().state_dir)
+        .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
+        .map_err(Error::TlsFloor)?;
     let now_s = (crate::model::now_ms() / 1000) as i64;
-    let mut problems = crate::certs::probe(&config.config().broker, now_s);
+    let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
     config.locate(&mut problems);
     let findings = Findings {
         file: path.to_owned(),
@@ -236,7 +243,7 @@ pub fn daemon(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     runtime.block_on(crate::run::run(
         config,
         identity,
-        crate::service::shutdown_signal(),
+        crate::service::shutdown_signal,
     ))?;
     Ok(())
 }

@@ -1,19 +1,22 @@
 //! The daemon: a sampler thread, the MQTT session and one event loop, until a shutdown signal.
 //!
-//! The device starts offline happily: sampling runs from the first second, broker or not, and
-//! telemetry made while offline is dropped and counted (the durable outbox comes later).
+//! The device starts offline happily: sampling runs from the first second, broker or not. While
+//! offline, up to `telemetry.buffer_while_offline` telemetry messages are kept in memory and sent,
+//! oldest first, after the next connect; the rest are dropped and counted (the durable outbox for
+//! QoS >= 1 comes with its own issue).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::ValidConfig;
+use crate::config::{Scheme, ValidConfig};
 use crate::identity::Identity;
 use crate::model::Sample;
 use crate::mqtt::backoff::Backoff;
-use crate::mqtt::{MqttError, MqttEvent, Session};
+use crate::mqtt::{tls, MqttError, MqttEvent, Session};
 use crate::sensors::Sensors;
 
 /// How long a clean stop waits for the shutdown status to be acknowledged.
@@ -23,81 +26,122 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// stuck connecting; the sampler then drops the newest and counts it.
 const TELEMETRY_QUEUE: usize = 8;
 
-/// Runs the agent until `shutdown` resolves; returns after the clean stop.
-pub async fn run(
+/// A connection that stayed up this long resets the backoff; a shorter one (a broker that
+/// accepts and then drops us) keeps backing off, so a flapping link never becomes a tight loop.
+const STABLE: Duration = Duration::from_secs(30);
+
+/// Counters of the session, logged on connect and at shutdown (the health topic comes later).
+#[derive(Debug, Default)]
+struct Counters {
+    sent: u64,
+    dropped: u64,
+    reconnects: u64,
+}
+
+/// Runs the agent until `shutdown` resolves, then stops cleanly; a second `shutdown` signal
+/// during the stop ends it at once.
+pub async fn run<F, S>(
     config: ValidConfig,
     identity: Identity,
-    shutdown: impl Future<Output = &'static str>,
-) -> Result<(), MqttError> {
+    mut shutdown: S,
+) -> Result<(), MqttError>
+where
+    S: FnMut() -> F,
+    F: Future<Output = &'static str>,
+{
     let (events_tx, mut events) = mpsc::channel(4);
     let session = Session::new(&config, &identity.client_id, events_tx)?;
     tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
     let (stop_sampler, sampler_stop) = std_mpsc::channel::<()>();
-    let interval = Duration::from_secs_f64(config.config().telemetry.interval_s);
-    let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
-    let sampler = std::thread::Builder::new()
-        .name("sampler".to_owned())
-        .spawn(move || {
-            let mut sample = Sample::default();
-            let mut seq: u64 = 0;
-            let mut next = Instant::now();
-            loop {
-                sensors.read_all(&mut sample);
-                let payload = crate::telemetry::telemetry(&sample, seq);
-                seq += 1;
-                if telemetry_tx.try_send(payload).is_err() {
-                    tracing::debug!("Telemetry queue full; sample dropped.");
-                }
-                next += interval;
-                let wait = next.saturating_duration_since(Instant::now());
-                match sampler_stop.recv_timeout(wait) {
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-            }
-        })
-        .expect("the sampler thread can be spawned");
+    let sampler = spawn_sampler(&config, telemetry_tx, sampler_stop);
 
+    let broker = &config.config().broker;
     let qos = config.config().telemetry.qos;
-    let mut backoff = Backoff::new(&config.config().broker.reconnect);
-    let mut connected = false;
-    let mut last_error = String::new();
+    let keep_offline = config
+        .config()
+        .telemetry
+        .buffer_while_offline
+        .min(broker.max_queued_messages) as usize;
+    let mut offline_buffer: VecDeque<String> = VecDeque::new();
+    let mut counters = Counters::default();
+    let mut backoff = Backoff::new(&broker.reconnect);
+    let mut connected_since: Option<Instant> = None;
+    // Paho's errors seen in this outage: each is diagnosed once (a probe is one more handshake).
+    let mut seen_errors: Vec<String> = Vec::new();
+    let mut last_diagnosis: Option<String> = None;
+    let mut last_logged = String::new();
     let mut next_attempt = tokio::time::Instant::now();
-    let mut dropped: u64 = 0;
-    tokio::pin!(shutdown);
+    let first_shutdown = shutdown();
+    tokio::pin!(first_shutdown);
     let signal = loop {
         tokio::select! {
-            signal = &mut shutdown => break signal,
+            signal = &mut first_shutdown => break signal,
             Some(payload) = telemetry.recv() => {
-                if !(connected && session.publish(&session.telemetry_topic, payload, qos, false)) {
-                    dropped += 1;
+                if connected_since.is_some() && session.publish(&session.telemetry_topic, payload.clone(), qos, false) {
+                    counters.sent += 1;
+                } else if keep_offline > 0 {
+                    if offline_buffer.len() == keep_offline {
+                        offline_buffer.pop_front();
+                        counters.dropped += 1;
+                    }
+                    offline_buffer.push_back(payload);
+                } else {
+                    counters.dropped += 1;
                 }
             }
             Some(MqttEvent::Lost) = events.recv() => {
-                if connected {
-                    connected = false;
+                if let Some(since) = connected_since.take() {
+                    if since.elapsed() >= STABLE {
+                        backoff.reset();
+                    }
                     let delay = backoff.next_delay(fastrand::f64());
                     tracing::warn!(broker = %session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
                     next_attempt = tokio::time::Instant::now() + delay;
                 }
             }
-            () = tokio::time::sleep_until(next_attempt), if !connected => {
+            () = tokio::time::sleep_until(next_attempt), if connected_since.is_none() => {
                 match session.connect().await {
                     Ok(()) => {
-                        connected = true;
-                        backoff.reset();
-                        last_error.clear();
-                        tracing::info!(broker = %session.urls(), dropped_while_offline = dropped, "Connected.");
+                        connected_since = Some(Instant::now());
+                        counters.reconnects += 1;
+                        seen_errors.clear();
+                        last_logged.clear();
+                        let buffered = offline_buffer.len();
+                        for payload in offline_buffer.drain(..) {
+                            if session.publish(&session.telemetry_topic, payload, qos, false) {
+                                counters.sent += 1;
+                            } else {
+                                counters.dropped += 1;
+                            }
+                        }
+                        tracing::info!(
+                            broker = %session.urls(),
+                            sent_from_buffer = buffered,
+                            dropped = counters.dropped,
+                            "Connected."
+                        );
                     }
                     Err(err) => {
                         let delay = backoff.next_delay(fastrand::f64());
                         let cause = err.to_string();
-                        // Once per distinct cause, not once per attempt.
-                        if cause != last_error {
-                            tracing::warn!(error = %cause, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
-                            last_error = cause;
+                        // Paho words one failure several ways; the diagnosis names it. Logged
+                        // once per distinct reason, not once per attempt.
+                        if !seen_errors.contains(&cause) {
+                            last_diagnosis = diagnose_tls(&config).await;
+                            seen_errors.push(cause.clone());
+                        }
+                        let reason = last_diagnosis.clone().unwrap_or(cause);
+                        if reason != last_logged {
+                            tracing::warn!(
+                                reason = %reason,
+                                retry_in_s = delay.as_secs_f64(),
+                                "Cannot connect."
+                            );
+                            last_logged = reason;
+                        } else {
+                            tracing::debug!(error = %err, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
                         }
                         next_attempt = tokio::time::Instant::now() + delay;
                     }
@@ -107,10 +151,72 @@ pub async fn run(
     };
     tracing::info!(signal, "Shutting down.");
     drop(stop_sampler);
-    session.close(SHUTDOWN_WAIT).await;
+    tokio::select! {
+        () = session.close(SHUTDOWN_WAIT) => {}
+        signal = shutdown() => tracing::warn!(signal, "Second signal: stopping without waiting."),
+    }
+    tracing::info!(
+        sent = counters.sent,
+        dropped = counters.dropped,
+        connects = counters.reconnects,
+        "Stopped."
+    );
     // The sampler wakes on the closed channel; a read stuck in the kernel is not waited for.
     if sampler.is_finished() {
         let _ = sampler.join();
     }
     Ok(())
+}
+
+/// Reads every sensor each `telemetry.interval_s` on a thread of its own (reads block) and hands
+/// the encoded telemetry to the event loop.
+fn spawn_sampler(
+    config: &ValidConfig,
+    telemetry_tx: mpsc::Sender<String>,
+    stop: std_mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    let interval = Duration::from_secs_f64(config.config().telemetry.interval_s);
+    let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
+    std::thread::Builder::new()
+        .name("sampler".to_owned())
+        .spawn(move || {
+            let mut sample = Sample::default();
+            let mut seq: u64 = 0;
+            let mut next = Instant::now();
+            loop {
+                sensors.read_all(&mut sample);
+                let synced = crate::clock::synced(sample.ts_ms);
+                let payload = crate::telemetry::telemetry(&sample, seq, synced);
+                seq += 1;
+                if telemetry_tx.try_send(payload).is_err() {
+                    tracing::debug!("Telemetry queue full; sample dropped.");
+                }
+                next += interval;
+                let now = Instant::now();
+                if next < now {
+                    // A slow pass (a stuck sensor) skips ticks rather than bursting.
+                    next = now;
+                }
+                match stop.recv_timeout(next - now) {
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            }
+        })
+        .expect("the sampler thread can be spawned")
+}
+
+/// After a failed connect to a TLS broker: why, if the broker's TLS version is below the floor.
+async fn diagnose_tls(config: &ValidConfig) -> Option<String> {
+    let endpoint = config
+        .endpoints
+        .iter()
+        .find(|e| e.scheme == Scheme::Tls)?
+        .clone();
+    let settings = config.config().broker.tls.clone();
+    let timeout = config.config().broker.connect_timeout();
+    tokio::task::spawn_blocking(move || tls::diagnose(&endpoint, &settings, timeout))
+        .await
+        .ok()
+        .flatten()
 }

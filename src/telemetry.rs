@@ -6,11 +6,13 @@ use serde::Serialize;
 use crate::model::{Ordered, Sample};
 
 /// `{prefix}/telemetry`: `{"ts":…,"seq":N,"values":{…},"errors":{…}}`, `errors` only when a
-/// sensor failed.
-pub fn telemetry(sample: &Sample, seq: u64) -> String {
+/// sensor failed, and `"time_synced":false` while the clock cannot be believed.
+pub fn telemetry(sample: &Sample, seq: u64, time_synced: bool) -> String {
     #[derive(Serialize)]
     struct Payload<'a> {
         ts: u64,
+        #[serde(skip_serializing_if = "is_true")]
+        time_synced: bool,
         seq: u64,
         values: Ordered<'a, f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -18,6 +20,7 @@ pub fn telemetry(sample: &Sample, seq: u64) -> String {
     }
     let payload = Payload {
         ts: sample.ts_ms,
+        time_synced,
         seq,
         values: Ordered(&sample.values),
         errors: (!sample.errors.is_empty()).then_some(Ordered(&sample.errors)),
@@ -25,11 +28,17 @@ pub fn telemetry(sample: &Sample, seq: u64) -> String {
     serde_json::to_string(&payload).expect("telemetry always serializes")
 }
 
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 /// `{prefix}/status`, in the SPEC's key order.
 #[derive(Serialize)]
 struct Status<'a> {
     online: bool,
     ts: u64,
+    #[serde(skip_serializing_if = "is_true")]
+    time_synced: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,10 +54,11 @@ impl Status<'_> {
 }
 
 /// `{prefix}/status` when connected.
-pub fn online(ts_ms: u64, boot_id: &str) -> String {
+pub fn online(ts_ms: u64, time_synced: bool, boot_id: &str) -> String {
     Status {
         online: true,
         ts: ts_ms,
+        time_synced,
         version: Some(env!("CARGO_PKG_VERSION")),
         boot_id: Some(boot_id),
         reason: None,
@@ -58,18 +68,19 @@ pub fn online(ts_ms: u64, boot_id: &str) -> String {
 
 /// `{prefix}/status` as the Last Will: the broker sends it when the agent vanishes.
 pub fn will() -> String {
-    offline(0, "lost")
+    offline(0, true, "lost")
 }
 
 /// `{prefix}/status` on a clean stop.
-pub fn shutdown(ts_ms: u64) -> String {
-    offline(ts_ms, "shutdown")
+pub fn shutdown(ts_ms: u64, time_synced: bool) -> String {
+    offline(ts_ms, time_synced, "shutdown")
 }
 
-fn offline(ts_ms: u64, reason: &str) -> String {
+fn offline(ts_ms: u64, time_synced: bool, reason: &str) -> String {
     Status {
         online: false,
         ts: ts_ms,
+        time_synced,
         version: None,
         boot_id: None,
         reason: Some(reason),
@@ -92,8 +103,12 @@ mod tests {
             errors: Vec::new(),
         };
         assert_eq!(
-            telemetry(&sample, 7),
+            telemetry(&sample, 7, true),
             r#"{"ts":1700000000123,"seq":7,"values":{"cpu_temp":48.25,"a.b":-1.5}}"#
+        );
+        assert_eq!(
+            telemetry(&sample, 7, false),
+            r#"{"ts":1700000000123,"time_synced":false,"seq":7,"values":{"cpu_temp":48.25,"a.b":-1.5}}"#
         );
         sample.errors.push((
             Arc::from("ambient"),
@@ -103,18 +118,22 @@ mod tests {
                 reason: "no ACK".to_owned(),
             },
         ));
-        assert!(telemetry(&sample, 8)
+        assert!(telemetry(&sample, 8, true)
             .ends_with(r#""errors":{"ambient":"i2c bus 1 addr 0x48: no ACK"}}"#));
         assert_eq!(
-            online(5, "b-1"),
+            online(5, true, "b-1"),
             format!(
                 r#"{{"online":true,"ts":5,"version":"{}","boot_id":"b-1"}}"#,
                 env!("CARGO_PKG_VERSION")
             )
         );
         assert_eq!(
-            shutdown(9),
+            shutdown(9, true),
             r#"{"online":false,"ts":9,"reason":"shutdown"}"#
+        );
+        assert_eq!(
+            shutdown(9, false),
+            r#"{"online":false,"ts":9,"time_synced":false,"reason":"shutdown"}"#
         );
         assert_eq!(will(), r#"{"online":false,"ts":0,"reason":"lost"}"#);
     }

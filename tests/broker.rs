@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -42,8 +43,22 @@ impl BrokerPki {
 
     /// Writes `<name>.crt` and `<name>.key` for subject CN `cn`; returns (cert, key).
     pub fn issue(&self, name: &str, cn: &str, server: bool) -> (PathBuf, PathBuf) {
+        self.issue_valid(name, cn, server, 365)
+    }
+
+    /// As `issue`, valid until `not_after_days` from now (negative: already expired).
+    pub fn issue_valid(
+        &self,
+        name: &str,
+        cn: &str,
+        server: bool,
+        not_after_days: i64,
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now + time::Duration::days(not_after_days);
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         if server {
@@ -54,6 +69,7 @@ impl BrokerPki {
         let key_path = self.dir.join(format!("{name}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         (cert_path, key_path)
     }
 }
@@ -62,9 +78,10 @@ impl BrokerPki {
 pub struct Broker {
     pub port: u16,
     child: Child,
+    log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -72,29 +89,59 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Ways to start a broker other than the default.
+#[derive(Default)]
+pub struct BrokerOptions<'a> {
+    /// Lines appended to the listener's config.
+    pub extra: &'a str,
+    /// Environment of the mosquitto process (e.g. an OPENSSL_CONF that caps its TLS version).
+    pub env: &'a [(&'a str, &'a str)],
+    /// The port to listen on; a free one when unset (a restarted broker takes its old port).
+    pub port: Option<u16>,
+    /// Replaces `use_identity_as_username true` (e.g. to check passwords instead).
+    pub no_identity_as_username: bool,
+}
+
 impl Broker {
     /// Starts mosquitto with a TLS listener that requires client certificates and takes the
     /// certificate CN as the user name.
     pub fn start(pki: &BrokerPki) -> Broker {
-        let port = free_port();
+        Broker::start_with(pki, BrokerOptions::default())
+    }
+
+    pub fn start_with(pki: &BrokerPki, options: BrokerOptions) -> Broker {
+        let port = options.port.unwrap_or_else(free_port);
         let dir = &pki.dir;
+        let log = dir.join(format!("mosquitto-{port}.log"));
+        let identity = if options.no_identity_as_username {
+            ""
+        } else {
+            "use_identity_as_username true\n"
+        };
         let config = format!(
-            "user root\nper_listener_settings false\npersistence false\nlog_dest stderr\n\
+            "user root\npersistence false\nlog_dest file {log}\nlog_type all\n\
              listener {port} 127.0.0.1\ncafile {ca}\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n\
-             require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n",
+             require_certificate true\n{identity}{extra}\n",
+            log = log.display(),
             ca = pki.ca.display(),
             dir = dir.display(),
+            extra = options.extra,
         );
         let config_path = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("mosquitto")
+        let mut command = Command::new("mosquitto");
+        command
             .arg("-c")
             .arg(&config_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in options.env {
+            command.env(key, value);
+        }
+        let child = command
             .spawn()
             .expect("mosquitto is installed (scripts/test installs it)");
-        let broker = Broker { port, child };
+        let broker = Broker { port, child, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -108,6 +155,20 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many TCP connections the broker has accepted.
+    pub fn connections(&self) -> usize {
+        self.log().matches("New connection from").count()
     }
 }
 

@@ -1,16 +1,51 @@
-//! `fieldagent run` against a real mosquitto with mutual TLS: status, telemetry, clean stop, will.
+//! `fieldagent run` against a real mosquitto with mutual TLS: status, telemetry, clean stop, will,
+//! reconnects, failover, refused connections, the TLS floor, MQTT 5, jitter.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::broker::{Broker, BrokerPki, Subscriber};
+use crate::broker::{free_port, Broker, BrokerOptions, BrokerPki, Subscriber};
 use crate::util::{fake_sysfs, TestDir};
 
 const KEEPALIVE_S: u64 = 2;
+
+/// What an agent in a test connects with; `Setup::new` gives a working default.
+struct Setup {
+    client_id: String,
+    urls: Vec<String>,
+    /// Extra YAML lines inside `broker:`, indented by two spaces.
+    broker_extra: String,
+    /// `broker.reconnect`.
+    reconnect: String,
+    keepalive_s: u64,
+    /// Extra keys inside `broker.tls`, each starting with ", ".
+    tls_extra: String,
+    /// Overrides of the TLS files.
+    ca: Option<PathBuf>,
+    cert: Option<(PathBuf, PathBuf)>,
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn new(client_id: &str, broker: &Broker) -> Setup {
+        Setup {
+            client_id: client_id.to_owned(),
+            urls: vec![broker.url()],
+            broker_extra: String::new(),
+            reconnect: "{ initial_s: 0.2, max_s: 1 }".to_owned(),
+            keepalive_s: KEEPALIVE_S,
+            tls_extra: String::new(),
+            ca: None,
+            cert: None,
+            env: Vec::new(),
+        }
+    }
+}
 
 /// An agent process; killed by PID if a test ends without stopping it.
 struct Agent {
@@ -20,35 +55,56 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &TestDir, pki: &BrokerPki, broker: &Broker, client_id: &str) -> Agent {
-        fake_sysfs(dir);
-        let (cert, key) = pki.issue(client_id, client_id, false);
-        let config = dir.config(&format!(
+        Agent::start_with(dir, pki, Setup::new(client_id, broker))
+    }
+
+    fn start_with(dir: &TestDir, pki: &BrokerPki, setup: Setup) -> Agent {
+        if !dir.path().join("sys").exists() {
+            fake_sysfs(dir);
+        }
+        let id = &setup.client_id;
+        let (cert, key) = setup.cert.unwrap_or_else(|| pki.issue(id, id, false));
+        let urls: Vec<String> = setup.urls.iter().map(|u| format!("\"{u}\"")).collect();
+        let base = dir.path().display().to_string();
+        let config = format!(
             r#"broker:
-  urls: ["{url}"]
-  keepalive_s: {KEEPALIVE_S}
-  reconnect: {{ initial_s: 0.2, max_s: 1 }}
-  tls: {{ ca_file: {ca}, cert_file: {cert}, key_file: {key} }}
-sysfs_root: "@DIR@/sys"
-state_dir: "@DIR@/state"
+  urls: [{urls}]
+  keepalive_s: {keepalive_s}
+  connect_timeout_s: 3
+  reconnect: {reconnect}
+  tls: {{ ca_file: {ca}, cert_file: {cert}, key_file: {key}{tls_extra} }}
+{extra}
+sysfs_root: "{base}/sys"
+state_dir: "{base}/state-{id}"
 telemetry: {{ interval_s: 0.2 }}
 sensors:
   - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}
   - {{ name: gone, hwmon: {{ chip: tmp421, input: temp1 }} }}
 "#,
-            url = broker.url(),
-            ca = pki.ca.display(),
+            urls = urls.join(", "),
+            ca = setup.ca.as_deref().unwrap_or(&pki.ca).display(),
             cert = cert.display(),
             key = key.display(),
-        ));
-        let log = dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_fieldagent"))
-            .args(["--config", config.to_str().unwrap(), "run"])
+            extra = setup.broker_extra,
+            reconnect = setup.reconnect,
+            keepalive_s = setup.keepalive_s,
+            tls_extra = setup.tls_extra,
+        );
+        let config_path = dir.write(&format!("{id}.yaml"), config);
+        let log = dir.path().join(format!("{id}.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fieldagent"));
+        command
+            .args(["--config", config_path.to_str().unwrap(), "run"])
             .env_remove("FIELDAGENT_CONFIG")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Agent { child, log }
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (key, value) in &setup.env {
+            command.env(key, value);
+        }
+        Agent {
+            child: command.spawn().unwrap(),
+            log,
+        }
     }
 
     fn signal(&self, signal: Signal) {
@@ -79,6 +135,34 @@ impl Drop for Agent {
     }
 }
 
+fn online(subscriber: &Subscriber, client_id: &str, within: Duration) -> Option<serde_json::Value> {
+    let topic = format!("devices/{client_id}/status");
+    subscriber
+        .wait_for(within, |m| {
+            m.topic == topic && m.payload.contains(r#""online":true"#)
+        })
+        .map(|m| serde_json::from_str(&m.payload).unwrap())
+}
+
+/// The online status of each of `ids`, in that order, however they interleave.
+fn onlines(subscriber: &Subscriber, ids: &[String], within: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    let mut found: Vec<Option<serde_json::Value>> = vec![None; ids.len()];
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = subscriber
+            .wait_for(left, |m| m.payload.contains(r#""online":true"#))
+            .unwrap_or_else(|| panic!("not every agent came online: {found:?}"));
+        if let Some(index) = ids
+            .iter()
+            .position(|id| message.topic == format!("devices/{id}/status"))
+        {
+            found[index] = Some(serde_json::from_str(&message.payload).unwrap());
+        }
+    }
+    found.into_iter().map(Option::unwrap).collect()
+}
+
 #[test]
 fn online_status_telemetry_and_a_clean_stop() {
     let dir = TestDir::new();
@@ -87,18 +171,13 @@ fn online_status_telemetry_and_a_clean_stop() {
     let subscriber = Subscriber::start(&broker, &pki, "devices/#");
     let mut agent = Agent::start(&dir, &pki, &broker, "node-1");
 
-    let online = subscriber
-        .wait_for(Duration::from_secs(10), |m| {
-            m.topic == "devices/node-1/status" && m.payload.contains(r#""online":true"#)
-        })
+    let status = online(&subscriber, "node-1", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no online status; agent log:\n{}", agent.log()));
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
     assert!(
-        online
-            .payload
-            .contains(&format!(r#""version":"{}""#, env!("CARGO_PKG_VERSION"))),
-        "{online:?}"
+        status["boot_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{status}"
     );
-    assert!(online.payload.contains(r#""boot_id":""#), "{online:?}");
 
     // The status is retained: a subscriber that comes later gets it at once.
     let late = Subscriber::start(&broker, &pki, "devices/node-1/status");
@@ -166,10 +245,7 @@ fn a_killed_agent_leaves_its_will() {
     let broker = Broker::start(&pki);
     let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
     let agent = Agent::start(&dir, &pki, &broker, "node-2");
-    subscriber
-        .wait_for(Duration::from_secs(10), |m| {
-            m.payload.contains(r#""online":true"#)
-        })
+    online(&subscriber, "node-2", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no online status; agent log:\n{}", agent.log()));
 
     agent.signal(Signal::SIGKILL);
@@ -185,4 +261,346 @@ fn a_killed_agent_leaves_its_will() {
         "{:?}",
         killed.elapsed()
     );
+}
+
+#[test]
+fn a_half_open_connection_is_noticed_within_keepalive() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    // Paho counts keepalive in whole seconds; 4 s leaves room for its one-second ticks.
+    let keepalive_s = 4;
+    let mut setup = Setup::new("node-h", &broker);
+    setup.keepalive_s = keepalive_s;
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-h", Duration::from_secs(10)).expect("online");
+    // A stopped broker keeps its sockets open and answers nothing: a half-open connection.
+    let broker_pid = Pid::from_raw(broker.pid() as i32);
+    kill(broker_pid, Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(keepalive_s * 3);
+    while !agent.log().contains("Connection lost.") {
+        assert!(
+            Instant::now() < deadline,
+            "not noticed; agent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let noticed = stopped.elapsed();
+    kill(broker_pid, Signal::SIGCONT).unwrap();
+    assert!(
+        noticed <= Duration::from_millis(keepalive_s * 1500),
+        "noticed after {noticed:?}, keepalive {keepalive_s} s"
+    );
+}
+
+#[test]
+fn a_restarted_broker_gets_the_online_status_again() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let port = broker.port;
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let agent = Agent::start(&dir, &pki, &broker, "node-r");
+    online(&subscriber, "node-r", Duration::from_secs(10)).expect("online");
+    drop(subscriber);
+    drop(broker);
+
+    std::thread::sleep(Duration::from_millis(500));
+    let broker = Broker::start_with(
+        &pki,
+        BrokerOptions {
+            port: Some(port),
+            ..BrokerOptions::default()
+        },
+    );
+    // The new broker has no retained messages of its own: only a new online status can answer.
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    online(&subscriber, "node-r", Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "no online status after the restart; agent log:\n{}",
+            agent.log()
+        )
+    });
+    assert!(agent.log().contains("Connection lost."), "{}", agent.log());
+}
+
+#[test]
+fn a_dead_first_url_fails_over_to_the_second() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let mut setup = Setup::new("node-f", &broker);
+    setup.urls = vec![format!("mqtts://127.0.0.1:{}", free_port()), broker.url()];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-f", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no online status; agent log:\n{}", agent.log()));
+}
+
+#[test]
+fn mqtt_5_works_too() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/#");
+    let mut setup = Setup::new("node-5", &broker);
+    setup.broker_extra = "  protocol: \"5\"\n  session_expiry_s: 600\n".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-5", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no online status; agent log:\n{}", agent.log()));
+    subscriber
+        .wait_for(Duration::from_secs(5), |m| {
+            m.topic == "devices/node-5/telemetry"
+        })
+        .expect("telemetry over MQTT 5");
+    assert!(
+        broker.log().contains("as node-5 (p5, c0, k1"),
+        "{}",
+        broker.log()
+    );
+}
+
+/// Each refusal: no connection, one clear log line however many attempts, and a backoff rather
+/// than a tight loop.
+fn assert_refused(agent: &Agent, broker: &Broker, expected_in_log: &str) {
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    assert!(!log.contains("Connected."), "{log}");
+    assert_eq!(log.matches("Cannot connect.").count(), 1, "{log}");
+    assert!(log.contains(expected_in_log), "{log}");
+    // initial 0.2 s doubling to 1 s with ±20 % jitter: 4 to 6 attempts in 3 s, not hundreds.
+    let attempts = broker.connections();
+    assert!(
+        (2..=10).contains(&attempts),
+        "{attempts} attempts; broker log:\n{}",
+        broker.log()
+    );
+}
+
+#[test]
+fn refused_connections_back_off_and_say_why_once() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+
+    // A CA that did not sign the broker's certificate.
+    let broker = Broker::start(&pki);
+    let other_dir = TestDir::new();
+    let other = BrokerPki::new(&other_dir);
+    let mut setup = Setup::new("node-ca", &broker);
+    setup.ca = Some(other.ca.clone());
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(
+        &agent,
+        &broker,
+        "the broker's certificate: certificate signature failure",
+    );
+    drop(agent);
+
+    // The broker's certificate is for 127.0.0.1, not for localhost.
+    let broker = Broker::start(&pki);
+    let mut setup = Setup::new("node-host", &broker);
+    setup.urls = vec![format!("mqtts://localhost:{}", broker.port)];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(
+        &agent,
+        &broker,
+        "the broker's certificate: hostname mismatch",
+    );
+    drop(agent);
+
+    // An expired client certificate: the agent runs, warns, and keeps trying.
+    let broker = Broker::start(&pki);
+    let mut setup = Setup::new("node-old", &broker);
+    setup.cert = Some(pki.issue_valid("node-old", "node-old", false, -1));
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(&agent, &broker, "alert certificate expired");
+    assert!(agent.log().contains("expired on"), "{}", agent.log());
+    drop(agent);
+
+    // A wrong password on a broker that checks them.
+    let passwords = dir.write("broker/passwords", "");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", passwords.to_str().unwrap(), "device", "right"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let broker = Broker::start_with(
+        &pki,
+        BrokerOptions {
+            extra: &format!(
+                "password_file {}\nallow_anonymous false",
+                passwords.display()
+            ),
+            no_identity_as_username: true,
+            ..BrokerOptions::default()
+        },
+    );
+    let password_file = dir.write("wrong-password", "wrong\n");
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut setup = Setup::new("node-pw", &broker);
+    setup.broker_extra = format!(
+        "  username: device\n  password_file: {}\n",
+        password_file.display()
+    );
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(
+        &agent,
+        &broker,
+        "the broker refused the connection: Not Authorized",
+    );
+    // The password never reaches the log.
+    assert!(!agent.log().contains("wrong"), "{}", agent.log());
+}
+
+#[test]
+fn plain_mqtt_is_refused_without_allow_insecure() {
+    let dir = TestDir::new();
+    let config = dir.config("broker:\n  urls: [\"mqtt://127.0.0.1:1883\"]\n");
+    let output = crate::util::fieldagent(&["--config", config.to_str().unwrap(), "run"]);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(
+        crate::util::stderr(&output).contains("plain MQTT is refused"),
+        "{}",
+        crate::util::stderr(&output)
+    );
+}
+
+/// OpenSSL configs for the TLS floor tests: one that caps a broker's TLS version, one that lets
+/// a client go as low as TLS 1.0 (lower than Debian's default), as a lax system would.
+fn openssl_conf(dir: &TestDir, name: &str, lines: &str) -> PathBuf {
+    dir.write(
+        name,
+        format!("openssl_conf = i\n[i]\nssl_conf = s\n[s]\nsystem_default = d\n[d]\n{lines}\n"),
+    )
+}
+
+fn permissive(dir: &TestDir) -> PathBuf {
+    openssl_conf(
+        dir,
+        "permissive.cnf",
+        "MinProtocol = TLSv1\nCipherString = DEFAULT:@SECLEVEL=0",
+    )
+}
+
+/// A broker whose OpenSSL speaks at most `max` (e.g. "TLSv1.1").
+fn capped_broker(dir: &TestDir, pki: &BrokerPki, max: &str) -> (Broker, PathBuf) {
+    let conf = openssl_conf(
+        dir,
+        &format!("max-{max}.cnf"),
+        &format!("MinProtocol = TLSv1\nMaxProtocol = {max}\nCipherString = DEFAULT:@SECLEVEL=0"),
+    );
+    let conf_text = conf.to_str().unwrap().to_owned();
+    let broker = Broker::start_with(
+        pki,
+        BrokerOptions {
+            env: &[("OPENSSL_CONF", &conf_text)],
+            ..BrokerOptions::default()
+        },
+    );
+    (broker, conf)
+}
+
+/// mosquitto_pub through the given OpenSSL config: proves a TLS version is on offer.
+fn can_publish(broker: &Broker, pki: &BrokerPki, openssl: &Path, tls_version: &str) -> bool {
+    let (cert, key) = pki.issue("control", "control", false);
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .arg("--cafile")
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["--tls-version", tls_version, "-t", "control", "-m", "x"])
+        .env("OPENSSL_CONF", openssl)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn the_tls_floor_holds_whatever_the_system_allows() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let lax = permissive(&dir);
+    let lax_env = ("OPENSSL_CONF".to_owned(), lax.display().to_string());
+
+    // A broker that offers TLS 1.1 at most; a lax system would let a client take it.
+    let (broker, _) = capped_broker(&dir, &pki, "TLSv1.1");
+    assert!(
+        can_publish(&broker, &pki, &lax, "tlsv1.1"),
+        "control: TLS 1.1 is on offer"
+    );
+    let mut setup = Setup::new("node-11", &broker);
+    setup.env = vec![lax_env.clone()];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(
+        &agent,
+        &broker,
+        "offers TLSv1.1 at most; broker.tls.min_version is 1.2",
+    );
+    drop(agent);
+
+    // min_version 1.3 against a broker that offers TLS 1.2 at most.
+    let (broker, _) = capped_broker(&dir, &pki, "TLSv1.2");
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let mut setup = Setup::new("node-13", &broker);
+    setup.tls_extra = ", min_version: \"1.3\"".to_owned();
+    setup.env = vec![lax_env.clone()];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert_refused(
+        &agent,
+        &broker,
+        "offers TLSv1.2 at most; broker.tls.min_version is 1.3",
+    );
+    drop(agent);
+    // The same broker with the default floor of 1.2: connected.
+    let mut setup = Setup::new("node-12", &broker);
+    setup.env = vec![lax_env];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-12", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("TLS 1.2 should connect; agent log:\n{}", agent.log()));
+}
+
+#[test]
+fn a_fleet_reconnects_spread_out() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let port = broker.port;
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let ids: Vec<String> = (0..5).map(|i| format!("fleet-{i}")).collect();
+    let mut agents = Vec::new();
+    for id in &ids {
+        let mut setup = Setup::new(id, &broker);
+        // A wide jitter so the spread is plain to see: each delay is 0 to 2 times its base.
+        setup.reconnect = "{ initial_s: 1, max_s: 4, jitter: 1.0 }".to_owned();
+        agents.push(Agent::start_with(&dir, &pki, setup));
+    }
+    onlines(&subscriber, &ids, Duration::from_secs(15));
+    drop(subscriber);
+    drop(broker);
+    std::thread::sleep(Duration::from_millis(300));
+    let broker = Broker::start_with(
+        &pki,
+        BrokerOptions {
+            port: Some(port),
+            ..BrokerOptions::default()
+        },
+    );
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let stamps: Vec<u64> = onlines(&subscriber, &ids, Duration::from_secs(15))
+        .iter()
+        .map(|status| status["ts"].as_u64().unwrap())
+        .collect();
+    let spread = stamps.iter().max().unwrap() - stamps.iter().min().unwrap();
+    assert!(
+        spread >= 150,
+        "reconnects within {spread} ms of each other: {stamps:?}"
+    );
+    drop(agents);
 }

@@ -6,6 +6,7 @@
 //! and asks [`Session::connect`] again after each [`backoff::Backoff`] delay.
 
 pub mod backoff;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,9 +97,12 @@ impl Session {
             Protocol::V311 => paho::ConnectOptionsBuilder::new_v3(),
             Protocol::V5 => paho::ConnectOptionsBuilder::new_v5(),
         };
+        // Paho pings after a keepalive of silence and gives up after another without an answer;
+        // at half the configured keepalive a half-open connection is noticed within keepalive_s,
+        // and the broker (which allows 1.5 times what we announce) fires the will sooner.
         options
             .server_uris(&uris)
-            .keep_alive_interval(broker.keepalive())
+            .keep_alive_interval((broker.keepalive() / 2).max(Duration::from_secs(1)))
             .connect_timeout(broker.connect_timeout())
             .will_message(will);
         match broker.protocol {
@@ -145,7 +149,12 @@ impl Session {
         Ok(Session {
             client,
             options: options.finalize(),
-            urls: uris.join(", "),
+            urls: config
+                .endpoints
+                .iter()
+                .map(|e| e.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             status_topic,
             telemetry_topic: format!("{prefix}/telemetry"),
             boot_id: boot_id(),
@@ -159,9 +168,10 @@ impl Session {
             .await
             .map_err(|err| MqttError::Connect {
                 urls: self.urls.clone(),
-                cause: err.to_string(),
+                cause: describe(&err),
             })?;
-        let status = telemetry::online(crate::model::now_ms(), &self.boot_id);
+        let now_ms = crate::model::now_ms();
+        let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
         self.publish(&self.status_topic, status, 1, true);
         Ok(())
     }
@@ -187,9 +197,10 @@ impl Session {
         if !self.client.is_connected() {
             return;
         }
+        let now_ms = crate::model::now_ms();
         let status = paho::Message::new_retained(
             &self.status_topic,
-            telemetry::shutdown(crate::model::now_ms()),
+            telemetry::shutdown(now_ms, crate::clock::synced(now_ms)),
             1,
         );
         let delivered = tokio::time::timeout(wait, self.client.publish(status)).await;
@@ -206,6 +217,14 @@ impl Session {
 
     pub fn urls(&self) -> &str {
         &self.urls
+    }
+}
+
+/// Paho's error in words: its own text for a refused CONNACK is only "(0)".
+fn describe(err: &paho::Error) -> String {
+    match err {
+        paho::Error::ConnectReturn(code) => format!("the broker refused the connection: {code}"),
+        other => other.to_string(),
     }
 }
 

@@ -1,0 +1,51 @@
+//! Whether the system clock can be believed.
+//!
+//! Many boards have no RTC and boot in 1970 or at the image's build date; their clock is right
+//! only once NTP has set it. The clock counts as synchronised when systemd-timesyncd says so
+//! (`/run/systemd/timesync/synchronized`) or the kernel's NTP state is not unsynchronised
+//! (`adjtimex`, as `timedatectl` reads it), and never while it reads earlier than the build of
+//! this binary.
+
+#![allow(unsafe_code)]
+
+use std::path::Path;
+
+/// Unix time in seconds when this binary was built (see build.rs).
+pub const BUILD_TS_S: u64 = match u64::from_str_radix(env!("FIELDAGENT_BUILD_TS"), 10) {
+    Ok(seconds) => seconds,
+    Err(_) => 0,
+};
+
+/// True when timestamps from the system clock are true.
+pub fn synced(now_ms: u64) -> bool {
+    if now_ms / 1000 < BUILD_TS_S {
+        return false;
+    }
+    if Path::new("/run/systemd/timesync/synchronized").exists() {
+        return true;
+    }
+    kernel_synced()
+}
+
+/// The kernel's view: adjtimex in read-only mode (modes 0) returns TIME_ERROR, and sets
+/// STA_UNSYNC in the status, while no time source has disciplined the clock.
+fn kernel_synced() -> bool {
+    // SAFETY: an all-zero timex is a valid argument; with modes 0 adjtimex only reads the
+    // kernel's state into it.
+    let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `timex` is a live, writable struct of the type adjtimex expects.
+    let state = unsafe { libc::adjtimex(&mut timex) };
+    state != -1 && state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_before_the_build_is_never_synced() {
+        const { assert!(BUILD_TS_S > 1_700_000_000) };
+        assert!(!synced(0));
+        assert!(!synced((BUILD_TS_S - 1) * 1000));
+    }
+}

@@ -1,0 +1,183 @@
+//! The TLS floor, made to hold.
+//!
+//! Paho C creates its `SSL_CTX` with `TLS_client_method()` and ignores its own `ssl_version`
+//! option when built against OpenSSL 1.1 or newer, so that option proves nothing. OpenSSL itself
+//! applies the `system_default` section of its config to every new `SSL_CTX`; the agent points
+//! `OPENSSL_CONF` at a small config of its own, written to `state_dir` before OpenSSL is first
+//! used, whose `MinProtocol` is `broker.tls.min_version`. Whatever the system's config allows, no
+//! handshake below the floor then completes, Paho's included.
+//!
+//! When a TLS connect fails, [`diagnose`] shakes hands once more on its own, with no floor and
+//! without sending anything, only to say in the log which version the broker offered.
+
+use std::io;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslVerifyMode, SslVersion};
+
+use crate::config::{Endpoint, TlsConfig, TlsVersion};
+
+/// The name `OPENSSL_CONF` points at, inside `state_dir`.
+const FILE_NAME: &str = "openssl.cnf";
+
+fn openssl_name(version: TlsVersion) -> &'static str {
+    match version {
+        TlsVersion::V1_2 => "TLSv1.2",
+        TlsVersion::V1_3 => "TLSv1.3",
+    }
+}
+
+pub fn display(version: TlsVersion) -> &'static str {
+    match version {
+        TlsVersion::V1_2 => "1.2",
+        TlsVersion::V1_3 => "1.3",
+    }
+}
+
+/// Writes the OpenSSL config for `min` into `dir` (only when it changed: boards have slow flash)
+/// and points `OPENSSL_CONF` at it. Must run before anything in the process uses OpenSSL, while
+/// the process has one thread.
+pub fn enforce_floor(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
+    let text = format!(
+        "# Written by fieldagent at start-up: the TLS floor of broker.tls.min_version.\n\
+         openssl_conf = fieldagent_init\n\
+         [fieldagent_init]\nssl_conf = fieldagent_ssl\n\
+         [fieldagent_ssl]\nsystem_default = fieldagent_tls\n\
+         [fieldagent_tls]\nMinProtocol = {}\n",
+        openssl_name(min)
+    );
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(FILE_NAME);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        let temporary = dir.join(format!("{FILE_NAME}.new"));
+        std::fs::write(&temporary, &text)?;
+        std::fs::rename(&temporary, &path)?;
+    }
+    std::env::set_var("OPENSSL_CONF", &path);
+    Ok(path)
+}
+
+/// After a failed TLS connect: why, as a sentence for the log, found by shaking hands with the
+/// broker at `endpoint` once more on our own (nothing is sent but the handshake). `None` when
+/// the TLS layer is fine, so the refusal came from MQTT (user name, password, authorisation).
+pub fn diagnose(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Option<String> {
+    let min = tls.min_version;
+    // First the version, with no floor at all.
+    let probe = handshake(endpoint, timeout, |builder| {
+        builder.set_min_proto_version(Some(SslVersion::TLS1)).ok()?;
+        // Security level 0 lets OpenSSL 3 speak TLS 1.0 and 1.1 at all.
+        builder.set_security_level(0);
+        builder.set_cipher_list("ALL:@SECLEVEL=0").ok()?;
+        builder.set_verify(SslVerifyMode::NONE);
+        Some(false)
+    });
+    // The broker may end this handshake for want of a client certificate; its version is known
+    // by then all the same.
+    let offered = match probe {
+        Ok(version) => version,
+        Err(failed) => failed.version?,
+    };
+    let below = match min {
+        TlsVersion::V1_2 => matches!(offered.as_str(), "TLSv1" | "TLSv1.1" | "SSLv3"),
+        TlsVersion::V1_3 => offered != "TLSv1.3",
+    };
+    if below {
+        return Some(format!(
+            "{} offers {offered} at most; broker.tls.min_version is {}, so the agent refuses it",
+            endpoint.url,
+            display(min)
+        ));
+    }
+    // Then the agent's own settings: the broker's certificate, our certificate.
+    let verified = handshake(endpoint, timeout, |builder| {
+        if let Some(ca) = &tls.ca_file {
+            builder.set_ca_file(ca).ok()?;
+        }
+        if let Some(cert) = &tls.cert_file {
+            builder.set_certificate_chain_file(cert).ok()?;
+        }
+        if let Some(key) = &tls.key_file {
+            builder
+                .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+                .ok()?;
+        }
+        builder.set_verify(SslVerifyMode::PEER);
+        Some(tls.verify_hostname)
+    });
+    match verified {
+        Ok(_) => None,
+        Err(failed) => Some(format!(
+            "TLS handshake with {} failed: {}",
+            endpoint.url, failed.reason
+        )),
+    }
+}
+
+/// Why a probe handshake failed, with the version the broker had chosen by then, if any.
+struct Failed {
+    version: Option<String>,
+    reason: String,
+}
+
+impl<T: ToString> From<T> for Failed {
+    fn from(reason: T) -> Failed {
+        Failed {
+            version: None,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// One handshake; `setup` adjusts the context and says whether to check the host name. Returns
+/// the negotiated version.
+fn handshake(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    setup: impl FnOnce(&mut openssl::ssl::SslConnectorBuilder) -> Option<bool>,
+) -> Result<String, Failed> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())?;
+    let verify_hostname = setup(&mut builder).ok_or("cannot set up the probe")?;
+    let connector = builder.build();
+    let address = (endpoint.host.as_str(), endpoint.port);
+    let socket = std::net::ToSocketAddrs::to_socket_addrs(&address)?
+        .next()
+        .ok_or("no address")?;
+    let stream = TcpStream::connect_timeout(&socket, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut config = connector.configure()?;
+    config.set_verify_hostname(verify_hostname);
+    match config.connect(&endpoint.host, stream) {
+        Ok(mut tls) => {
+            // In TLS 1.3 the server judges our certificate after our side is done; its verdict
+            // comes as an alert on the first read. A broker sends nothing unasked, so a quiet
+            // read until the timeout means it accepted us.
+            let _ = tls
+                .get_ref()
+                .set_read_timeout(Some(timeout.min(Duration::from_millis(500))));
+            let mut byte = [0u8; 1];
+            match tls.ssl_read(&mut byte) {
+                Err(err) if err.ssl_error().is_some() => Err(Failed {
+                    version: Some(tls.ssl().version_str().to_owned()),
+                    reason: err.to_string(),
+                }),
+                _ => Ok(tls.ssl().version_str().to_owned()),
+            }
+        }
+        Err(HandshakeError::Failure(mid)) => {
+            let verify = mid.ssl().verify_result();
+            let reason = if verify.as_raw() != 0 {
+                format!("the broker's certificate: {}", verify.error_string())
+            } else {
+                mid.error().to_string()
+            };
+            Err(Failed {
+                version: Some(mid.ssl().version_str().to_owned()),
+                reason,
+            })
+        }
+        Err(err) => Err(err.into()),
+    }
+}
