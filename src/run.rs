@@ -103,7 +103,7 @@ where
             }
             () = tokio::time::sleep_until(next_attempt), if connected_since.is_none() => {
                 match session.connect().await {
-                    Ok(()) => {
+                    Ok(connected) => {
                         connected_since = Some(Instant::now());
                         counters.reconnects += 1;
                         seen_errors.clear();
@@ -116,8 +116,11 @@ where
                                 counters.dropped += 1;
                             }
                         }
+                        // Nothing is subscribed yet (commands come later); once something is, a
+                        // session the broker lost is subscribed again here.
                         tracing::info!(
-                            broker = %session.urls(),
+                            broker = %connected.server,
+                            session_present = connected.session_present,
                             sent_from_buffer = buffered,
                             dropped = counters.dropped,
                             "Connected."

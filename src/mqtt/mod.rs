@@ -40,6 +40,16 @@ pub enum MqttError {
     Connect { urls: String, cause: String },
 }
 
+/// What a successful connect found.
+#[derive(Debug)]
+pub struct Connected {
+    /// The broker that answered, after failover.
+    pub server: String,
+    /// The broker kept our session (clean_session false); when it did not, subscriptions must
+    /// be made again.
+    pub session_present: bool,
+}
+
 /// One device's MQTT client: the options it connects with and the topics it owns.
 pub struct Session {
     client: paho::AsyncClient,
@@ -162,18 +172,29 @@ impl Session {
     }
 
     /// Connects (trying the URLs in order) and publishes the retained online status.
-    pub async fn connect(&self) -> Result<(), MqttError> {
-        self.client
+    pub async fn connect(&self) -> Result<Connected, MqttError> {
+        let response = self
+            .client
             .connect(self.options.clone())
             .await
             .map_err(|err| MqttError::Connect {
                 urls: self.urls.clone(),
                 cause: describe(&err),
             })?;
+        let connected = match response.connect_response() {
+            Some(response) => Connected {
+                server: response.server_uri,
+                session_present: response.session_present,
+            },
+            None => Connected {
+                server: self.urls.clone(),
+                session_present: false,
+            },
+        };
         let now_ms = crate::model::now_ms();
         let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
         self.publish(&self.status_topic, status, 1, true);
-        Ok(())
+        Ok(connected)
     }
 
     /// Hands a message to Paho; false when there is no connection to send it on.
