@@ -49,3 +49,53 @@ stop_pids() {
     wait "$pid" 2>/dev/null || true
   done
 }
+
+# Writes a throwaway CA (ca.pem), a broker certificate for 127.0.0.1 (server.crt/key), and client
+# certificates named by CN (device.crt/key with CN $2, observer.crt/key) into directory $1.
+make_pki() {
+  local dir=$1 device_cn=$2
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 \
+      -subj /CN=fieldagent-demo-ca -keyout ca.key -out ca.pem 2>/dev/null
+    issue() {  # $1 = file name, $2 = CN, $3 = extension file or empty
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+        -keyout "$1.key" -out "$1.csr" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 90 \
+        ${3:+-extfile "$3"} -out "$1.crt" 2>/dev/null
+    }
+    echo "subjectAltName=IP:127.0.0.1" > server.ext
+    issue server 127.0.0.1 server.ext
+    issue device "$device_cn"
+    issue observer observer
+    chmod 600 ./*.key
+  )
+}
+
+# A free loopback port: the first one nothing answers on.
+free_port() {
+  local port=$((20000 + RANDOM % 20000))
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+  echo "$port"
+}
+
+# Starts mosquitto with mutual TLS on 127.0.0.1:$2 with the certificates of make_pki in $1/pki,
+# logging to $1/mosquitto.log; prints its PID once it listens.
+start_mosquitto() {
+  local dir=$1 port=$2
+  cat > "$dir/mosquitto.conf" <<CONF
+user root
+persistence false
+log_dest file $dir/mosquitto.log
+listener $port 127.0.0.1
+cafile $dir/pki/ca.pem
+certfile $dir/pki/server.crt
+keyfile $dir/pki/server.key
+require_certificate true
+use_identity_as_username true
+CONF
+  mosquitto -c "$dir/mosquitto.conf" >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  echo "$pid"
+}

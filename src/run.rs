@@ -7,7 +7,9 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -55,7 +57,8 @@ where
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
     let (stop_sampler, sampler_stop) = std_mpsc::channel::<()>();
-    let sampler = spawn_sampler(&config, telemetry_tx, sampler_stop);
+    let queue_full = Arc::new(AtomicU64::new(0));
+    let sampler = spawn_sampler(&config, telemetry_tx, sampler_stop, Arc::clone(&queue_full));
 
     let broker = &config.config().broker;
     let qos = config.config().telemetry.qos;
@@ -68,6 +71,8 @@ where
     let mut counters = Counters::default();
     let mut backoff = Backoff::new(&broker.reconnect);
     let mut connected_since: Option<Instant> = None;
+    // False until the first connect attempt has ended.
+    let mut attempted = false;
     // Paho's errors seen in this outage: each is diagnosed once (a probe is one more handshake).
     let mut seen_errors: Vec<String> = Vec::new();
     let mut last_diagnosis: Option<String> = None;
@@ -77,32 +82,12 @@ where
     tokio::pin!(first_shutdown);
     let signal = loop {
         tokio::select! {
+            biased;
             signal = &mut first_shutdown => break signal,
-            Some(payload) = telemetry.recv() => {
-                if connected_since.is_some() && session.publish(&session.telemetry_topic, payload.clone(), qos, false) {
-                    counters.sent += 1;
-                } else if keep_offline > 0 {
-                    if offline_buffer.len() == keep_offline {
-                        offline_buffer.pop_front();
-                        counters.dropped += 1;
-                    }
-                    offline_buffer.push_back(payload);
-                } else {
-                    counters.dropped += 1;
-                }
-            }
-            Some(MqttEvent::Lost) = events.recv() => {
-                if let Some(since) = connected_since.take() {
-                    if since.elapsed() >= STABLE {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay(fastrand::f64());
-                    tracing::warn!(broker = %session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
-                    next_attempt = tokio::time::Instant::now() + delay;
-                }
-            }
             () = tokio::time::sleep_until(next_attempt), if connected_since.is_none() => {
-                match session.connect().await {
+                let result = session.connect().await;
+                attempted = true;
+                match result {
                     Ok(connected) => {
                         connected_since = Some(Instant::now());
                         counters.reconnects += 1;
@@ -150,6 +135,32 @@ where
                     }
                 }
             }
+            Some(MqttEvent::Lost) = events.recv() => {
+                if let Some(since) = connected_since.take() {
+                    if since.elapsed() >= STABLE {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay(fastrand::f64());
+                    tracing::warn!(broker = %session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
+                    next_attempt = tokio::time::Instant::now() + delay;
+                }
+            }
+            Some(payload) = telemetry.recv() => {
+                if connected_since.is_some() && session.publish(&session.telemetry_topic, payload.clone(), qos, false) {
+                    counters.sent += 1;
+                } else if keep_offline > 0 || !attempted {
+                    // Until the first connect attempt ends the agent is starting, not offline:
+                    // the latest sample waits for it.
+                    let keep = keep_offline.max(1);
+                    if offline_buffer.len() == keep {
+                        offline_buffer.pop_front();
+                        counters.dropped += 1;
+                    }
+                    offline_buffer.push_back(payload);
+                } else {
+                    counters.dropped += 1;
+                }
+            }
         }
     };
     tracing::info!(signal, "Shutting down.");
@@ -160,7 +171,7 @@ where
     }
     tracing::info!(
         sent = counters.sent,
-        dropped = counters.dropped,
+        dropped = counters.dropped + queue_full.load(Ordering::Relaxed),
         connects = counters.reconnects,
         "Stopped."
     );
@@ -177,6 +188,7 @@ fn spawn_sampler(
     config: &ValidConfig,
     telemetry_tx: mpsc::Sender<String>,
     stop: std_mpsc::Receiver<()>,
+    queue_full: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
     let interval = Duration::from_secs_f64(config.config().telemetry.interval_s);
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
@@ -192,7 +204,7 @@ fn spawn_sampler(
                 let payload = crate::telemetry::telemetry(&sample, seq, synced);
                 seq += 1;
                 if telemetry_tx.try_send(payload).is_err() {
-                    tracing::debug!("Telemetry queue full; sample dropped.");
+                    queue_full.fetch_add(1, Ordering::Relaxed);
                 }
                 next += interval;
                 let now = Instant::now();

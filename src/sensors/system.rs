@@ -34,22 +34,20 @@ impl SystemSource {
     fn read_metric(&mut self, metric: SystemMetric) -> Result<f64, SensorError> {
         match metric {
             SystemMetric::CpuPercent => {
-                // The first reading after start needs a short wait to have an interval to
-                // measure; in the daemon the sampling interval is always longer.
-                let since = self.cpu_refreshed.elapsed();
-                if since < sysinfo::MINIMUM_CPU_UPDATE_INTERVAL {
-                    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL - since);
+                // sysinfo measures between two refreshes at least MINIMUM_CPU_UPDATE_INTERVAL
+                // apart. The first reading comes right after start: rather than wait for it
+                // (200 ms of start-up), it is the average since boot from the first refresh.
+                if self.cpu_refreshed.elapsed() >= sysinfo::MINIMUM_CPU_UPDATE_INTERVAL {
+                    self.system.refresh_cpu_usage();
+                    self.cpu_refreshed = Instant::now();
                 }
-                self.system.refresh_cpu_usage();
-                self.cpu_refreshed = Instant::now();
-                let usage = f64::from(self.system.global_cpu_usage());
                 if self.system.cpus().is_empty() {
                     return Err(SensorError::System {
                         metric: metric.as_str(),
                         reason: "no CPU found in /proc/stat".to_owned(),
                     });
                 }
-                Ok(usage)
+                Ok(f64::from(self.system.global_cpu_usage()))
             }
             SystemMetric::MemUsedPercent => {
                 self.system
