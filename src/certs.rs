@@ -137,10 +137,44 @@ fn probe_ca(key: &str, path: &Path, now_s: i64, expired: Severity, findings: &mu
             return;
         }
     };
-    for cert in certs {
-        if let Ok(der) = cert.to_der() {
+    if let [only] = certs.as_slice() {
+        if let Ok(der) = only.to_der() {
             check_validity(key, path, &der, now_s, expired, "CA certificate", findings);
         }
+        return;
+    }
+    // A bundle (often the system's) holds many roots, some long expired; only the one that
+    // signed the broker matters, so the bundle is judged as a whole.
+    let lapsed = certs
+        .iter()
+        .filter_map(|cert| cert.to_der().ok())
+        .filter_map(|der| {
+            X509Certificate::from_der(&der)
+                .ok()
+                .map(|(_, c)| c.validity().not_after.timestamp())
+        })
+        .filter(|not_after| *not_after < now_s)
+        .count();
+    if lapsed == certs.len() {
+        let mut finding = Finding::error(
+            key,
+            format!(
+                "every one of the {} CA certificates in {} has expired",
+                certs.len(),
+                path.display()
+            ),
+        );
+        finding.severity = expired;
+        findings.push(finding);
+    } else if lapsed > 0 {
+        findings.push(Finding::note(
+            key,
+            format!(
+                "{lapsed} of the {} CA certificates in {} have expired; the others are used",
+                certs.len(),
+                path.display()
+            ),
+        ));
     }
 }
 

@@ -188,3 +188,48 @@ fn unreadable_garbage_and_world_readable_files() {
         "{findings:?}"
     );
 }
+
+#[test]
+fn a_ca_bundle_with_some_expired_roots_is_fine() {
+    let dir = TestDir::new();
+    let pki = pki(&dir, "pki", CertSpec::default());
+    // An expired root beside the one that signed the device, as system bundles have.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "old root");
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    let old = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let bundle = format!("{}{}", old.pem(), std::fs::read_to_string(&pki.ca).unwrap());
+    let bundle = dir.write("pki/bundle.pem", bundle);
+    let findings = probe_pki(&bundle, &pki.cert, &pki.key);
+    assert!(
+        has(
+            &findings,
+            Severity::Note,
+            "broker.tls.ca_file",
+            "1 of the 2 CA certificates"
+        ),
+        "{findings:?}"
+    );
+    assert!(
+        !findings.iter().any(|f| f.severity == Severity::Error),
+        "{findings:?}"
+    );
+
+    // A bundle of nothing but expired roots cannot verify anything.
+    let only_old = dir.write("pki/old.pem", format!("{}{}", old.pem(), old.pem()));
+    let findings = probe_pki(&only_old, &pki.cert, &pki.key);
+    assert!(
+        has(
+            &findings,
+            Severity::Error,
+            "broker.tls.ca_file",
+            "every one of the 2 CA certificates"
+        ),
+        "{findings:?}"
+    );
+}
