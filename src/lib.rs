@@ -12,7 +12,7 @@
 //! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
 //! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
 //! - `model`: plain data shared by all, such as `Sample`.
-//! - `offline`: the `check`, `identity` and `read` commands, and start-up of `run`.
+//! - `offline`: the `check`, `identity` and `read` commands.
 //! - `run`: the daemon's sampler thread and event loop; `mqtt`: the Paho session and backoff;
 //!   `telemetry`: payloads; `service`: signals and logging.
 

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Run) | None => {
-            offline::daemon(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
+            fieldagent::run::start(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

@@ -1,4 +1,5 @@
-//! The commands that work without a broker: `check`, `identity` and `read`.
+//! The commands that work without a broker: `check`, `identity` and `read`, and the errors of
+//! every subcommand.
 //!
 //! Each writes its report to the given writer and returns what `main` needs to pick the exit
 //! code; none of them exits the process.
@@ -203,53 +204,8 @@ pub fn read(
     Ok(())
 }
 
-/// `fieldagent run`: checks the config and what it points at, then runs the daemon until
-/// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
-pub fn daemon(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
-    let config = load(path, warn)?;
-    // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
-    let min = config.config().broker.tls.min_version;
-    crate::mqtt::tls::enforce_floor(min, &config.config().state_dir)
-        .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
-        .map_err(Error::TlsFloor)?;
-    let now_s = (crate::model::now_ms() / 1000) as i64;
-    let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
-    config.locate(&mut problems);
-    let findings = Findings {
-        file: path.to_owned(),
-        items: problems,
-    };
-    for finding in findings
-        .items
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-    {
-        writeln!(warn, "{}", finding.display(&findings.file))?;
-    }
-    if findings.has_errors() {
-        return Err(Error::Config(ConfigError::Invalid(Findings {
-            file: findings.file.clone(),
-            items: findings.errors().cloned().collect(),
-        })));
-    }
-    let identity = identity::resolve(config.config())?;
-    crate::service::init_logging(config.config().log.level);
-    // One thread: the agent's work is small and boards have little memory.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("fieldagent")
-        .build()
-        .map_err(Error::Runtime)?;
-    runtime.block_on(crate::run::run(
-        config,
-        identity,
-        crate::service::shutdown_signal,
-    ))?;
-    Ok(())
-}
-
 /// Loads a valid config, printing its warnings to `warn`.
-fn load(path: &Path, warn: &mut dyn Write) -> Result<ValidConfig, Error> {
+pub(crate) fn load(path: &Path, warn: &mut dyn Write) -> Result<ValidConfig, Error> {
     let (config, findings): (ValidConfig, Findings) = config::load(path)?;
     for finding in findings
         .items

@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Scheme, ValidConfig};
+use crate::config::{ConfigError, Findings, Scheme, Severity, ValidConfig};
 use crate::identity::Identity;
 use crate::model::Sample;
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::{tls, MqttError, MqttEvent, Session};
+use crate::offline::Error;
 use crate::sensors::Sensors;
 
 /// How long a clean stop waits for the shutdown status to be acknowledged.
@@ -38,6 +41,47 @@ struct Counters {
     sent: u64,
     dropped: u64,
     reconnects: u64,
+}
+
+/// `fieldagent run`: checks the config and what it points at, then runs the daemon until
+/// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
+pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
+    let config = crate::offline::load(path, warn)?;
+    // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
+    let min = config.config().broker.tls.min_version;
+    crate::mqtt::tls::enforce_floor(min, &config.config().state_dir)
+        .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
+        .map_err(Error::TlsFloor)?;
+    let now_s = (crate::model::now_ms() / 1000) as i64;
+    let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
+    config.locate(&mut problems);
+    let findings = Findings {
+        file: path.to_owned(),
+        items: problems,
+    };
+    for finding in findings
+        .items
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+    {
+        writeln!(warn, "{}", finding.display(&findings.file))?;
+    }
+    if findings.has_errors() {
+        return Err(Error::Config(ConfigError::Invalid(Findings {
+            file: findings.file.clone(),
+            items: findings.errors().cloned().collect(),
+        })));
+    }
+    let identity = crate::identity::resolve(config.config())?;
+    crate::service::init_logging(config.config().log.level);
+    // One thread: the agent's work is small and boards have little memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("fieldagent")
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(run(config, identity, crate::service::shutdown_signal))?;
+    Ok(())
 }
 
 /// Runs the agent until `shutdown` resolves, then stops cleanly; a second `shutdown` signal
@@ -95,10 +139,9 @@ where
                         last_logged.clear();
                         let buffered = offline_buffer.len();
                         for payload in offline_buffer.drain(..) {
-                            if session.publish(&session.telemetry_topic, payload, qos, false) {
-                                counters.sent += 1;
-                            } else {
-                                counters.dropped += 1;
+                            match session.publish(&session.telemetry_topic, payload, qos, false) {
+                                Ok(()) => counters.sent += 1,
+                                Err(_) => counters.dropped += 1,
                             }
                         }
                         // Nothing is subscribed yet (commands come later); once something is, a
@@ -146,19 +189,23 @@ where
                 }
             }
             Some(payload) = telemetry.recv() => {
-                if connected_since.is_some() && session.publish(&session.telemetry_topic, payload.clone(), qos, false) {
-                    counters.sent += 1;
-                } else if keep_offline > 0 || !attempted {
+                let unsent = match connected_since {
+                    Some(_) => session.publish(&session.telemetry_topic, payload, qos, false).err(),
+                    None => Some(payload),
+                };
+                match unsent {
+                    None => counters.sent += 1,
                     // Until the first connect attempt ends the agent is starting, not offline:
                     // the latest sample waits for it.
-                    let keep = keep_offline.max(1);
-                    if offline_buffer.len() == keep {
-                        offline_buffer.pop_front();
-                        counters.dropped += 1;
+                    Some(payload) if keep_offline > 0 || !attempted => {
+                        let keep = keep_offline.max(1);
+                        if offline_buffer.len() == keep {
+                            offline_buffer.pop_front();
+                            counters.dropped += 1;
+                        }
+                        offline_buffer.push_back(payload);
                     }
-                    offline_buffer.push_back(payload);
-                } else {
-                    counters.dropped += 1;
+                    Some(_) => counters.dropped += 1,
                 }
             }
         }

@@ -193,14 +193,22 @@ impl Session {
         };
         let now_ms = crate::model::now_ms();
         let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
-        self.publish(&self.status_topic, status, 1, true);
+        // Just connected: a failure here is a connection lost at once, which Paho reports.
+        let _ = self.publish(&self.status_topic, status, 1, true);
         Ok(connected)
     }
 
-    /// Hands a message to Paho; false when there is no connection to send it on.
-    pub fn publish(&self, topic: &str, payload: String, qos: u8, retain: bool) -> bool {
+    /// Hands a message to Paho, or gives the payload back when there is no connection to send
+    /// it on (so the caller can keep it without a copy).
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: String,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), String> {
         if !self.client.is_connected() {
-            return false;
+            return Err(payload);
         }
         let message = if retain {
             paho::Message::new_retained(topic, payload, i32::from(qos))
@@ -209,7 +217,7 @@ impl Session {
         };
         // QoS 0 needs no answer; a QoS >= 1 failure shows as a lost connection.
         drop(self.client.publish(message));
-        true
+        Ok(())
     }
 
     /// Publishes the retained shutdown status, waits up to `wait` for it, and disconnects
