@@ -18,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod alerts;
 pub mod certs;
 pub mod cli;
 pub mod clock;
@@ -30,4 +31,5 @@ pub mod offline;
 pub mod run;
 pub mod sensors;
 pub mod service;
+pub mod state;
 pub mod telemetry;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::alerts::{AlertEvent, Alerts};
 use crate::config::{ConfigError, Findings, Scheme, Severity, ValidConfig};
 use crate::identity::Identity;
 use crate::model::Sample;
@@ -30,6 +31,12 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Telemetry payloads between the sampler thread and the event loop. Full means the loop is
 /// stuck connecting; the sampler then drops the newest and counts it.
 const TELEMETRY_QUEUE: usize = 8;
+
+/// Alert events between the sampler and the event loop.
+const ALERT_QUEUE: usize = 64;
+
+/// The alert state in `state_dir`.
+const ALERTS_FILE: &str = "alerts.json";
 
 /// A connection that stayed up this long resets the backoff; a shorter one (a broker that
 /// accepts and then drops us) keeps backing off, so a flapping link never becomes a tight loop.
@@ -102,7 +109,28 @@ where
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
     let (stop_sampler, sampler_stop) = std_mpsc::channel::<()>();
     let queue_full = Arc::new(AtomicU64::new(0));
-    let sampler = spawn_sampler(&config, telemetry_tx, sampler_stop, Arc::clone(&queue_full));
+    // Alerts are never dropped on the way: the sampler waits when this is full.
+    let (alert_tx, mut alert_rx) = mpsc::channel::<AlertEvent>(ALERT_QUEUE);
+    let alerts_path = config.config().state_dir.join(ALERTS_FILE);
+    let alerts = Alerts::new(
+        &identity.client_id,
+        &config.config().alerts,
+        crate::state::load(&alerts_path),
+    );
+    let sampler = spawn_sampler(
+        &config,
+        Outputs {
+            telemetry: telemetry_tx,
+            alerts: alert_tx,
+            queue_full: Arc::clone(&queue_full),
+        },
+        sampler_stop,
+        alerts,
+        alerts_path,
+    );
+    let alerts_topic = format!("{}/alerts", config.topic_prefix(&identity.client_id));
+    // Alerts made while offline, delivered first after the next connect.
+    let mut pending_alerts: VecDeque<AlertEvent> = VecDeque::new();
 
     let broker = &config.config().broker;
     let qos = config.config().telemetry.qos;
@@ -137,6 +165,15 @@ where
                         counters.reconnects += 1;
                         seen_errors.clear();
                         last_logged.clear();
+                        // Alerts first, then buffered telemetry, each in order.
+                        while let Some(event) = pending_alerts.pop_front() {
+                            if session.publish(&alerts_topic, event.to_json(), event.qos, false).is_err() {
+                                // Gone again at once: the alert waits for the next connect.
+                                pending_alerts.push_front(event);
+                                break;
+                            }
+                            counters.sent += 1;
+                        }
                         let buffered = offline_buffer.len();
                         for payload in offline_buffer.drain(..) {
                             match session.publish(&session.telemetry_topic, payload, qos, false) {
@@ -188,6 +225,25 @@ where
                     next_attempt = tokio::time::Instant::now() + delay;
                 }
             }
+            Some(event) = alert_rx.recv() => {
+                let payload = event.to_json();
+                let unsent = match connected_since {
+                    Some(_) => session.publish(&alerts_topic, payload, event.qos, false).err(),
+                    None => Some(payload),
+                };
+                if unsent.is_some() {
+                    if pending_alerts.len() as u64 >= broker.max_queued_messages {
+                        // Bounded all the same; the oldest goes, loudly.
+                        if let Some(lost) = pending_alerts.pop_front() {
+                            tracing::error!(alert = %lost.alert, id = %lost.id, "Offline alert queue full; oldest alert dropped.");
+                            counters.dropped += 1;
+                        }
+                    }
+                    pending_alerts.push_back(event);
+                } else {
+                    counters.sent += 1;
+                }
+            }
             Some(payload) = telemetry.recv() => {
                 let unsent = match connected_since {
                     Some(_) => session.publish(&session.telemetry_topic, payload, qos, false).err(),
@@ -212,6 +268,8 @@ where
     };
     tracing::info!(signal, "Shutting down.");
     drop(stop_sampler);
+    // A sampler waiting to hand over an alert wakes when the receiver goes.
+    drop(alert_rx);
     tokio::select! {
         () = session.close(SHUTDOWN_WAIT) => {}
         signal = shutdown() => tracing::warn!(signal, "Second signal: stopping without waiting."),
@@ -229,13 +287,23 @@ where
     Ok(())
 }
 
-/// Reads every sensor each `telemetry.interval_s` on a thread of its own (reads block) and hands
-/// the encoded telemetry to the event loop.
+/// Where the sampler's results go.
+struct Outputs {
+    telemetry: mpsc::Sender<String>,
+    alerts: mpsc::Sender<AlertEvent>,
+    /// Telemetry dropped because the event loop's queue was full.
+    queue_full: Arc<AtomicU64>,
+}
+
+/// Reads every sensor each `telemetry.interval_s` on a thread of its own (reads block), evaluates
+/// the alert rules on the same sample, saves the alert state when it changed, and hands telemetry
+/// and alert events to the event loop.
 fn spawn_sampler(
     config: &ValidConfig,
-    telemetry_tx: mpsc::Sender<String>,
+    outputs: Outputs,
     stop: std_mpsc::Receiver<()>,
-    queue_full: Arc<AtomicU64>,
+    mut alerts: Alerts,
+    alerts_path: std::path::PathBuf,
 ) -> std::thread::JoinHandle<()> {
     let interval = Duration::from_secs_f64(config.config().telemetry.interval_s);
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
@@ -248,10 +316,23 @@ fn spawn_sampler(
             loop {
                 sensors.read_all(&mut sample);
                 let synced = crate::clock::synced(sample.ts_ms);
+                let events = alerts.evaluate(&sample, sample.ts_ms, synced);
+                if !events.is_empty() {
+                    // Saved before the events leave, so a restart never raises them again.
+                    if let Err(err) = crate::state::save(&alerts_path, alerts.state()) {
+                        tracing::error!(path = %alerts_path.display(), error = %err, "Cannot save alert state.");
+                    }
+                    for event in events {
+                        tracing::info!(alert = %event.alert, sensor = %event.sensor, state = ?event.state, id = %event.id, "Alert.");
+                        if outputs.alerts.blocking_send(event).is_err() {
+                            return;
+                        }
+                    }
+                }
                 let payload = crate::telemetry::telemetry(&sample, seq, synced);
                 seq += 1;
-                if telemetry_tx.try_send(payload).is_err() {
-                    queue_full.fetch_add(1, Ordering::Relaxed);
+                if outputs.telemetry.try_send(payload).is_err() {
+                    outputs.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
                 next += interval;
                 let now = Instant::now();

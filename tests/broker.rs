@@ -81,12 +81,24 @@ pub struct Broker {
     log: PathBuf,
 }
 
+/// A port nothing listens on, never the same twice in this test run (tests run in parallel, and
+/// a port is free only until a broker binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Ways to start a broker other than the default.
@@ -195,6 +207,10 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
+        Subscriber::start_qos(broker, pki, topic, 1)
+    }
+
+    pub fn start_qos(broker: &Broker, pki: &BrokerPki, topic: &str, qos: u8) -> Subscriber {
         let (cert, key) = pki.issue("observer", "observer", false);
         let mut child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
@@ -204,7 +220,7 @@ impl Subscriber {
             .arg(&cert)
             .arg("--key")
             .arg(&key)
-            .args(["-t", topic, "-q", "1", "-F", "%r %t %p"])
+            .args(["-t", topic, "-q", &qos.to_string(), "-F", "%r %t %p"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -15,11 +15,13 @@ use crate::util::{fake_sysfs, TestDir};
 const KEEPALIVE_S: u64 = 2;
 
 /// What an agent in a test connects with; `Setup::new` gives a working default.
-struct Setup {
-    client_id: String,
-    urls: Vec<String>,
+pub(crate) struct Setup {
+    pub client_id: String,
+    pub urls: Vec<String>,
     /// Extra YAML lines inside `broker:`, indented by two spaces.
     broker_extra: String,
+    /// Top-level YAML appended to the config (e.g. `alerts:`).
+    pub top_extra: String,
     /// `broker.reconnect`.
     reconnect: String,
     keepalive_s: u64,
@@ -32,11 +34,12 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(client_id: &str, broker: &Broker) -> Setup {
+    pub fn new(client_id: &str, broker: &Broker) -> Setup {
         Setup {
             client_id: client_id.to_owned(),
             urls: vec![broker.url()],
             broker_extra: String::new(),
+            top_extra: String::new(),
             reconnect: "{ initial_s: 0.2, max_s: 1 }".to_owned(),
             keepalive_s: KEEPALIVE_S,
             tls_extra: String::new(),
@@ -48,17 +51,17 @@ impl Setup {
 }
 
 /// An agent process; killed by PID if a test ends without stopping it.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(dir: &TestDir, pki: &BrokerPki, broker: &Broker, client_id: &str) -> Agent {
+    pub fn start(dir: &TestDir, pki: &BrokerPki, broker: &Broker, client_id: &str) -> Agent {
         Agent::start_with(dir, pki, Setup::new(client_id, broker))
     }
 
-    fn start_with(dir: &TestDir, pki: &BrokerPki, setup: Setup) -> Agent {
+    pub fn start_with(dir: &TestDir, pki: &BrokerPki, setup: Setup) -> Agent {
         if !dir.path().join("sys").exists() {
             fake_sysfs(dir);
         }
@@ -80,6 +83,7 @@ telemetry: {{ interval_s: 0.2 }}
 sensors:
   - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}
   - {{ name: gone, hwmon: {{ chip: tmp421, input: temp1 }} }}
+{top_extra}
 "#,
             urls = urls.join(", "),
             ca = setup.ca.as_deref().unwrap_or(&pki.ca).display(),
@@ -89,6 +93,7 @@ sensors:
             reconnect = setup.reconnect,
             keepalive_s = setup.keepalive_s,
             tls_extra = setup.tls_extra,
+            top_extra = setup.top_extra,
         );
         let config_path = dir.write(&format!("{id}.yaml"), config);
         let log = dir.path().join(format!("{id}.log"));
@@ -107,12 +112,12 @@ sensors:
         }
     }
 
-    fn signal(&self, signal: Signal) {
+    pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     /// Waits for the exit code, at most `timeout`.
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -123,7 +128,7 @@ sensors:
         None
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -135,7 +140,11 @@ impl Drop for Agent {
     }
 }
 
-fn online(subscriber: &Subscriber, client_id: &str, within: Duration) -> Option<serde_json::Value> {
+pub(crate) fn online(
+    subscriber: &Subscriber,
+    client_id: &str,
+    within: Duration,
+) -> Option<serde_json::Value> {
     let topic = format!("devices/{client_id}/status");
     subscriber
         .wait_for(within, |m| {

@@ -3,6 +3,7 @@
 mod broker;
 mod util;
 
+mod alerts;
 mod certs;
 mod cli;
 mod config_errors;

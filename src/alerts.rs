@@ -1,0 +1,421 @@
+//! Alert rules as state machines: thresholds with hysteresis, `for_s`, discrete `equals`, and the
+//! built-in `sensor_fault`.
+//!
+//! Pure: no I/O, no clock. [`Alerts::evaluate`] takes a sample and the time, changes state and
+//! returns the events to publish. The state is plain data ([`SavedState`]) that the caller
+//! persists in `state_dir` after any change, so a restart never raises an alert again and clears
+//! one whose condition ended meanwhile.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AlertConfig, AlertSeverity};
+use crate::model::Sample;
+
+/// The built-in alert for a sensor that fails to read.
+pub const SENSOR_FAULT: &str = "sensor_fault";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Condition {
+    /// Trips above `threshold`; clears below `clear` (default: at or below the threshold).
+    Above { threshold: f64, clear: Option<f64> },
+    /// Trips below `threshold`; clears above `clear` (default: at or above the threshold).
+    Below { threshold: f64, clear: Option<f64> },
+    /// Trips while the value equals `value` (a door contact, a pump's running flag).
+    Equals { value: f64 },
+}
+
+impl Condition {
+    fn trips(self, value: f64) -> bool {
+        match self {
+            Condition::Above { threshold, .. } => value > threshold,
+            Condition::Below { threshold, .. } => value < threshold,
+            Condition::Equals { value: wanted } => value == wanted,
+        }
+    }
+
+    fn clears(self, value: f64) -> bool {
+        match self {
+            Condition::Above { threshold, clear } => match clear {
+                Some(clear) => value < clear,
+                None => value <= threshold,
+            },
+            Condition::Below { threshold, clear } => match clear {
+                Some(clear) => value > clear,
+                None => value >= threshold,
+            },
+            Condition::Equals { value: wanted } => value != wanted,
+        }
+    }
+
+    fn threshold(self) -> f64 {
+        match self {
+            Condition::Above { threshold, .. } | Condition::Below { threshold, .. } => threshold,
+            Condition::Equals { value } => value,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    sensor: String,
+    condition: Condition,
+    for_ms: u64,
+    severity: AlertSeverity,
+    qos: u8,
+}
+
+/// Whether an event raises or clears its alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transition {
+    Raised,
+    Cleared,
+}
+
+/// One raise or clear, ready to encode. `id` is unique per event and the same on every
+/// redelivery of it: the client ID, the alert, and a counter that is persisted with the state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertEvent {
+    pub id: String,
+    pub ts: u64,
+    #[serde(skip_serializing_if = "crate::alerts::is_true")]
+    pub time_synced: bool,
+    pub alert: String,
+    pub state: Transition,
+    pub sensor: String,
+    /// The reading that decided it; absent for a sensor fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    pub severity: &'static str,
+    /// For a sensor fault: the read error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub qos: u8,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+impl AlertEvent {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an alert event always serializes")
+    }
+}
+
+fn severity_name(severity: AlertSeverity) -> &'static str {
+    match severity {
+        AlertSeverity::Info => "info",
+        AlertSeverity::Warning => "warning",
+        AlertSeverity::Critical => "critical",
+    }
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// Events made so far; the next event's id uses it.
+    pub counter: u64,
+    /// Raised rules by name.
+    pub raised: BTreeMap<String, bool>,
+    /// Sensors (value names) whose `sensor_fault` is raised.
+    pub faults: BTreeMap<String, bool>,
+}
+
+/// Where the change of a rule's condition started, for `for_s`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    since_ms: Option<u64>,
+}
+
+/// Every rule of the config with its state.
+#[derive(Debug)]
+pub struct Alerts {
+    client_id: String,
+    rules: Vec<(Rule, Pending)>,
+    state: SavedState,
+}
+
+impl Alerts {
+    /// Rules from the config, with the state saved before a restart (rules no longer configured
+    /// are forgotten).
+    pub fn new(client_id: &str, configs: &[AlertConfig], mut saved: SavedState) -> Alerts {
+        let rules: Vec<(Rule, Pending)> = configs
+            .iter()
+            .filter_map(|config| {
+                let condition = match (config.above, config.below, config.equals) {
+                    (Some(threshold), None, None) => Condition::Above {
+                        threshold,
+                        clear: config.clear_below,
+                    },
+                    (None, Some(threshold), None) => Condition::Below {
+                        threshold,
+                        clear: config.clear_above,
+                    },
+                    (None, None, Some(value)) => Condition::Equals { value },
+                    // Validation refuses anything else.
+                    _ => return None,
+                };
+                Some((
+                    Rule {
+                        name: config.name.clone(),
+                        sensor: config.sensor.clone(),
+                        condition,
+                        for_ms: (config.for_s * 1000.0) as u64,
+                        severity: config.severity,
+                        qos: config.qos,
+                    },
+                    Pending::default(),
+                ))
+            })
+            .collect();
+        saved
+            .raised
+            .retain(|name, _| rules.iter().any(|(rule, _)| &rule.name == name));
+        Alerts {
+            client_id: client_id.to_owned(),
+            rules,
+            state: saved,
+        }
+    }
+
+    pub fn state(&self) -> &SavedState {
+        &self.state
+    }
+
+    fn event(
+        &mut self,
+        alert: &str,
+        transition: Transition,
+        sensor: &str,
+        now_ms: u64,
+        synced: bool,
+    ) -> AlertEvent {
+        self.state.counter += 1;
+        AlertEvent {
+            id: format!("{}:{alert}:{}", self.client_id, self.state.counter),
+            ts: now_ms,
+            time_synced: synced,
+            alert: alert.to_owned(),
+            state: transition,
+            sensor: sensor.to_owned(),
+            value: None,
+            threshold: None,
+            severity: "warning",
+            error: None,
+            qos: 1,
+        }
+    }
+
+    /// Evaluates every rule on `sample` at `now_ms`; returns the events in rule order, sensor
+    /// faults first. A rule whose sensor failed neither raises nor clears.
+    pub fn evaluate(&mut self, sample: &Sample, now_ms: u64, synced: bool) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        // Sensor faults: raised while a value fails, cleared when it reads again.
+        for (name, error) in &sample.errors {
+            if !self.state.faults.contains_key(&**name) {
+                self.state.faults.insert(name.to_string(), true);
+                let mut event = self.event(SENSOR_FAULT, Transition::Raised, name, now_ms, synced);
+                event.error = Some(error.to_string());
+                events.push(event);
+            }
+        }
+        let recovered: Vec<String> = self
+            .state
+            .faults
+            .keys()
+            .filter(|name| sample.values.iter().any(|(n, _)| &**n == name.as_str()))
+            .cloned()
+            .collect();
+        for name in recovered {
+            self.state.faults.remove(&name);
+            events.push(self.event(SENSOR_FAULT, Transition::Cleared, &name, now_ms, synced));
+        }
+
+        for index in 0..self.rules.len() {
+            let (rule, pending) = &self.rules[index];
+            let Some(value) = sample
+                .values
+                .iter()
+                .find(|(name, _)| **name == *rule.sensor)
+                .map(|(_, value)| *value)
+            else {
+                continue;
+            };
+            let raised = self.state.raised.contains_key(&rule.name);
+            let changing = if raised {
+                rule.condition.clears(value)
+            } else {
+                rule.condition.trips(value)
+            };
+            if !changing {
+                self.rules[index].1 = Pending::default();
+                continue;
+            }
+            let since = pending.since_ms.unwrap_or(now_ms);
+            if now_ms.saturating_sub(since) < rule.for_ms {
+                self.rules[index].1.since_ms = Some(since);
+                continue;
+            }
+            let rule = rule.clone();
+            self.rules[index].1 = Pending::default();
+            let transition = if raised {
+                self.state.raised.remove(&rule.name);
+                Transition::Cleared
+            } else {
+                self.state.raised.insert(rule.name.clone(), true);
+                Transition::Raised
+            };
+            let mut event = self.event(&rule.name, transition, &rule.sensor, now_ms, synced);
+            event.value = Some(value);
+            event.threshold = Some(rule.condition.threshold());
+            event.severity = severity_name(rule.severity);
+            event.qos = rule.qos;
+            events.push(event);
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sensors::SensorError;
+
+    fn rule(yaml: &str) -> AlertConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn sample(value: Option<f64>) -> Sample {
+        let mut sample = Sample::default();
+        match value {
+            Some(value) => sample.values.push((Arc::from("t"), value)),
+            None => sample.errors.push((
+                Arc::from("t"),
+                SensorError::System {
+                    metric: "t",
+                    reason: "gone".to_owned(),
+                },
+            )),
+        }
+        sample
+    }
+
+    /// Feeds (time in s, value or failure) to one rule; returns "raised@t"/"cleared@t" marks,
+    /// sensor faults as "fault+@t"/"fault-@t".
+    fn check(yaml: &str, steps: &[(u64, Option<f64>)], expected: &[&str]) {
+        let mut alerts = Alerts::new("node", &[rule(yaml)], SavedState::default());
+        let mut got = Vec::new();
+        for (t, value) in steps {
+            for event in alerts.evaluate(&sample(*value), t * 1000, true) {
+                let mark = match (event.alert.as_str(), event.state) {
+                    (SENSOR_FAULT, Transition::Raised) => "fault+",
+                    (SENSOR_FAULT, Transition::Cleared) => "fault-",
+                    (_, Transition::Raised) => "raised",
+                    (_, Transition::Cleared) => "cleared",
+                };
+                got.push(format!("{mark}@{t}"));
+            }
+        }
+        assert_eq!(got, expected, "{yaml}");
+    }
+
+    #[test]
+    fn state_machines() {
+        let above = "{ name: hot, sensor: t, above: 80, clear_below: 75 }";
+        // Edges: 80 is not above 80; 75 is not below 75.
+        check(
+            above,
+            &[
+                (0, Some(80.0)),
+                (1, Some(80.1)),
+                (2, Some(90.0)),
+                (3, Some(75.0)),
+                (4, Some(74.9)),
+            ],
+            &["raised@1", "cleared@4"],
+        );
+        // No clear_below: clears at or below the threshold.
+        check(
+            "{ name: hot, sensor: t, above: 80 }",
+            &[(0, Some(81.0)), (1, Some(80.0))],
+            &["raised@0", "cleared@1"],
+        );
+        let below = "{ name: cold, sensor: t, below: 5, clear_above: 7 }";
+        check(
+            below,
+            &[
+                (0, Some(5.0)),
+                (1, Some(4.0)),
+                (2, Some(6.9)),
+                (3, Some(7.1)),
+            ],
+            &["raised@1", "cleared@3"],
+        );
+        let door = "{ name: door_open, sensor: t, equals: 1 }";
+        check(
+            door,
+            &[
+                (0, Some(0.0)),
+                (1, Some(1.0)),
+                (2, Some(1.0)),
+                (3, Some(0.0)),
+            ],
+            &["raised@1", "cleared@3"],
+        );
+        // for_s: the condition must hold 10 s; a dip restarts the wait; clearing waits too.
+        let held = "{ name: hot, sensor: t, above: 80, for_s: 10 }";
+        check(
+            held,
+            &[
+                (0, Some(90.0)),
+                (5, Some(70.0)),
+                (6, Some(90.0)),
+                (15, Some(90.0)),
+                (16, Some(90.0)),
+                (20, Some(70.0)),
+                (29, Some(70.0)),
+                (30, Some(70.0)),
+            ],
+            &["raised@16", "cleared@30"],
+        );
+        // A failing sensor raises sensor_fault; the rule neither raises nor clears meanwhile.
+        check(
+            above,
+            &[(0, Some(90.0)), (1, None), (2, None), (3, Some(70.0))],
+            &["raised@0", "fault+@1", "fault-@3", "cleared@3"],
+        );
+    }
+
+    #[test]
+    fn events_carry_stable_unique_ids_and_the_state_survives() {
+        let config = [rule(
+            "{ name: hot, sensor: t, above: 80, severity: critical, qos: 2 }",
+        )];
+        let mut alerts = Alerts::new("node-1", &config, SavedState::default());
+        let events = alerts.evaluate(&sample(Some(81.2)), 1000, true);
+        assert_eq!(
+            events[0].to_json(),
+            r#"{"id":"node-1:hot:1","ts":1000,"alert":"hot","state":"raised","sensor":"t","value":81.2,"threshold":80.0,"severity":"critical"}"#
+        );
+        assert_eq!(events[0].qos, 2);
+        // A restart with the saved state: still raised, so no second raise; the next event
+        // continues the counter.
+        let saved = alerts.state().clone();
+        let mut restarted = Alerts::new("node-1", &config, saved);
+        assert!(restarted
+            .evaluate(&sample(Some(85.0)), 2000, true)
+            .is_empty());
+        let cleared = restarted.evaluate(&sample(Some(70.0)), 3000, false);
+        assert_eq!(cleared[0].id, "node-1:hot:2");
+        assert!(cleared[0].to_json().contains(r#""time_synced":false"#));
+    }
+}
