@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::alerts::{AlertEvent, Alerts};
+use crate::commands::{self, Action, Command, Response};
 use crate::config::{ConfigError, Findings, Scheme, Severity, ValidConfig};
+use crate::dedupe::Dedupe;
 use crate::identity::Identity;
 use crate::model::Sample;
 use crate::mqtt::backoff::Backoff;
-use crate::mqtt::{tls, MqttError, MqttEvent, Session};
+use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Session};
 use crate::offline::Error;
 use crate::sensors::Sensors;
 
@@ -103,7 +105,15 @@ where
     F: Future<Output = &'static str>,
 {
     let (events_tx, mut events) = mpsc::channel(4);
-    let session = Session::new(&config, &identity.client_id, events_tx)?;
+    let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
+    let session = Session::new(&config, &identity.client_id, events_tx, incoming_tx)?;
+    let dedupe = Arc::new(std::sync::Mutex::new(Dedupe::open(
+        config.config().state_dir.join(crate::dedupe::FILE),
+        crate::dedupe::CAPACITY,
+    )));
+    let started = Instant::now();
+    // Answers made while offline, delivered first after the next connect.
+    let mut pending_responses: VecDeque<String> = VecDeque::new();
     tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
@@ -165,11 +175,18 @@ where
                         counters.reconnects += 1;
                         seen_errors.clear();
                         last_logged.clear();
-                        // Alerts first, then buffered telemetry, each in order.
+                        // Alerts and responses first, then buffered telemetry, each in order.
                         while let Some(event) = pending_alerts.pop_front() {
                             if session.publish(&alerts_topic, event.to_json(), event.qos, false).is_err() {
                                 // Gone again at once: the alert waits for the next connect.
                                 pending_alerts.push_front(event);
+                                break;
+                            }
+                            counters.sent += 1;
+                        }
+                        while let Some(payload) = pending_responses.pop_front() {
+                            if let Err(payload) = session.publish(&session.responses_topic, payload, 1, false) {
+                                pending_responses.push_front(payload);
                                 break;
                             }
                             counters.sent += 1;
@@ -223,6 +240,20 @@ where
                     let delay = backoff.next_delay(fastrand::f64());
                     tracing::warn!(broker = %session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
                     next_attempt = tokio::time::Instant::now() + delay;
+                }
+            }
+            Some(command) = incoming.recv() => {
+                let response = answer(command, &config, Arc::clone(&dedupe), started).await;
+                tracing::info!(command = %response.command, id = ?response.id, ok = response.ok, duplicate = response.duplicate, error = ?response.error, "Command.");
+                if let Err(payload) = session.publish(&session.responses_topic, response.to_json(), 1, false) {
+                    if pending_responses.len() as u64 >= broker.max_queued_messages {
+                        pending_responses.pop_front();
+                        counters.dropped += 1;
+                        tracing::error!("Offline response queue full; oldest response dropped.");
+                    }
+                    pending_responses.push_back(payload);
+                } else {
+                    counters.sent += 1;
                 }
             }
             Some(event) = alert_rx.recv() => {
@@ -347,6 +378,101 @@ fn spawn_sampler(
             }
         })
         .expect("the sampler thread can be spawned")
+}
+
+/// Answers one command: refused, a duplicate (the original answer, marked), expired, or executed.
+/// The id is saved as executed before the action runs, so a restart never runs it twice. Runs on
+/// the blocking pool: it writes state_dir and an actuator, and `read` reads sensors.
+async fn answer(
+    command: Incoming,
+    config: &ValidConfig,
+    dedupe: Arc<std::sync::Mutex<Dedupe>>,
+    started: Instant,
+) -> Response {
+    let name = command.name.clone();
+    let parsed = commands::parse(&command.name, &command.payload, &config.config().actuators);
+    let specs = config.sensors.clone();
+    let sysfs_root = config.config().sysfs_root.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let command = match parsed {
+            Ok(command) => command,
+            Err(refusal) => return refusal,
+        };
+        let mut dedupe = dedupe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(previous) = dedupe.get(&command.id) {
+            let mut response = previous.clone();
+            response.duplicate = true;
+            return response;
+        }
+        let now_ms = crate::model::now_ms();
+        if let Some(expires) = command.expires_ts {
+            if now_ms > expires {
+                return Response::refused(
+                    Some(&command.id),
+                    &command.name,
+                    format!(
+                        "expired: expires_ts {expires} is {} s in the past; not executed",
+                        (now_ms - expires) / 1000
+                    ),
+                );
+            }
+        }
+        let interrupted = Response::refused(
+            Some(&command.id),
+            &command.name,
+            "the agent stopped while running it; not run again",
+        );
+        if let Err(err) = dedupe.record(&command.id, &interrupted) {
+            tracing::error!(error = %err, "Cannot save executed command ids; a restart could run this command again.");
+        }
+        let response = execute(&command, started, &specs, &sysfs_root);
+        if let Err(err) = dedupe.record(&command.id, &response) {
+            tracing::error!(error = %err, "Cannot save a command's answer.");
+        }
+        response
+    });
+    task.await
+        .unwrap_or_else(|_| Response::refused(None, &name, "internal error while executing"))
+}
+
+fn execute(
+    command: &Command,
+    started: Instant,
+    specs: &[crate::config::SensorSpec],
+    sysfs_root: &Path,
+) -> Response {
+    let mut response = Response::ok(&command.id, &command.name);
+    match &command.action {
+        Action::Ping => {
+            response
+                .data
+                .insert("uptime_s".to_owned(), started.elapsed().as_secs().into());
+            response
+                .data
+                .insert("version".to_owned(), env!("CARGO_PKG_VERSION").into());
+        }
+        Action::Read => {
+            let mut sensors = Sensors::new(specs, sysfs_root);
+            let mut sample = Sample::default();
+            sensors.read_all(&mut sample);
+            let reading: serde_json::Value =
+                serde_json::from_str(&sample.to_json()).expect("read --json output is JSON");
+            if let serde_json::Value::Object(map) = reading {
+                response.data.extend(map);
+            }
+        }
+        Action::Write { file, value } => {
+            if let Err(reason) = commands::write(file, value) {
+                return Response::refused(Some(&command.id), &command.name, reason);
+            }
+            response
+                .data
+                .insert("value".to_owned(), value.clone().into());
+        }
+    }
+    response
 }
 
 /// After a failed connect to a TLS broker: why, if the broker's TLS version is below the floor.

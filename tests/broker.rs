@@ -274,3 +274,20 @@ impl Drop for Subscriber {
         let _ = self.child.wait();
     }
 }
+
+/// Publishes `payload` on `topic` at QoS 1 as the operator would, with mosquitto_pub.
+pub fn publish(broker: &Broker, pki: &BrokerPki, topic: &str, payload: &str) {
+    let (cert, key) = pki.issue("operator", "operator", false);
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .arg("--cafile")
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-t", topic, "-q", "1", "-m", payload])
+        .status()
+        .expect("mosquitto_pub runs");
+    assert!(status.success(), "mosquitto_pub to {topic}");
+}

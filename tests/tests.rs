@@ -6,6 +6,7 @@ mod util;
 mod alerts;
 mod certs;
 mod cli;
+mod commands;
 mod config_errors;
 mod daemon;
 mod identity;

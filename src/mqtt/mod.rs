@@ -24,6 +24,18 @@ pub enum MqttEvent {
     Lost,
 }
 
+/// A message on `{prefix}/commands/{name}`.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The last topic level: the command's name.
+    pub name: String,
+    pub payload: Vec<u8>,
+}
+
+/// Commands waiting for the event loop. A command arriving when this is full is lost (and
+/// logged): the broker has already had its acknowledgement.
+pub const INCOMING_QUEUE: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("cannot create the MQTT client: {0}")]
@@ -60,6 +72,10 @@ pub struct Session {
     status_topic: String,
     /// `{prefix}/telemetry`.
     pub telemetry_topic: String,
+    /// `{prefix}/responses`.
+    pub responses_topic: String,
+    /// `{prefix}/commands/+`, subscribed on every connect.
+    commands_filter: String,
     boot_id: String,
 }
 
@@ -81,6 +97,7 @@ impl Session {
         config: &ValidConfig,
         client_id: &str,
         events: mpsc::Sender<MqttEvent>,
+        incoming: mpsc::Sender<Incoming>,
     ) -> Result<Session, MqttError> {
         let broker = &config.config().broker;
         let uris: Vec<String> = config.endpoints.iter().map(paho_uri).collect();
@@ -98,6 +115,22 @@ impl Session {
         client.set_connection_lost_callback(move |_| {
             // A full channel already holds a Lost event; this one adds nothing.
             let _ = events.try_send(MqttEvent::Lost);
+        });
+        client.set_message_callback(move |_, message| {
+            let Some(message) = message else { return };
+            let name = message
+                .topic()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let command = Incoming {
+                name,
+                payload: message.payload().to_vec(),
+            };
+            if incoming.try_send(command).is_err() {
+                tracing::error!(topic = %message.topic(), "Command queue full; command lost.");
+            }
         });
 
         let prefix = config.topic_prefix(client_id);
@@ -167,6 +200,8 @@ impl Session {
                 .join(", "),
             status_topic,
             telemetry_topic: format!("{prefix}/telemetry"),
+            responses_topic: format!("{prefix}/responses"),
+            commands_filter: format!("{prefix}/commands/+"),
             boot_id: boot_id(),
         })
     }
@@ -181,6 +216,19 @@ impl Session {
                 urls: self.urls.clone(),
                 cause: describe(&err),
             })?;
+        // On every connect: a broker that lost the session has lost the subscription too, and
+        // subscribing again to a kept one changes nothing.
+        if let Err(err) = self.client.subscribe(&self.commands_filter, 1).await {
+            let _ = self.client.disconnect(None).await;
+            return Err(MqttError::Connect {
+                urls: self.urls.clone(),
+                cause: format!(
+                    "subscribing to {} failed: {}",
+                    self.commands_filter,
+                    describe(&err)
+                ),
+            });
+        }
         let connected = match response.connect_response() {
             Some(response) => Connected {
                 server: response.server_uri,
