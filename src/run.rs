@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::alerts::{AlertEvent, Alerts};
 use crate::commands::{self, Action, Command, Response};
-use crate::config::{ConfigError, Findings, Scheme, Severity, ValidConfig};
+use crate::config::{Changes, ConfigError, Findings, Scheme, Severity, ValidConfig};
 use crate::dedupe::Dedupe;
 use crate::identity::Identity;
 use crate::model::Sample;
@@ -43,6 +43,31 @@ const ALERTS_FILE: &str = "alerts.json";
 /// A connection that stayed up this long resets the backoff; a shorter one (a broker that
 /// accepts and then drops us) keeps backing off, so a flapping link never becomes a tight loop.
 const STABLE: Duration = Duration::from_secs(30);
+
+/// Numbers from the config that the event loop uses on every message.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `telemetry.qos`.
+    qos: u8,
+    /// `telemetry.buffer_while_offline`, bounded by `broker.max_queued_messages`.
+    keep_offline: usize,
+    /// `broker.max_queued_messages`: the bound of each offline queue.
+    max_queued: u64,
+}
+
+impl Limits {
+    fn of(config: &ValidConfig) -> Limits {
+        let config = config.config();
+        Limits {
+            qos: config.telemetry.qos,
+            keep_offline: config
+                .telemetry
+                .buffer_while_offline
+                .min(config.broker.max_queued_messages) as usize,
+            max_queued: config.broker.max_queued_messages,
+        }
+    }
+}
 
 /// Counters of the session, logged on connect and at shutdown (the health topic comes later).
 #[derive(Debug, Default)]
@@ -89,15 +114,21 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
         .thread_name("fieldagent")
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(run(config, identity, crate::service::shutdown_signal))?;
+    runtime.block_on(run(
+        config,
+        identity,
+        Some(path.to_owned()),
+        crate::service::shutdown_signal,
+    ))?;
     Ok(())
 }
 
 /// Runs the agent until `shutdown` resolves, then stops cleanly; a second `shutdown` signal
 /// during the stop ends it at once.
 pub async fn run<F, S>(
-    config: ValidConfig,
-    identity: Identity,
+    mut config: ValidConfig,
+    mut identity: Identity,
+    reload_from: Option<PathBuf>,
     mut shutdown: S,
 ) -> Result<(), MqttError>
 where
@@ -106,7 +137,13 @@ where
 {
     let (events_tx, mut events) = mpsc::channel(4);
     let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
-    let session = Session::new(&config, &identity.client_id, events_tx, incoming_tx)?;
+    let mut session = Session::new(
+        &config,
+        &identity.client_id,
+        events_tx.clone(),
+        incoming_tx.clone(),
+    )?;
+    let mut hangups = reload_from.as_ref().map(|_| crate::service::hangups());
     let dedupe = Arc::new(std::sync::Mutex::new(Dedupe::open(
         config.config().state_dir.join(crate::dedupe::FILE),
         crate::dedupe::CAPACITY,
@@ -117,41 +154,23 @@ where
     tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
-    let (stop_sampler, sampler_stop) = std_mpsc::channel::<()>();
     let queue_full = Arc::new(AtomicU64::new(0));
     // Alerts are never dropped on the way: the sampler waits when this is full.
     let (alert_tx, mut alert_rx) = mpsc::channel::<AlertEvent>(ALERT_QUEUE);
-    let alerts_path = config.config().state_dir.join(ALERTS_FILE);
-    let alerts = Alerts::new(
-        &identity.client_id,
-        &config.config().alerts,
-        crate::state::load(&alerts_path),
-    );
-    let sampler = spawn_sampler(
-        &config,
-        Outputs {
-            telemetry: telemetry_tx,
-            alerts: alert_tx,
-            queue_full: Arc::clone(&queue_full),
-        },
-        sampler_stop,
-        alerts,
-        alerts_path,
-    );
-    let alerts_topic = format!("{}/alerts", config.topic_prefix(&identity.client_id));
+    let outputs = Outputs {
+        telemetry: telemetry_tx,
+        alerts: alert_tx,
+        queue_full: Arc::clone(&queue_full),
+    };
+    let mut sampling = Sampling::start(&config, &identity, outputs.clone());
+    let mut alerts_topic = format!("{}/alerts", config.topic_prefix(&identity.client_id));
     // Alerts made while offline, delivered first after the next connect.
     let mut pending_alerts: VecDeque<AlertEvent> = VecDeque::new();
 
-    let broker = &config.config().broker;
-    let qos = config.config().telemetry.qos;
-    let keep_offline = config
-        .config()
-        .telemetry
-        .buffer_while_offline
-        .min(broker.max_queued_messages) as usize;
+    let mut limits = Limits::of(&config);
     let mut offline_buffer: VecDeque<String> = VecDeque::new();
     let mut counters = Counters::default();
-    let mut backoff = Backoff::new(&broker.reconnect);
+    let mut backoff = Backoff::new(&config.config().broker.reconnect);
     let mut connected_since: Option<Instant> = None;
     // False until the first connect attempt has ended.
     let mut attempted = false;
@@ -166,6 +185,50 @@ where
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
+            Some(()) = next_hangup(&mut hangups) => {
+                let Some(path) = &reload_from else { continue };
+                let (new_config, new_identity) = match reload(path).await {
+                    Ok(loaded) => loaded,
+                    Err(findings) => {
+                        tracing::error!(findings = %findings, "Reload refused; the running config stays.");
+                        continue;
+                    }
+                };
+                let changes = Changes::between(config.config(), new_config.config());
+                let same_identity = new_identity.client_id == identity.client_id;
+                if changes.session || !same_identity {
+                    if new_config.config().broker.tls.min_version != config.config().broker.tls.min_version {
+                        tracing::warn!("broker.tls.min_version takes effect at the next start of the agent.");
+                    }
+                    match Session::new(&new_config, &new_identity.client_id, events_tx.clone(), incoming_tx.clone()) {
+                        Ok(new_session) => {
+                            if same_identity {
+                                session.disconnect().await;
+                            } else {
+                                session.close(SHUTDOWN_WAIT).await;
+                            }
+                            session = new_session;
+                            connected_since = None;
+                            backoff.reset();
+                            next_attempt = tokio::time::Instant::now();
+                            alerts_topic = format!("{}/alerts", new_config.topic_prefix(&new_identity.client_id));
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "Reload refused; the running config stays.");
+                            continue;
+                        }
+                    }
+                }
+                limits = Limits::of(&new_config);
+                backoff = Backoff::new(&new_config.config().broker.reconnect);
+                if changes.sampling || !same_identity {
+                    std::mem::replace(&mut sampling, Sampling::placeholder()).stop(SHUTDOWN_WAIT).await;
+                    sampling = Sampling::start(&new_config, &new_identity, outputs.clone());
+                }
+                tracing::info!(sampling = changes.sampling, reconnect = changes.session || !same_identity, changed = changes.any, "Reloaded.");
+                config = new_config;
+                identity = new_identity;
+            }
             () = tokio::time::sleep_until(next_attempt), if connected_since.is_none() => {
                 let result = session.connect().await;
                 attempted = true;
@@ -193,7 +256,7 @@ where
                         }
                         let buffered = offline_buffer.len();
                         for payload in offline_buffer.drain(..) {
-                            match session.publish(&session.telemetry_topic, payload, qos, false) {
+                            match session.publish(&session.telemetry_topic, payload, limits.qos, false) {
                                 Ok(()) => counters.sent += 1,
                                 Err(_) => counters.dropped += 1,
                             }
@@ -246,7 +309,7 @@ where
                 let response = answer(command, &config, Arc::clone(&dedupe), started).await;
                 tracing::info!(command = %response.command, id = ?response.id, ok = response.ok, duplicate = response.duplicate, error = ?response.error, "Command.");
                 if let Err(payload) = session.publish(&session.responses_topic, response.to_json(), 1, false) {
-                    if pending_responses.len() as u64 >= broker.max_queued_messages {
+                    if pending_responses.len() as u64 >= limits.max_queued {
                         pending_responses.pop_front();
                         counters.dropped += 1;
                         tracing::error!("Offline response queue full; oldest response dropped.");
@@ -263,7 +326,7 @@ where
                     None => Some(payload),
                 };
                 if unsent.is_some() {
-                    if pending_alerts.len() as u64 >= broker.max_queued_messages {
+                    if pending_alerts.len() as u64 >= limits.max_queued {
                         // Bounded all the same; the oldest goes, loudly.
                         if let Some(lost) = pending_alerts.pop_front() {
                             tracing::error!(alert = %lost.alert, id = %lost.id, "Offline alert queue full; oldest alert dropped.");
@@ -277,15 +340,15 @@ where
             }
             Some(payload) = telemetry.recv() => {
                 let unsent = match connected_since {
-                    Some(_) => session.publish(&session.telemetry_topic, payload, qos, false).err(),
+                    Some(_) => session.publish(&session.telemetry_topic, payload, limits.qos, false).err(),
                     None => Some(payload),
                 };
                 match unsent {
                     None => counters.sent += 1,
                     // Until the first connect attempt ends the agent is starting, not offline:
                     // the latest sample waits for it.
-                    Some(payload) if keep_offline > 0 || !attempted => {
-                        let keep = keep_offline.max(1);
+                    Some(payload) if limits.keep_offline > 0 || !attempted => {
+                        let keep = limits.keep_offline.max(1);
                         if offline_buffer.len() == keep {
                             offline_buffer.pop_front();
                             counters.dropped += 1;
@@ -298,9 +361,9 @@ where
         }
     };
     tracing::info!(signal, "Shutting down.");
-    drop(stop_sampler);
     // A sampler waiting to hand over an alert wakes when the receiver goes.
     drop(alert_rx);
+    drop(sampling.stop);
     tokio::select! {
         () = session.close(SHUTDOWN_WAIT) => {}
         signal = shutdown() => tracing::warn!(signal, "Second signal: stopping without waiting."),
@@ -312,18 +375,97 @@ where
         "Stopped."
     );
     // The sampler wakes on the closed channel; a read stuck in the kernel is not waited for.
-    if sampler.is_finished() {
-        let _ = sampler.join();
+    if sampling.thread.is_finished() {
+        let _ = sampling.thread.join();
     }
     Ok(())
 }
 
 /// Where the sampler's results go.
+#[derive(Clone)]
 struct Outputs {
     telemetry: mpsc::Sender<String>,
     alerts: mpsc::Sender<AlertEvent>,
     /// Telemetry dropped because the event loop's queue was full.
     queue_full: Arc<AtomicU64>,
+}
+
+/// The next SIGHUP, or never when reloading is off.
+async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangups {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads, validates and probes the config at `path` for a reload, on the blocking pool (it reads
+/// files); the same path as start-up. Every finding comes back in one line when it is refused.
+async fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        let config = crate::offline::load(&path, &mut warnings).map_err(|err| err.to_string())?;
+        for line in String::from_utf8_lossy(&warnings).lines() {
+            tracing::warn!(finding = %line, "Config warning.");
+        }
+        let now_s = (crate::model::now_ms() / 1000) as i64;
+        let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
+        config.locate(&mut problems);
+        let errors: Vec<String> = problems
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.display(&path).to_string())
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let identity = crate::identity::resolve(config.config()).map_err(|err| err.to_string())?;
+        Ok((config, identity))
+    })
+    .await
+    .unwrap_or_else(|_| Err("internal error while reloading".to_owned()))
+}
+
+/// The running sampler: dropping `stop` ends it at its next wait.
+struct Sampling {
+    stop: std_mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampling {
+    /// A stand-in while the real one is swapped; its thread has already finished.
+    fn placeholder() -> Sampling {
+        let (stop, _) = std_mpsc::channel::<()>();
+        Sampling {
+            stop,
+            thread: std::thread::spawn(|| {}),
+        }
+    }
+
+    /// Starts sampling with the alert state saved in `state_dir`.
+    fn start(config: &ValidConfig, identity: &Identity, outputs: Outputs) -> Sampling {
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let alerts_path = config.config().state_dir.join(ALERTS_FILE);
+        let alerts = Alerts::new(
+            &identity.client_id,
+            &config.config().alerts,
+            crate::state::load(&alerts_path),
+        );
+        let thread = spawn_sampler(config, outputs, stopped, alerts, alerts_path);
+        Sampling { stop, thread }
+    }
+
+    /// Stops sampling and waits up to `wait` for the thread (a read stuck in the kernel is not
+    /// waited for longer), so two samplers never write the alert state at once.
+    async fn stop(self, wait: Duration) {
+        drop(self.stop);
+        let thread = self.thread;
+        let joined =
+            tokio::time::timeout(wait, tokio::task::spawn_blocking(move || thread.join())).await;
+        if joined.is_err() {
+            tracing::warn!("The sampler did not stop in time; a sensor read may be stuck.");
+        }
+    }
 }
 
 /// Reads every sensor each `telemetry.interval_s` on a thread of its own (reads block), evaluates

@@ -14,6 +14,11 @@ pub async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// SIGHUP, the reload request.
+pub fn hangups() -> tokio::signal::unix::Signal {
+    signal(SignalKind::hangup()).expect("a SIGHUP handler can be installed")
+}
+
 /// Logs to stderr at the configured level.
 pub fn init_logging(level: LogLevel) {
     let level = match level {

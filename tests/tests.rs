@@ -10,4 +10,5 @@ mod commands;
 mod config_errors;
 mod daemon;
 mod identity;
+mod reload;
 mod sensors;

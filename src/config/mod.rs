@@ -8,6 +8,7 @@
 //! The structs mirror the YAML keys exactly; every field has the default the SPEC gives. Only this
 //! module names `serde_yaml`.
 
+mod diff;
 mod finding;
 mod load;
 mod validate;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use diff::Changes;
 pub use finding::{Finding, Findings, Severity};
 pub use load::{inspect, load, load_str, ConfigError};
 pub use validate::{
@@ -29,7 +31,7 @@ pub use validate::{
 pub const DEFAULT_PATH: &str = "/etc/fieldagent/config.yaml";
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The only section without a full default: `broker.urls` is required.
@@ -69,7 +71,7 @@ fn default_sysfs_root() -> PathBuf {
 }
 
 /// `broker:` — how to reach the broker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Tried in order, so a dead first broker fails over to the next. Required: validation
@@ -159,7 +161,7 @@ impl<'de> Deserialize<'de> for Protocol {
 }
 
 /// `broker.tls:` — mutual TLS material and policy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Required for `mqtts://` and `ssl://` URLs.
@@ -203,7 +205,7 @@ pub enum TlsVersion {
 }
 
 /// `broker.reconnect:` — exponential backoff with random jitter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectConfig {
     #[serde(default = "default_initial_s")]
@@ -236,7 +238,7 @@ fn default_jitter() -> f64 {
 }
 
 /// `identity:` — where the MQTT client ID comes from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// `auto`, or a literal client ID.
@@ -281,7 +283,7 @@ pub enum IdentitySource {
 }
 
 /// `topics:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     #[serde(default = "default_prefix")]
@@ -301,7 +303,7 @@ fn default_prefix() -> String {
 }
 
 /// `telemetry:`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Seconds between two sampling passes; fractions are allowed.
@@ -331,7 +333,7 @@ fn default_interval_s() -> f64 {
 /// One entry of `sensors:`. Exactly one source key is set; validation turns it into
 /// [`SensorSource`]. The source keys are plain options (not a serde enum) so that unknown keys
 /// stay errors and a missing or doubled source gets a message of our own.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     pub name: String,
@@ -358,7 +360,7 @@ pub struct SensorConfig {
 }
 
 /// A thermal zone, found by the contents of its `type` file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThermalZoneConfig {
     #[serde(rename = "type")]
@@ -366,7 +368,7 @@ pub struct ThermalZoneConfig {
 }
 
 /// A hwmon input, found by the chip's `name` file (never by hwmonN, which changes across boots).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HwmonConfig {
     pub chip: String,
@@ -375,7 +377,7 @@ pub struct HwmonConfig {
 }
 
 /// An IIO channel, found by the device's `name` file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IioConfig {
     pub device: String,
@@ -482,7 +484,7 @@ impl SystemMetric {
 }
 
 /// One entry of `alerts:`. Exactly one of `above`, `below`, `equals`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     pub name: String,
@@ -524,7 +526,7 @@ pub enum AlertSeverity {
 }
 
 /// One entry of `actuators:` — a file a remote command may write one of `values` to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActuatorConfig {
     pub name: String,
@@ -533,7 +535,7 @@ pub struct ActuatorConfig {
 }
 
 /// `sparkplug:` — Sparkplug B 3.0 edge node settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparkplugConfig {
     pub group_id: String,
@@ -551,7 +553,7 @@ fn default_edge_node_id() -> String {
 }
 
 /// `log:`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]

@@ -292,6 +292,17 @@ impl Session {
         }
     }
 
+    /// Disconnects cleanly without a status, for a reconnect with new settings (the next
+    /// connect publishes the online status again).
+    pub async fn disconnect(&self) {
+        if self.client.is_connected() {
+            let options = paho::DisconnectOptionsBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .finalize();
+            let _ = self.client.disconnect(options).await;
+        }
+    }
+
     pub fn urls(&self) -> &str {
         &self.urls
     }

@@ -1,0 +1,77 @@
+//! SIGHUP: a changed threshold applies without a reconnect, a broker change reconnects once, a
+//! broken config is refused while the agent goes on.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::broker::{Broker, BrokerPki, Subscriber};
+use crate::daemon::{online, Agent, Setup};
+use crate::util::TestDir;
+
+/// Rewrites the agent's config with `from` replaced by `to`.
+fn edit(dir: &TestDir, client_id: &str, from: &str, to: &str) {
+    let path = dir.path().join(format!("{client_id}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in:\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+/// How many times the broker accepted `client_id`.
+fn sessions(broker: &Broker, client_id: &str) -> usize {
+    broker.log().matches(&format!(" as {client_id} (")).count()
+}
+
+#[test]
+fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-h/#");
+    let mut setup = Setup::new("node-h", &broker);
+    setup.top_extra = "alerts:\n  - { name: warm, sensor: cpu_temp, above: 60 }\n".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-h", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("not online; log:\n{}", agent.log()));
+    assert_eq!(sessions(&broker, "node-h"), 1);
+
+    // 48.25 °C is below 60; lowering the threshold to 40 raises the alert, without a reconnect.
+    edit(&dir, "node-h", "above: 60", "above: 40");
+    agent.signal(Signal::SIGHUP);
+    let raised = subscriber
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic.ends_with("/alerts") && m.payload.contains(r#""alert":"warm""#)
+        })
+        .unwrap_or_else(|| panic!("no alert after the reload; log:\n{}", agent.log()));
+    assert!(raised.payload.contains(r#""threshold":40.0"#), "{raised:?}");
+    assert_eq!(
+        sessions(&broker, "node-h"),
+        1,
+        "a sampling change reconnected"
+    );
+
+    // A broken config is refused; telemetry goes on.
+    let path = dir.path().join("node-h.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}\nbogus_key: 1\n")).unwrap();
+    agent.signal(Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agent.log();
+    assert!(log.contains("Reload refused"), "{log}");
+    assert!(log.contains("bogus_key: unknown key"), "{log}");
+    subscriber
+        .wait_for(Duration::from_secs(5), |m| m.topic.ends_with("/telemetry"))
+        .expect("telemetry after a refused reload");
+
+    // A broker setting changes: one reconnect.
+    std::fs::write(&path, good.replace("keepalive_s: 2", "keepalive_s: 4")).unwrap();
+    agent.signal(Signal::SIGHUP);
+    online(&subscriber, "node-h", Duration::from_secs(10)).expect("online after the reconnect");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sessions(&broker, "node-h"), 2, "{}", broker.log());
+    assert!(
+        broker.log().contains("as node-h (p2, c0, k2"),
+        "the new keepalive: {}",
+        broker.log()
+    );
+}
