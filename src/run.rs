@@ -137,12 +137,16 @@ where
 {
     let (events_tx, mut events) = mpsc::channel(4);
     let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
+    let mut key_pair = key_pair_store(&config);
     let mut session = Session::new(
         &config,
         &identity.client_id,
         events_tx.clone(),
         incoming_tx.clone(),
+        key_pair.as_ref().map(|store| &store.files),
     )?;
+    let mut cert_watch = tokio::time::interval(CERT_WATCH);
+    cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangups = reload_from.as_ref().map(|_| crate::service::hangups());
     let dedupe = Arc::new(std::sync::Mutex::new(Dedupe::open(
         config.config().state_dir.join(crate::dedupe::FILE),
@@ -185,6 +189,34 @@ where
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
+            _ = cert_watch.tick(), if key_pair.is_some() => {
+                let Some(store) = key_pair.as_mut() else { continue };
+                if !store.changed() {
+                    continue;
+                }
+                let source = store.source().clone();
+                let checked = {
+                    let config = config.clone();
+                    let identity = identity.clone();
+                    tokio::task::spawn_blocking(move || check_renewal(&config, &source, &identity))
+                        .await
+                        .unwrap_or_else(|_| Err("internal error while checking".to_owned()))
+                };
+                match checked.and_then(|()| store.accept().map_err(|err| format!("cannot copy it into state_dir: {err}"))) {
+                    Ok(()) => {
+                        tracing::info!(cert = %store.source().cert.display(), "Certificate renewed; reconnecting once.");
+                        session.disconnect().await;
+                        connected_since = None;
+                        backoff.reset();
+                        next_attempt = tokio::time::Instant::now();
+                    }
+                    Err(reason) => tracing::error!(
+                        cert = %store.source().cert.display(),
+                        reason = %reason,
+                        "New certificate refused; the running one stays."
+                    ),
+                }
+            }
             Some(()) = next_hangup(&mut hangups) => {
                 let Some(path) = &reload_from else { continue };
                 let (new_config, new_identity) = match reload(path).await {
@@ -200,7 +232,17 @@ where
                     if new_config.config().broker.tls.min_version != config.config().broker.tls.min_version {
                         tracing::warn!("broker.tls.min_version takes effect at the next start of the agent.");
                     }
-                    match Session::new(&new_config, &new_identity.client_id, events_tx.clone(), incoming_tx.clone()) {
+                    let tls_changed = new_config.config().broker.tls != config.config().broker.tls;
+                    if tls_changed {
+                        key_pair = key_pair_store(&new_config);
+                    }
+                    match Session::new(
+                        &new_config,
+                        &new_identity.client_id,
+                        events_tx.clone(),
+                        incoming_tx.clone(),
+                        key_pair.as_ref().map(|store| &store.files),
+                    ) {
                         Ok(new_session) => {
                             if same_identity {
                                 session.disconnect().await;
@@ -388,6 +430,56 @@ struct Outputs {
     alerts: mpsc::Sender<AlertEvent>,
     /// Telemetry dropped because the event loop's queue was full.
     queue_full: Arc<AtomicU64>,
+}
+
+/// How often the certificate and key files are looked at for a renewal.
+const CERT_WATCH: Duration = Duration::from_secs(5);
+
+/// The agent's own copies of the device certificate and key, when both are configured and
+/// `state_dir` takes them; otherwise Paho reads the configured files directly.
+fn key_pair_store(config: &ValidConfig) -> Option<tls::KeyPairStore> {
+    let tls = &config.config().broker.tls;
+    let (cert, key) = (tls.cert_file.as_ref()?, tls.key_file.as_ref()?);
+    match tls::KeyPairStore::new(cert, key, &config.config().state_dir) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            tracing::warn!(error = %err, "Cannot keep copies of the certificate in state_dir; a bad renewal on disk would be used as it is.");
+            None
+        }
+    }
+}
+
+/// A renewed pair must parse, match, be valid now, and name the device the agent runs as.
+fn check_renewal(
+    config: &ValidConfig,
+    source: &tls::KeyPairFiles,
+    identity: &Identity,
+) -> Result<(), String> {
+    let mut broker = config.config().broker.clone();
+    broker.tls.cert_file = Some(source.cert.clone());
+    broker.tls.key_file = Some(source.key.clone());
+    broker.password_file = None;
+    let now_s = (crate::model::now_ms() / 1000) as i64;
+    let errors: Vec<String> = crate::certs::probe(&broker, now_s)
+        .into_iter()
+        .filter(|f| f.severity == Severity::Error && f.key != "broker.tls.ca_file")
+        .map(|f| f.message)
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    if let crate::identity::Origin::CertificateCn(_) = identity.origin {
+        let cn = crate::identity::certificate_cn(&source.cert)
+            .map_err(|err| err.to_string())?
+            .unwrap_or_default();
+        if cn != identity.client_id {
+            return Err(format!(
+                "its CN \"{cn}\" is not the running identity \"{}\"",
+                identity.client_id
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The next SIGHUP, or never when reloading is off.

@@ -75,3 +75,50 @@ fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
         broker.log()
     );
 }
+
+#[test]
+fn a_renewed_certificate_is_checked_and_used_after_one_reconnect() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-k/status");
+    let agent = Agent::start(&dir, &pki, &broker, "node-k");
+    online(&subscriber, "node-k", Duration::from_secs(10)).expect("online");
+    let cert = dir.path().join("broker/node-k.crt");
+    let key = dir.path().join("broker/node-k.key");
+
+    // A pair for another device: refused, the running one stays.
+    let (other_cert, other_key) = pki.issue("other", "node-other", false);
+    std::fs::copy(&other_cert, &cert).unwrap();
+    std::fs::copy(&other_key, &key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while !agent.log().contains("New certificate refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refused; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        agent
+            .log()
+            .contains("is not the running identity \"node-k\""),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(sessions(&broker, "node-k"), 1);
+
+    // A proper renewal: checked, copied in, one reconnect with it.
+    pki.issue("node-k", "node-k", false);
+    online(&subscriber, "node-k", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no reconnect after the renewal; log:\n{}", agent.log()));
+    assert!(
+        agent
+            .log()
+            .contains("Certificate renewed; reconnecting once."),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(sessions(&broker, "node-k"), 2, "{}", broker.log());
+}

@@ -98,6 +98,7 @@ impl Session {
         client_id: &str,
         events: mpsc::Sender<MqttEvent>,
         incoming: mpsc::Sender<Incoming>,
+        key_pair: Option<&tls::KeyPairFiles>,
     ) -> Result<Session, MqttError> {
         let broker = &config.config().broker;
         let uris: Vec<String> = config.endpoints.iter().map(paho_uri).collect();
@@ -181,10 +182,16 @@ impl Session {
             if let Some(ca) = &tls.ca_file {
                 ssl.trust_store(ca).map_err(MqttError::Tls)?;
             }
-            if let Some(cert) = &tls.cert_file {
+            // The agent's own copies of the certificate and key when it keeps them (see
+            // tls::KeyPairStore), so a bad renewal on disk never reaches a connect.
+            let (cert, key) = match key_pair {
+                Some(store) => (Some(store.cert.clone()), Some(store.key.clone())),
+                None => (tls.cert_file.clone(), tls.key_file.clone()),
+            };
+            if let Some(cert) = &cert {
                 ssl.key_store(cert).map_err(MqttError::Tls)?;
             }
-            if let Some(key) = &tls.key_file {
+            if let Some(key) = &key {
                 ssl.private_key(key).map_err(MqttError::Tls)?;
             }
             options.ssl_options(ssl.finalize());

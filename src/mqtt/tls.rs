@@ -181,3 +181,88 @@ fn handshake(
         Err(err) => Err(err.into()),
     }
 }
+
+/// Where Paho reads the device certificate and key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPairFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Certificate renewal without downtime. The agent connects with its own copies of the device
+/// certificate and key in `state_dir/tls/`; it watches the configured files, and when a renewal
+/// tool replaces them it checks the new pair (parses, key matches, valid now, same CN as the
+/// running identity) before copying it in and reconnecting once. A bad new pair is reported and
+/// the copies, which Paho re-reads at every reconnect, stay as they were.
+#[derive(Debug)]
+pub struct KeyPairStore {
+    source: KeyPairFiles,
+    pub files: KeyPairFiles,
+    /// Modification time and size of the source files when last looked at.
+    seen: Option<[(std::time::SystemTime, u64); 2]>,
+}
+
+fn stamp(path: &Path) -> io::Result<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len()))
+}
+
+impl KeyPairStore {
+    /// Copies the configured pair into `dir`.
+    pub fn new(cert: &Path, key: &Path, dir: &Path) -> io::Result<KeyPairStore> {
+        let dir = dir.join("tls");
+        std::fs::create_dir_all(&dir)?;
+        let mut store = KeyPairStore {
+            source: KeyPairFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+            files: KeyPairFiles {
+                cert: dir.join("device.crt"),
+                key: dir.join("device.key"),
+            },
+            seen: None,
+        };
+        store.accept()?;
+        Ok(store)
+    }
+
+    fn stamps(&self) -> Option<[(std::time::SystemTime, u64); 2]> {
+        Some([
+            stamp(&self.source.cert).ok()?,
+            stamp(&self.source.key).ok()?,
+        ])
+    }
+
+    /// True when the configured files changed since they were last accepted or refused.
+    pub fn changed(&mut self) -> bool {
+        let now = self.stamps();
+        if now.is_some() && now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
+    }
+
+    /// The configured files, to be checked before [`KeyPairStore::accept`].
+    pub fn source(&self) -> &KeyPairFiles {
+        &self.source
+    }
+
+    /// Copies the configured pair in (the key with mode 0600), each file atomically.
+    pub fn accept(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, to, mode) in [
+            (&self.source.cert, &self.files.cert, 0o644),
+            (&self.source.key, &self.files.key, 0o600),
+        ] {
+            let bytes = std::fs::read(from)?;
+            let temporary = to.with_extension("new");
+            std::fs::write(&temporary, bytes)?;
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+            std::fs::rename(&temporary, to)?;
+        }
+        self.seen = self.stamps();
+        Ok(())
+    }
+}
