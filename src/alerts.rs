@@ -97,6 +97,10 @@ pub struct AlertEvent {
     pub error: Option<String>,
     #[serde(skip)]
     pub qos: u8,
+    /// When the sampling pass that made it started (Unix µs), for the latency log; set by the
+    /// caller.
+    #[serde(skip)]
+    pub pass_start_us: u64,
 }
 
 fn is_true(value: &bool) -> bool {
@@ -210,6 +214,7 @@ impl Alerts {
             severity: "warning",
             error: None,
             qos: 1,
+            pass_start_us: 0,
         }
     }
 

@@ -367,6 +367,12 @@ where
                     Some(_) => session.publish(&alerts_topic, payload, event.qos, false).err(),
                     None => Some(payload),
                 };
+                // From the start of the sampling pass that made it to the publish call.
+                tracing::debug!(
+                    alert = %event.alert,
+                    latency_us = crate::model::now_us().saturating_sub(event.pass_start_us),
+                    "Alert handed to Paho."
+                );
                 if unsent.is_some() {
                     if pending_alerts.len() as u64 >= limits.max_queued {
                         // Bounded all the same; the oldest goes, loudly.
@@ -579,9 +585,13 @@ fn spawn_sampler(
             let mut seq: u64 = 0;
             let mut next = Instant::now();
             loop {
+                let pass_start_us = crate::model::now_us();
                 sensors.read_all(&mut sample);
                 let synced = crate::clock::synced(sample.ts_ms);
-                let events = alerts.evaluate(&sample, sample.ts_ms, synced);
+                let mut events = alerts.evaluate(&sample, sample.ts_ms, synced);
+                for event in &mut events {
+                    event.pass_start_us = pass_start_us;
+                }
                 if !events.is_empty() {
                     // Saved before the events leave, so a restart never raises them again.
                     if let Err(err) = crate::state::save(&alerts_path, alerts.state()) {
