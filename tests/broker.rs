@@ -41,6 +41,22 @@ impl BrokerPki {
         pki
     }
 
+    /// A mosquitto client program (`mosquitto_sub`, `mosquitto_pub`) connected to `broker` with
+    /// mutual TLS as the client `name`.
+    pub fn client(&self, program: &str, broker: &Broker, name: &str) -> Command {
+        let (cert, key) = self.issue(name, name, false);
+        let mut command = Command::new(program);
+        command
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .arg("--cafile")
+            .arg(&self.ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key);
+        command
+    }
+
     /// Writes `<name>.crt` and `<name>.key` for subject CN `cn`; returns (cert, key).
     pub fn issue(&self, name: &str, cn: &str, server: bool) -> (PathBuf, PathBuf) {
         self.issue_valid(name, cn, server, 365)
@@ -173,6 +189,21 @@ impl Broker {
         self.child.id()
     }
 
+    /// Stops this broker and starts a new one on the same port, as a broker restart does (the
+    /// new one has no retained messages: persistence is off).
+    pub fn restart(self, pki: &BrokerPki) -> Broker {
+        let port = self.port;
+        drop(self);
+        std::thread::sleep(Duration::from_millis(300));
+        Broker::start_with(
+            pki,
+            BrokerOptions {
+                port: Some(port),
+                ..BrokerOptions::default()
+            },
+        )
+    }
+
     /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -211,15 +242,8 @@ impl Subscriber {
     }
 
     pub fn start_qos(broker: &Broker, pki: &BrokerPki, topic: &str, qos: u8) -> Subscriber {
-        let (cert, key) = pki.issue("observer", "observer", false);
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-            .arg("--cafile")
-            .arg(&pki.ca)
-            .arg("--cert")
-            .arg(&cert)
-            .arg("--key")
-            .arg(&key)
+        let mut child = pki
+            .client("mosquitto_sub", broker, "observer")
             .args(["-t", topic, "-q", &qos.to_string(), "-F", "%r %t %p"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -277,15 +301,8 @@ impl Drop for Subscriber {
 
 /// Publishes `payload` on `topic` at QoS 1 as the operator would, with mosquitto_pub.
 pub fn publish(broker: &Broker, pki: &BrokerPki, topic: &str, payload: &str) {
-    let (cert, key) = pki.issue("operator", "operator", false);
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .arg("--cafile")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
+    let status = pki
+        .client("mosquitto_pub", broker, "operator")
         .args(["-t", topic, "-q", "1", "-m", payload])
         .status()
         .expect("mosquitto_pub runs");

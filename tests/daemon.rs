@@ -312,21 +312,11 @@ fn a_restarted_broker_gets_the_online_status_again() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
     let broker = Broker::start(&pki);
-    let port = broker.port;
     let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
     let agent = Agent::start(&dir, &pki, &broker, "node-r");
     online(&subscriber, "node-r", Duration::from_secs(10)).expect("online");
     drop(subscriber);
-    drop(broker);
-
-    std::thread::sleep(Duration::from_millis(500));
-    let broker = Broker::start_with(
-        &pki,
-        BrokerOptions {
-            port: Some(port),
-            ..BrokerOptions::default()
-        },
-    );
+    let broker = broker.restart(&pki);
     // The new broker has no retained messages of its own: only a new online status can answer.
     let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
     online(&subscriber, "node-r", Duration::from_secs(10)).unwrap_or_else(|| {
@@ -516,15 +506,7 @@ fn capped_broker(dir: &TestDir, pki: &BrokerPki, max: &str) -> (Broker, PathBuf)
 
 /// mosquitto_pub through the given OpenSSL config: proves a TLS version is on offer.
 fn can_publish(broker: &Broker, pki: &BrokerPki, openssl: &Path, tls_version: &str) -> bool {
-    let (cert, key) = pki.issue("control", "control", false);
-    Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .arg("--cafile")
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
+    pki.client("mosquitto_pub", broker, "control")
         .args(["--tls-version", tls_version, "-t", "control", "-m", "x"])
         .env("OPENSSL_CONF", openssl)
         .stderr(Stdio::null())
@@ -582,7 +564,6 @@ fn a_fleet_reconnects_spread_out() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
     let broker = Broker::start(&pki);
-    let port = broker.port;
     let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
     let ids: Vec<String> = (0..5).map(|i| format!("fleet-{i}")).collect();
     let mut agents = Vec::new();
@@ -594,15 +575,7 @@ fn a_fleet_reconnects_spread_out() {
     }
     onlines(&subscriber, &ids, Duration::from_secs(15));
     drop(subscriber);
-    drop(broker);
-    std::thread::sleep(Duration::from_millis(300));
-    let broker = Broker::start_with(
-        &pki,
-        BrokerOptions {
-            port: Some(port),
-            ..BrokerOptions::default()
-        },
-    );
+    let broker = broker.restart(&pki);
     let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
     let stamps: Vec<u64> = onlines(&subscriber, &ids, Duration::from_secs(15))
         .iter()
