@@ -25,6 +25,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dedupe;
+pub mod health;
 pub mod i2c;
 pub mod identity;
 pub mod model;

@@ -5,7 +5,7 @@
 //! oldest first, after the next connect; the rest are dropped and counted (the durable outbox for
 //! QoS >= 1 comes with its own issue).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 
 use crate::alerts::{AlertEvent, Alerts};
@@ -26,6 +27,7 @@ use crate::mqtt::backoff::Backoff;
 use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Session};
 use crate::offline::Error;
 use crate::sensors::Sensors;
+use crate::service;
 
 /// How long a clean stop waits for the shutdown status to be acknowledged.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -161,12 +163,31 @@ where
     let queue_full = Arc::new(AtomicU64::new(0));
     // Alerts are never dropped on the way: the sampler waits when this is full.
     let (alert_tx, mut alert_rx) = mpsc::channel::<AlertEvent>(ALERT_QUEUE);
+    let sensor_errors = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let last_pass_ms = Arc::new(AtomicU64::new(crate::model::now_ms()));
     let outputs = Outputs {
         telemetry: telemetry_tx,
         alerts: alert_tx,
         queue_full: Arc::clone(&queue_full),
+        sensor_errors: Arc::clone(&sensor_errors),
+        last_pass_ms: Arc::clone(&last_pass_ms),
     };
     let mut sampling = Sampling::start(&config, &identity, outputs.clone());
+    // Ready once sampling runs: devices start offline, so this does not wait for the broker.
+    service::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("sampling; connecting"),
+    ]);
+    let watchdog = service::watchdog();
+    let mut watchdog_timer =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    let mut health_timer = tokio::time::interval_at(
+        tokio::time::Instant::now() + crate::health::INTERVAL,
+        crate::health::INTERVAL,
+    );
+    let health_topic = |identity: &Identity, config: &ValidConfig| {
+        format!("{}/health", config.topic_prefix(&identity.client_id))
+    };
     let mut alerts_topic = format!("{}/alerts", config.topic_prefix(&identity.client_id));
     // Alerts made while offline, delivered first after the next connect.
     let mut pending_alerts: VecDeque<AlertEvent> = VecDeque::new();
@@ -182,6 +203,8 @@ where
     let mut seen_errors: Vec<String> = Vec::new();
     let mut last_diagnosis: Option<String> = None;
     let mut last_logged = String::new();
+    // The reason of the last failed connect, for the health topic; kept after a success.
+    let mut last_connect_error = String::new();
     let mut next_attempt = tokio::time::Instant::now();
     let first_shutdown = shutdown();
     tokio::pin!(first_shutdown);
@@ -189,6 +212,22 @@ where
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
+            _ = watchdog_timer.tick(), if watchdog.is_some() => {
+                // Only while sampling is alive: a wedged sampler lets systemd restart us.
+                let interval_ms = (config.config().telemetry.interval_s * 1000.0) as u64;
+                let since = crate::model::now_ms().saturating_sub(last_pass_ms.load(Ordering::Relaxed));
+                if since <= 3 * interval_ms + 10_000 {
+                    service::notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::error!(since_last_pass_ms = since, "Sampling is stuck; not petting the watchdog.");
+                }
+            }
+            _ = health_timer.tick(), if connected_since.is_some() => {
+                let payload = health(&counters, &queued(&pending_alerts, &pending_responses, &offline_buffer), &last_connect_error, &sensor_errors, started);
+                if session.publish(&health_topic(&identity, &config), payload, 0, false).is_ok() {
+                    counters.sent += 1;
+                }
+            }
             _ = cert_watch.tick(), if key_pair.is_some() => {
                 let Some(store) = key_pair.as_mut() else { continue };
                 if !store.changed() {
@@ -219,10 +258,12 @@ where
             }
             Some(()) = next_hangup(&mut hangups) => {
                 let Some(path) = &reload_from else { continue };
+                service::notify(&[NotifyState::Reloading]);
                 let (new_config, new_identity) = match reload(path).await {
                     Ok(loaded) => loaded,
                     Err(findings) => {
                         tracing::error!(findings = %findings, "Reload refused; the running config stays.");
+                        service::notify(&[NotifyState::Ready, NotifyState::Status("reload refused; running the previous config")]);
                         continue;
                     }
                 };
@@ -257,6 +298,7 @@ where
                         }
                         Err(err) => {
                             tracing::error!(error = %err, "Reload refused; the running config stays.");
+                            service::notify(&[NotifyState::Ready]);
                             continue;
                         }
                     }
@@ -270,6 +312,7 @@ where
                 tracing::info!(sampling = changes.sampling, reconnect = changes.session || !same_identity, changed = changes.any, "Reloaded.");
                 config = new_config;
                 identity = new_identity;
+                service::notify(&[NotifyState::Ready]);
             }
             () = tokio::time::sleep_until(next_attempt), if connected_since.is_none() => {
                 let result = session.connect().await;
@@ -305,6 +348,12 @@ where
                         }
                         // Nothing is subscribed yet (commands come later); once something is, a
                         // session the broker lost is subscribed again here.
+                        service::notify(&[NotifyState::Status(&format!(
+                            "connected to {}; sent {}, dropped {}",
+                            connected.server, counters.sent, counters.dropped
+                        ))]);
+                        let payload = health(&counters, &queued(&pending_alerts, &pending_responses, &offline_buffer), &last_connect_error, &sensor_errors, started);
+                        let _ = session.publish(&health_topic(&identity, &config), payload, 0, false);
                         tracing::info!(
                             broker = %connected.server,
                             session_present = connected.session_present,
@@ -330,6 +379,7 @@ where
                                 "Cannot connect."
                             );
                             last_logged = reason;
+                            last_connect_error = last_logged.clone();
                         } else {
                             tracing::debug!(error = %err, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
                         }
@@ -344,6 +394,10 @@ where
                     }
                     let delay = backoff.next_delay(fastrand::f64());
                     tracing::warn!(broker = %session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
+                    service::notify(&[NotifyState::Status(&format!(
+                        "offline: connection lost, retrying in {:.1} s",
+                        delay.as_secs_f64()
+                    ))]);
                     next_attempt = tokio::time::Instant::now() + delay;
                 }
             }
@@ -409,6 +463,7 @@ where
         }
     };
     tracing::info!(signal, "Shutting down.");
+    service::notify(&[NotifyState::Stopping]);
     // A sampler waiting to hand over an alert wakes when the receiver goes.
     drop(alert_rx);
     drop(sampling.stop);
@@ -436,6 +491,52 @@ struct Outputs {
     alerts: mpsc::Sender<AlertEvent>,
     /// Telemetry dropped because the event loop's queue was full.
     queue_full: Arc<AtomicU64>,
+    /// Failed reads per sensor value since start, for the health topic.
+    sensor_errors: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    /// When the last sampling pass ended (Unix ms): the watchdog only pets while this moves.
+    last_pass_ms: Arc<AtomicU64>,
+}
+
+/// Messages waiting for the next connect.
+fn queued(
+    alerts: &VecDeque<AlertEvent>,
+    responses: &VecDeque<String>,
+    telemetry: &VecDeque<String>,
+) -> u64 {
+    (alerts.len() + responses.len() + telemetry.len()) as u64
+}
+
+/// The health payload from the loop's counters.
+fn health(
+    counters: &Counters,
+    queued: &u64,
+    last_error: &str,
+    sensor_errors: &std::sync::Mutex<BTreeMap<String, u64>>,
+    started: Instant,
+) -> String {
+    let (rss_bytes, cpu_time_ms) = crate::health::process_usage();
+    let ts = crate::model::now_ms();
+    let errors = sensor_errors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    crate::health::Health {
+        ts,
+        time_synced: crate::clock::synced(ts),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: started.elapsed().as_secs(),
+        rss_bytes,
+        cpu_time_ms,
+        messages: crate::health::Messages {
+            sent: counters.sent,
+            dropped: counters.dropped,
+            queued: *queued,
+        },
+        reconnects: counters.reconnects.saturating_sub(1),
+        last_connect_error: (!last_error.is_empty()).then_some(last_error),
+        sensor_errors: &errors,
+    }
+    .to_json()
 }
 
 /// How often the certificate and key files are looked at for a renewal.
@@ -604,6 +705,18 @@ fn spawn_sampler(
                         }
                     }
                 }
+                if !sample.errors.is_empty() {
+                    let mut counts = outputs
+                        .sensor_errors
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for (name, _) in &sample.errors {
+                        *counts.entry(name.to_string()).or_insert(0) += 1;
+                    }
+                }
+                outputs
+                    .last_pass_ms
+                    .store(crate::model::now_ms(), Ordering::Relaxed);
                 let payload = crate::telemetry::telemetry(&sample, seq, synced);
                 seq += 1;
                 if outputs.telemetry.try_send(payload).is_err() {

@@ -14,6 +14,18 @@ pub async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// Tells systemd (when it started us with a NOTIFY_SOCKET) about a state change; nothing otherwise.
+pub fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!(error = %err, "Cannot notify systemd.");
+    }
+}
+
+/// systemd's watchdog interval, when `WatchdogSec` is set for this process.
+pub fn watchdog() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled()
+}
+
 /// SIGHUP, the reload request.
 pub fn hangups() -> tokio::signal::unix::Signal {
     signal(SignalKind::hangup()).expect("a SIGHUP handler can be installed")

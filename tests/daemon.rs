@@ -30,7 +30,7 @@ pub(crate) struct Setup {
     /// Overrides of the TLS files.
     ca: Option<PathBuf>,
     cert: Option<(PathBuf, PathBuf)>,
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {

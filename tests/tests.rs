@@ -12,3 +12,4 @@ mod daemon;
 mod identity;
 mod reload;
 mod sensors;
+mod service;
