@@ -5,9 +5,10 @@
 set -euo pipefail
 
 # Debian packages the build and the tests need: a C toolchain and CMake for the bundled Eclipse
-# Paho C library, OpenSSL headers for TLS, openssl and mosquitto for the tests and the demo.
+# Paho C library, OpenSSL headers for TLS, openssl and mosquitto for the tests and the demo,
+# systemd for systemd-analyze and systemd-sysusers (the unit's checks).
 FIELDAGENT_APT_PACKAGES=(build-essential cmake pkg-config libssl-dev openssl ca-certificates
-  mosquitto mosquitto-clients)
+  mosquitto mosquitto-clients systemd)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

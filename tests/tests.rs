@@ -10,6 +10,7 @@ mod commands;
 mod config_errors;
 mod daemon;
 mod identity;
+mod packaging;
 mod reload;
 mod sensors;
 mod service;
