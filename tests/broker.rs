@@ -192,9 +192,14 @@ impl Broker {
     /// Stops this broker and starts a new one on the same port, as a broker restart does (the
     /// new one has no retained messages: persistence is off).
     pub fn restart(self, pki: &BrokerPki) -> Broker {
+        self.restart_after(pki, Duration::from_millis(300))
+    }
+
+    /// As `restart`, with the broker gone for `down`.
+    pub fn restart_after(self, pki: &BrokerPki, down: Duration) -> Broker {
         let port = self.port;
         drop(self);
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(down);
         Broker::start_with(
             pki,
             BrokerOptions {

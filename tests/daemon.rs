@@ -24,6 +24,8 @@ pub(crate) struct Setup {
     pub top_extra: String,
     /// `broker.reconnect`.
     reconnect: String,
+    /// `telemetry`.
+    pub telemetry: String,
     keepalive_s: u64,
     /// Extra keys inside `broker.tls`, each starting with ", ".
     tls_extra: String,
@@ -41,6 +43,7 @@ impl Setup {
             broker_extra: String::new(),
             top_extra: String::new(),
             reconnect: "{ initial_s: 0.2, max_s: 1 }".to_owned(),
+            telemetry: "{ interval_s: 0.2 }".to_owned(),
             keepalive_s: KEEPALIVE_S,
             tls_extra: String::new(),
             ca: None,
@@ -79,7 +82,7 @@ impl Agent {
 {extra}
 sysfs_root: "{base}/sys"
 state_dir: "{base}/state-{id}"
-telemetry: {{ interval_s: 0.2 }}
+telemetry: {telemetry}
 sensors:
   - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}
   - {{ name: gone, hwmon: {{ chip: tmp421, input: temp1 }} }}
@@ -91,6 +94,7 @@ sensors:
             key = key.display(),
             extra = setup.broker_extra,
             reconnect = setup.reconnect,
+            telemetry = setup.telemetry,
             keepalive_s = setup.keepalive_s,
             tls_extra = setup.tls_extra,
             top_extra = setup.top_extra,
@@ -126,6 +130,18 @@ sensors:
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Waits until the log contains `needle` (lines are written just after what they report).
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn log(&self) -> String {
@@ -187,6 +203,12 @@ fn online_status_telemetry_and_a_clean_stop() {
         status["boot_id"].as_str().is_some_and(|id| !id.is_empty()),
         "{status}"
     );
+    // MQTT 3.1.1, a persistent session (c0), Paho pinging at half the keepalive (k1 for 2 s).
+    assert!(
+        broker.log().contains("as node-1 (p2, c0, k1, u'node-1')"),
+        "{}",
+        broker.log()
+    );
 
     // The status is retained: a subscriber that comes later gets it at once.
     let late = Subscriber::start(&broker, &pki, "devices/node-1/status");
@@ -247,6 +269,20 @@ fn online_status_telemetry_and_a_clean_stop() {
             .payload
             .contains(r#""reason":"lost""#))
         .is_none());
+    assert!(
+        agent.log().contains("session_present=false"),
+        "{}",
+        agent.log()
+    );
+
+    // The broker kept the persistent session across the agent's restart.
+    let again = Agent::start(&dir, &pki, &broker, "node-1");
+    online(&subscriber, "node-1", Duration::from_secs(10)).expect("online again");
+    assert!(
+        again.wait_log("session_present=true", Duration::from_secs(5)),
+        "{}",
+        again.log()
+    );
 }
 
 #[test]
@@ -587,4 +623,73 @@ fn a_fleet_reconnects_spread_out() {
         "reconnects within {spread} ms of each other: {stamps:?}"
     );
     drop(agents);
+}
+
+#[test]
+fn telemetry_made_offline_is_kept_up_to_the_bound_and_sent_in_order() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let mut setup = Setup::new("node-b", &broker);
+    // The agent keeps at most 3 telemetry messages while offline.
+    setup.telemetry = "{ interval_s: 0.2, buffer_while_offline: 3 }".to_owned();
+    // Retries every 2 s exactly, so the subscriber below is ready before the agent is back.
+    setup.reconnect = "{ initial_s: 2, max_s: 2, jitter: 0 }".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-b/#");
+    online(&subscriber, "node-b", Duration::from_secs(10)).expect("online");
+
+    // Offline for a while: about ten samples are made, the last three are kept.
+    let broker = broker.restart_after(&pki, Duration::from_millis(2500));
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-b/telemetry");
+    let mut seqs = Vec::new();
+    while let Some(message) = subscriber.wait_for(Duration::from_secs(3), |_| true) {
+        let json: serde_json::Value = serde_json::from_str(&message.payload).unwrap();
+        seqs.push(json["seq"].as_u64().unwrap());
+        if seqs.len() == 6 {
+            break;
+        }
+    }
+    assert!(seqs.len() >= 4, "{seqs:?}; log:\n{}", agent.log());
+    // In order, and the first three are the buffered ones: consecutive, then a gap back to live.
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(seqs[1], seqs[0] + 1, "{seqs:?}");
+    assert_eq!(seqs[2], seqs[1] + 1, "{seqs:?}");
+    assert!(
+        agent.wait_log("sent_from_buffer=3", Duration::from_secs(2)),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let mut agent = Agent::start(&dir, &pki, &broker, "node-s");
+    online(&subscriber, "node-s", Duration::from_secs(10)).expect("online");
+    // A broker that answers nothing: the clean stop would wait 5 s for its acknowledgement.
+    let broker_pid = Pid::from_raw(broker.pid() as i32);
+    kill(broker_pid, Signal::SIGSTOP).unwrap();
+    agent.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let code = agent.wait(Duration::from_secs(3));
+    kill(broker_pid, Signal::SIGCONT).unwrap();
+    assert_eq!(code, Some(0), "{}", agent.log());
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    assert!(
+        agent
+            .log()
+            .contains("Second signal: stopping without waiting."),
+        "{}",
+        agent.log()
+    );
 }
