@@ -711,7 +711,13 @@ fn spawn_sampler(
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                     for (name, _) in &sample.errors {
-                        *counts.entry(name.to_string()).or_insert(0) += 1;
+                        // No allocation per pass once a sensor's count exists.
+                        match counts.get_mut(&**name) {
+                            Some(count) => *count += 1,
+                            None => {
+                                counts.insert(name.to_string(), 1);
+                            }
+                        }
                     }
                 }
                 outputs
