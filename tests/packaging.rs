@@ -73,3 +73,27 @@ fn sysusers_makes_the_user_and_its_groups() {
         );
     }
 }
+
+/// The example config shipped as /etc/fieldagent/config.yaml passes `check` once its broker URL
+/// and certificate paths point at real ones.
+#[test]
+fn the_shipped_example_config_checks_once_filled_in() {
+    let dir = TestDir::new();
+    let pki = crate::util::pki(&dir, "etc", crate::util::CertSpec::default());
+    let example = std::fs::read_to_string(packaging("config.yaml")).unwrap();
+    assert!(example.contains("mqtts://broker.example.com:8883"));
+    let filled = example
+        .replace("mqtts://broker.example.com:8883", "mqtts://127.0.0.1:8883")
+        .replace("/etc/fieldagent/ca.pem", pki.ca.to_str().unwrap())
+        .replace("/etc/fieldagent/device.crt", pki.cert.to_str().unwrap())
+        .replace("/etc/fieldagent/device.key", pki.key.to_str().unwrap());
+    let config = dir.write("config.yaml", filled);
+    let output = crate::util::fieldagent(&["--config", config.to_str().unwrap(), "check"]);
+    let text = crate::util::stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("client ID sensor-node-001 (from certificate CN of"),
+        "{text}"
+    );
+    assert!(text.contains("check: 0 error(s)"), "{text}");
+}
