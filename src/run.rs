@@ -79,6 +79,34 @@ struct Counters {
     reconnects: u64,
 }
 
+/// What start-up and every reload do after loading the config: probe what it points at (an error
+/// refuses it, warnings go to `warn`) and work out the identity.
+fn admit(
+    config: ValidConfig,
+    path: &Path,
+    warn: &mut dyn Write,
+) -> Result<(ValidConfig, Identity), Error> {
+    let now_s = (crate::model::now_ms() / 1000) as i64;
+    let mut findings = Findings {
+        file: path.to_owned(),
+        items: crate::certs::probe_for_run(&config.config().broker, now_s),
+    };
+    config.locate(&mut findings.items);
+    for finding in findings
+        .items
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+    {
+        writeln!(warn, "{}", finding.display(&findings.file))?;
+    }
+    if findings.has_errors() {
+        findings.items.retain(|f| f.severity == Severity::Error);
+        return Err(Error::Config(ConfigError::Invalid(findings)));
+    }
+    let identity = crate::identity::resolve(config.config())?;
+    Ok((config, identity))
+}
+
 /// `fieldagent run`: checks the config and what it points at, then runs the daemon until
 /// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
 pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
@@ -88,27 +116,7 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     crate::mqtt::tls::enforce_floor(min, &config.config().state_dir)
         .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
         .map_err(Error::TlsFloor)?;
-    let now_s = (crate::model::now_ms() / 1000) as i64;
-    let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
-    config.locate(&mut problems);
-    let findings = Findings {
-        file: path.to_owned(),
-        items: problems,
-    };
-    for finding in findings
-        .items
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-    {
-        writeln!(warn, "{}", finding.display(&findings.file))?;
-    }
-    if findings.has_errors() {
-        return Err(Error::Config(ConfigError::Invalid(Findings {
-            file: findings.file.clone(),
-            items: findings.errors().cloned().collect(),
-        })));
-    }
-    let identity = crate::identity::resolve(config.config())?;
+    let (config, identity) = admit(config, path, warn)?;
     crate::service::init_logging(config.config().log.level);
     // One thread: the agent's work is small and boards have little memory.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -603,23 +611,12 @@ async fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut warnings = Vec::new();
-        let config = crate::offline::load(&path, &mut warnings).map_err(|err| err.to_string())?;
+        let admitted = crate::offline::load(&path, &mut warnings)
+            .and_then(|config| admit(config, &path, &mut warnings));
         for line in String::from_utf8_lossy(&warnings).lines() {
             tracing::warn!(finding = %line, "Config warning.");
         }
-        let now_s = (crate::model::now_ms() / 1000) as i64;
-        let mut problems = crate::certs::probe_for_run(&config.config().broker, now_s);
-        config.locate(&mut problems);
-        let errors: Vec<String> = problems
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.display(&path).to_string())
-            .collect();
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        let identity = crate::identity::resolve(config.config()).map_err(|err| err.to_string())?;
-        Ok((config, identity))
+        admitted.map_err(|err| err.to_string())
     })
     .await
     .unwrap_or_else(|_| Err("internal error while reloading".to_owned()))
