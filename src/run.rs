@@ -117,7 +117,14 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
         .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
         .map_err(Error::TlsFloor)?;
     let (config, identity) = admit(config, path, warn)?;
-    crate::service::init_logging(config.config().log.level);
+    let log = &config.config().log;
+    if crate::service::init_logging(log.level, log.target)
+        == crate::service::LogSink::StderrNoJournal
+    {
+        tracing::warn!(
+            "log.target is journald but the journal cannot be reached; logging to stderr."
+        );
+    }
     // One thread: the agent's work is small and boards have little memory.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -382,6 +389,7 @@ where
                         let reason = last_diagnosis.clone().unwrap_or(cause);
                         if reason != last_logged {
                             tracing::warn!(
+                                broker = %session.urls(),
                                 reason = %reason,
                                 retry_in_s = delay.as_secs_f64(),
                                 "Cannot connect."
@@ -664,6 +672,24 @@ impl Sampling {
     }
 }
 
+/// Logs a sensor once when it starts failing (with the error) and once when it reads again,
+/// not on every pass; the counts per pass go to the health topic.
+fn log_sensor_changes(sample: &Sample, failing: &mut Vec<Arc<str>>) {
+    for (name, err) in &sample.errors {
+        if !failing.contains(name) {
+            tracing::warn!(sensor = %name, error = %err, "Sensor failing.");
+            failing.push(Arc::clone(name));
+        }
+    }
+    failing.retain(|name| {
+        let still = sample.errors.iter().any(|(failed, _)| failed == name);
+        if !still {
+            tracing::info!(sensor = %name, "Sensor reads again.");
+        }
+        still
+    });
+}
+
 /// Reads every sensor each `telemetry.interval_s` on a thread of its own (reads block), evaluates
 /// the alert rules on the same sample, saves the alert state when it changed, and hands telemetry
 /// and alert events to the event loop.
@@ -680,6 +706,7 @@ fn spawn_sampler(
         .name("sampler".to_owned())
         .spawn(move || {
             let mut sample = Sample::default();
+            let mut failing: Vec<Arc<str>> = Vec::new();
             let mut seq: u64 = 0;
             let mut next = Instant::now();
             loop {
@@ -702,6 +729,7 @@ fn spawn_sampler(
                         }
                     }
                 }
+                log_sensor_changes(&sample, &mut failing);
                 if !sample.errors.is_empty() {
                     let mut counts = outputs
                         .sensor_errors

@@ -33,6 +33,9 @@ pub(crate) struct Setup {
     ca: Option<PathBuf>,
     cert: Option<(PathBuf, PathBuf)>,
     pub env: Vec<(String, String)>,
+    /// A directory holding a journald socket fixture: the agent then runs in a mount namespace
+    /// where that directory is /run/systemd/journal, with `JOURNAL_STREAM` naming its stderr.
+    pub journal: Option<PathBuf>,
 }
 
 impl Setup {
@@ -49,6 +52,7 @@ impl Setup {
             ca: None,
             cert: None,
             env: Vec::new(),
+            journal: None,
         }
     }
 }
@@ -101,12 +105,33 @@ sensors:
         );
         let config_path = dir.write(&format!("{id}.yaml"), config);
         let log = dir.path().join(format!("{id}.log"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fieldagent"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let agent = env!("CARGO_BIN_EXE_fieldagent");
+        let mut command = match &setup.journal {
+            None => Command::new(agent),
+            Some(journal) => {
+                // unshare and sh both exec, so the child's PID is the agent's.
+                let mut command = Command::new("unshare");
+                command.args([
+                    "--mount",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs none /run && mkdir -p /run/systemd/journal \
+                     && mount --bind \"$1\" /run/systemd/journal && shift && exec \"$0\" \"$@\"",
+                    agent,
+                    journal.to_str().unwrap(),
+                ]);
+                let meta = std::os::unix::fs::MetadataExt::dev(&stderr.metadata().unwrap());
+                let ino = std::os::unix::fs::MetadataExt::ino(&stderr.metadata().unwrap());
+                command.env("JOURNAL_STREAM", format!("{meta}:{ino}"));
+                command
+            }
+        };
         command
             .args(["--config", config_path.to_str().unwrap(), "run"])
             .env_remove("FIELDAGENT_CONFIG")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(stderr);
         for (key, value) in &setup.env {
             command.env(key, value);
         }

@@ -126,3 +126,116 @@ fn health_is_published_on_connect() {
         "{health}"
     );
 }
+
+/// One journald native-protocol datagram as fields: `KEY=value` lines, or `KEY`, a little-endian
+/// u64 length and the value for values that may hold newlines.
+fn journal_fields(datagram: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = &rest[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            rest = &rest[(end + 1).min(rest.len())..];
+        } else {
+            let name = String::from_utf8_lossy(line).into_owned();
+            let length = u64::from_le_bytes(rest[end + 1..end + 9].try_into().unwrap()) as usize;
+            let value = &rest[end + 9..end + 9 + length];
+            assert_eq!(rest.get(end + 9 + length), Some(&b'\n'), "{datagram:?}");
+            fields.push((name, String::from_utf8_lossy(value).into_owned()));
+            rest = &rest[end + 10 + length..];
+        }
+    }
+    fields
+}
+
+/// Under systemd (JOURNAL_STREAM naming our stderr) `log.target: auto` writes to the journal
+/// socket with structured fields, so `journalctl SENSOR=gone` finds the sensor's lines. The
+/// socket path is fixed in the journald protocol, so the agent runs in a mount namespace where a
+/// test directory is /run/systemd/journal (needs root, as CI and the README's set-up are).
+#[test]
+fn journald_gets_structured_fields() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a mount namespace for the journal socket needs root");
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let journal = dir.path().join("journal");
+    std::fs::create_dir(&journal).unwrap();
+    let socket = UnixDatagram::bind(journal.join("socket")).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut setup = Setup::new("node-j", &broker);
+    setup.journal = Some(journal.clone());
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+
+    let mut entries: Vec<Vec<(String, String)>> = Vec::new();
+    let has = |entries: &[Vec<(String, String)>], message: &str| {
+        entries
+            .iter()
+            .any(|fields| fields.iter().any(|(k, v)| k == "MESSAGE" && v == message))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = vec![0u8; 65536];
+    while !(has(&entries, "Connected.") && has(&entries, "Sensor failing."))
+        && Instant::now() < deadline
+    {
+        if let Ok(length) = socket.recv(&mut buf) {
+            if length > 0 {
+                entries.push(journal_fields(&buf[..length]));
+            }
+        }
+    }
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+
+    let entry = |message: &str| {
+        entries
+            .iter()
+            .find(|fields| fields.iter().any(|(k, v)| k == "MESSAGE" && v == message))
+            .unwrap_or_else(|| panic!("no {message:?} entry in {entries:#?}"))
+            .clone()
+    };
+    let field = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {fields:#?}"))
+    };
+    let failing = entry("Sensor failing.");
+    assert_eq!(field(&failing, "SENSOR"), "gone");
+    assert_eq!(field(&failing, "PRIORITY"), "4", "a warning");
+    assert_eq!(field(&failing, "SYSLOG_IDENTIFIER"), "fieldagent");
+    assert!(field(&failing, "ERROR").contains("tmp421"), "{failing:?}");
+    let connected = entry("Connected.");
+    assert_eq!(field(&connected, "BROKER"), broker.url());
+    assert_eq!(field(&connected, "PRIORITY"), "6", "info");
+    // Nothing went to stderr: the journal has it all, once.
+    assert_eq!(agent.log(), "", "stderr should stay empty");
+}
+
+/// `JOURNAL_STREAM` naming another stream (stderr redirected by the operator) keeps stderr.
+#[test]
+fn journal_stream_of_another_file_keeps_stderr() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let mut setup = Setup::new("node-s", &broker);
+    setup.env = vec![("JOURNAL_STREAM".to_owned(), "1:1".to_owned())];
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    assert!(
+        agent.wait_log("Connected.", Duration::from_secs(15)),
+        "{}",
+        agent.log()
+    );
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+}

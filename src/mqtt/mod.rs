@@ -68,6 +68,9 @@ pub struct Session {
     options: paho::ConnectOptions,
     /// The URLs in failover order, for log lines.
     urls: String,
+    /// Paho's URI of each endpoint and the URL as configured, to name a broker as the operator
+    /// wrote it.
+    written: Vec<(String, String)>,
     /// `{prefix}/status`.
     status_topic: String,
     /// `{prefix}/telemetry`.
@@ -205,6 +208,11 @@ impl Session {
                 .map(|e| e.url.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+            written: config
+                .endpoints
+                .iter()
+                .map(|e| (paho_uri(e), e.url.clone()))
+                .collect(),
             status_topic,
             telemetry_topic: format!("{prefix}/telemetry"),
             responses_topic: format!("{prefix}/responses"),
@@ -238,7 +246,11 @@ impl Session {
         }
         let connected = match response.connect_response() {
             Some(response) => Connected {
-                server: response.server_uri,
+                server: self
+                    .written
+                    .iter()
+                    .find(|(uri, _)| *uri == response.server_uri)
+                    .map_or(response.server_uri, |(_, url)| url.clone()),
                 session_present: response.session_present,
             },
             None => Connected {
