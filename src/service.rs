@@ -116,7 +116,8 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     match nix::sys::stat::fstat(libc::STDERR_FILENO) {
-        Ok(stat) => stat.st_dev as u64 == dev && stat.st_ino as u64 == ino,
+        // `from`, not `as`: 32-bit targets have a 32-bit ino_t.
+        Ok(stat) => u64::from(stat.st_dev) == dev && u64::from(stat.st_ino) == ino,
         Err(_) => false,
     }
 }
