@@ -115,9 +115,12 @@ fn stderr_is_journal() -> bool {
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    match nix::sys::stat::fstat(libc::STDERR_FILENO) {
-        // `from`, not `as`: 32-bit targets have a 32-bit ino_t.
-        Ok(stat) => u64::from(stat.st_dev) == dev && u64::from(stat.st_ino) == ino,
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    // A duplicate of fd 2 as a File, for std's u64 dev/ino on every target.
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned();
+    match stderr.map(std::fs::File::from).and_then(|f| f.metadata()) {
+        Ok(meta) => meta.dev() == dev && meta.ino() == ino,
         Err(_) => false,
     }
 }
