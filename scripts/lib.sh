@@ -6,9 +6,13 @@ set -euo pipefail
 
 # Debian packages the build and the tests need: a C toolchain and CMake for the bundled Eclipse
 # Paho C library, OpenSSL headers for TLS, openssl and mosquitto for the tests and the demo,
-# systemd for systemd-analyze and systemd-sysusers (the unit's checks).
+# systemd for systemd-analyze and systemd-sysusers (the unit's checks), dpkg-dev and lintian for
+# the .deb (dpkg-shlibdeps computes its Depends), procps for the unit's /bin/kill.
 FIELDAGENT_APT_PACKAGES=(build-essential cmake pkg-config libssl-dev openssl ca-certificates
-  mosquitto mosquitto-clients systemd)
+  mosquitto mosquitto-clients systemd dpkg-dev lintian procps)
+
+# The cargo-deb that builds the .deb; 3.8.0 builds with Rust 1.85 (Debian 12's rustc-web).
+CARGO_DEB_VERSION=3.8.0
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -39,6 +43,16 @@ ensure_toolchain() {
     apt_install rustc-web cargo-web
   fi
   say "using $(cargo --version)"
+}
+
+ensure_cargo_deb() {
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+    say "cargo install cargo-deb $CARGO_DEB_VERSION (once, about 2 minutes)"
+    cargo install --quiet --locked "cargo-deb@$CARGO_DEB_VERSION"
+  fi
 }
 
 # Stops the processes whose PIDs are listed, by PID only.

@@ -37,3 +37,96 @@ pub enum Command {
         json: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// What the man page says that clap does not know: exit codes, files, signals.
+    const MAN_TAIL: &str = r#".SH EXIT STATUS
+.TP
+0
+Success; after SIGTERM or SIGINT, a clean stop.
+.TP
+78
+The config or a certificate is invalid (EX_CONFIG). The systemd unit does not restart on it: a
+person has to fix the config.
+.TP
+1
+Any other failure.
+.SH SIGNALS
+.TP
+SIGHUP
+Reload the config. A config that does not pass the checks is refused and the running one stays.
+.TP
+SIGTERM, SIGINT
+Publish the offline status, disconnect and exit 0. A second signal stops at once.
+.SH FILES
+.TP
+/etc/fieldagent/config.yaml
+The config (a commented example is installed).
+.TP
+/var/lib/fieldagent/
+State: alert states, executed command ids, copies of the certificate in use.
+.SH SEE ALSO
+\fBsystemctl\fR(1), \fBjournalctl\fR(1), /usr/share/doc/fieldagent/README.md
+"#;
+
+    /// The page: clap's name, synopsis, description and options, every subcommand with its own
+    /// options, then `MAN_TAIL`.
+    fn man_page() -> Vec<u8> {
+        let command = super::Cli::command();
+        let man = clap_mangen::Man::new(command.clone()).date("2026-11-26");
+        let mut out = Vec::new();
+        man.render_title(&mut out).unwrap();
+        man.render_name_section(&mut out).unwrap();
+        man.render_synopsis_section(&mut out).unwrap();
+        man.render_description_section(&mut out).unwrap();
+        man.render_options_section(&mut out).unwrap();
+        let roff = |text: &str| text.replace('\\', "\\\\").replace('-', "\\-");
+        let mut text = String::from(".SH COMMANDS\n");
+        for sub in command.get_subcommands() {
+            let flags: Vec<String> = sub
+                .get_arguments()
+                .filter_map(|arg| {
+                    arg.get_long()
+                        .map(|long| format!("[\\fB\\-\\-{}\\fR]", roff(long)))
+                })
+                .collect();
+            text.push_str(&format!(
+                ".TP\n\\fBfieldagent {}\\fR {}\n{}\n",
+                sub.get_name(),
+                flags.join(" "),
+                roff(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
+            ));
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    text.push_str(&format!(
+                        ".RS\n.TP\n\\fB\\-\\-{}\\fR\n{}\n.RE\n",
+                        roff(long),
+                        roff(&arg.get_help().map(|h| h.to_string()).unwrap_or_default())
+                    ));
+                }
+            }
+        }
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(MAN_TAIL.as_bytes());
+        out
+    }
+
+    /// The man page shipped in the .deb (packaging/fieldagent.1) is rendered from these
+    /// definitions; `FIELDAGENT_BLESS=1 cargo test man_page` writes it again after a change.
+    #[test]
+    fn man_page_matches_the_cli() {
+        let rendered = man_page();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/fieldagent.1");
+        if std::env::var_os("FIELDAGENT_BLESS").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        let shipped = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            shipped == rendered,
+            "packaging/fieldagent.1 is out of date; run FIELDAGENT_BLESS=1 cargo test man_page"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! exposure (systemd-analyze security, offline) stays at 2.0 or lower, and the sysusers entry
 //! makes the service user with its I2C and GPIO groups.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::TestDir;
@@ -96,4 +96,277 @@ fn the_shipped_example_config_checks_once_filled_in() {
         "{text}"
     );
     assert!(text.contains("check: 0 error(s)"), "{text}");
+}
+
+/// This machine's Debian architecture (amd64, arm64, armhf).
+fn debian_arch() -> String {
+    let output = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The .deb `./scripts/package` built; `./scripts/test` builds it before the tests and sets
+/// FIELDAGENT_REQUIRE_DEB, so a missing package fails there and only skips in a bare `cargo test`.
+fn built_deb() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "target/debian/fieldagent_{}-1_{}.deb",
+        env!("CARGO_PKG_VERSION"),
+        debian_arch()
+    ));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("FIELDAGENT_REQUIRE_DEB").is_some() {
+        panic!("{} is missing: ./scripts/package builds it", path.display());
+    }
+    eprintln!(
+        "skipped: {} is missing (./scripts/package builds it)",
+        path.display()
+    );
+    None
+}
+
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let output = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "dpkg-deb {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A control-archive member of the package (postinst, prerm, …).
+fn control_file(deb: &Path, name: &str) -> String {
+    let dir = TestDir::new();
+    let status = Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(deb)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(dir.path().join(name)).unwrap_or_default()
+}
+
+#[test]
+fn the_deb_has_its_metadata_and_files() {
+    let Some(deb) = built_deb() else { return };
+    let info = dpkg_deb(&["--info"], &deb);
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{info}"))
+            .to_owned()
+    };
+    assert_eq!(field("Package"), "fieldagent");
+    assert_eq!(field("Architecture"), debian_arch());
+    // Computed from the binary's shared libraries (dpkg-shlibdeps), not written by hand.
+    let depends = field("Depends");
+    for library in ["libc6 (>= ", "libssl3 (>= "] {
+        assert!(depends.contains(library), "{depends}");
+    }
+    assert_eq!(
+        control_file(&deb, "conffiles").trim(),
+        "/etc/fieldagent/config.yaml"
+    );
+
+    let contents = dpkg_deb(&["--contents"], &deb);
+    for (path, mode) in [
+        ("./usr/bin/fieldagent", "-rwxr-xr-x"),
+        ("./etc/fieldagent/config.yaml", "-rw-r--r--"),
+        ("./usr/lib/systemd/system/fieldagent.service", "-rw-r--r--"),
+        ("./usr/lib/sysusers.d/fieldagent.conf", "-rw-r--r--"),
+        ("./usr/lib/tmpfiles.d/fieldagent.conf", "-rw-r--r--"),
+        ("./usr/share/man/man1/fieldagent.1.gz", "-rw-r--r--"),
+        ("./usr/share/doc/fieldagent/README.md", "-rw-r--r--"),
+        ("./usr/share/doc/fieldagent/copyright", "-rw-r--r--"),
+        (
+            "./usr/share/doc/fieldagent/changelog.Debian.gz",
+            "-rw-r--r--",
+        ),
+        ("./usr/share/lintian/overrides/fieldagent", "-rw-r--r--"),
+    ] {
+        assert!(
+            contents
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(&format!(" {path}"))),
+            "{path} ({mode}) missing from:\n{contents}"
+        );
+    }
+
+    // Upgrades restart a running service; removal stops it (dh_installsystemd's scripts).
+    let postinst = control_file(&deb, "postinst");
+    assert!(postinst.contains("systemd-sysusers"), "{postinst}");
+    assert!(postinst.contains("_dh_action=restart"), "{postinst}");
+    assert!(postinst.contains("deb-systemd-helper enable fieldagent.service"));
+    let prerm = control_file(&deb, "prerm");
+    assert!(
+        prerm.contains("deb-systemd-invoke stop fieldagent.service"),
+        "{prerm}"
+    );
+}
+
+#[test]
+fn lintian_reports_no_errors_or_warnings() {
+    let Some(deb) = built_deb() else { return };
+    let output = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--pedantic"])
+        .arg(&deb)
+        .output()
+        .expect("lintian is installed (scripts/lib.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{output:?}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{text}"
+    );
+}
+
+/// A writable copy of this machine's root (an overlay in a private mount namespace), so the
+/// package can really be installed, upgraded, removed and purged without touching the machine.
+struct ScratchRoot {
+    dir: TestDir,
+    /// Mounted at /mnt inside.
+    debs: PathBuf,
+}
+
+impl ScratchRoot {
+    fn new(debs: &Path) -> ScratchRoot {
+        let dir = TestDir::new();
+        for sub in ["upper", "work", "merged"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        ScratchRoot {
+            dir,
+            debs: debs.to_owned(),
+        }
+    }
+
+    /// Runs `script` with /bin/sh inside the scratch root; what it changes stays for the next run.
+    fn run(&self, script: &str) -> std::process::Output {
+        let base = self.dir.path().display().to_string();
+        let setup = format!(
+            "mount -t overlay overlay -o lowerdir=/,upperdir={base}/upper,workdir={base}/work {base}/merged \
+             && mount --bind /proc {base}/merged/proc && mount --bind /dev {base}/merged/dev \
+             && mount -t tmpfs none {base}/merged/run && mount -t tmpfs none {base}/merged/tmp \
+             && mount --bind \"$1\" {base}/merged/mnt && exec chroot {base}/merged /bin/sh -ec \"$2\""
+        );
+        Command::new("unshare")
+            .args(["--mount", "sh", "-c", &setup, "sh"])
+            .arg(&self.debs)
+            .arg(script)
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap()
+    }
+
+    /// `run` that must succeed; its stdout and stderr.
+    fn ok(&self, script: &str) -> String {
+        let output = self.run(script);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{script}\n{text}");
+        text
+    }
+}
+
+/// Install, upgrade (the operator's config edit kept), remove (config, state and user kept) and
+/// purge (state, config and user gone; the operator's own files in /etc/fieldagent kept) in a
+/// scratch copy of this machine. systemd is not PID 1 here, so starting and stopping the service
+/// is checked in the maintainer scripts (the_deb_has_its_metadata_and_files), not observed.
+#[test]
+fn install_upgrade_remove_purge() {
+    let Some(deb) = built_deb() else { return };
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: installing into a scratch root needs root");
+        return;
+    }
+    let debs = TestDir::new();
+    std::fs::copy(&deb, debs.path().join("v1.deb")).unwrap();
+    // The same files as a newer revision, as an upgrade would bring: unpacked, renumbered, packed.
+    let tree = debs.path().join("tree");
+    let status = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(&deb)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let version = format!("Version: {}-1\n", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&version), "{text}");
+    let upgraded = text.replace(
+        &version,
+        &format!("Version: {}-2\n", env!("CARGO_PKG_VERSION")),
+    );
+    std::fs::write(&control, upgraded).unwrap();
+    let output = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(debs.path().join("v2.deb"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let root = ScratchRoot::new(debs.path());
+    root.ok("! getent passwd fieldagent");
+
+    root.ok("dpkg -i /mnt/v1.deb");
+    root.ok(
+        "test -x /usr/bin/fieldagent && fieldagent --version | grep -q '^fieldagent '
+         getent passwd fieldagent | grep -q ':/var/lib/fieldagent:/usr/sbin/nologin$'
+         id -nG fieldagent | grep -qw i2c && id -nG fieldagent | grep -qw gpio
+         dpkg-query -W -f='${Conffiles}' fieldagent | grep -q '/etc/fieldagent/config.yaml'
+         test -L /etc/systemd/system/multi-user.target.wants/fieldagent.service
+         test -f /usr/share/man/man1/fieldagent.1.gz",
+    );
+    // The installed unit verifies against the installed binary and this systemd.
+    let verify = root.run("systemd-analyze verify /usr/lib/systemd/system/fieldagent.service");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // The operator edits the config, provisions a key, and the agent has written state.
+    root.ok(
+        "echo '# edited by the operator' >> /etc/fieldagent/config.yaml
+         echo key > /etc/fieldagent/device.key
+         install -d -o fieldagent -g fieldagent /var/lib/fieldagent
+         echo '{}' > /var/lib/fieldagent/alerts.json",
+    );
+    root.ok("dpkg -i /mnt/v2.deb");
+    root.ok("dpkg-query -W -f='${Version}' fieldagent | grep -qx '.*-2'
+         grep -q 'edited by the operator' /etc/fieldagent/config.yaml
+         ! ls /etc/fieldagent/config.yaml.dpkg-* 2>/dev/null");
+
+    root.ok("dpkg -r fieldagent");
+    root.ok("! test -e /usr/bin/fieldagent
+         grep -q 'edited by the operator' /etc/fieldagent/config.yaml
+         test -f /var/lib/fieldagent/alerts.json
+         getent passwd fieldagent");
+
+    let purged = root.ok("dpkg -P fieldagent");
+    assert!(
+        purged.contains("kept /etc/fieldagent: it holds files the package did not install"),
+        "{purged}"
+    );
+    root.ok("! test -e /etc/fieldagent/config.yaml
+         ! test -e /var/lib/fieldagent
+         ! getent passwd fieldagent
+         ! getent group fieldagent
+         test -f /etc/fieldagent/device.key
+         ! dpkg-query -W fieldagent 2>/dev/null");
 }
