@@ -13,6 +13,7 @@
 //! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
 //! - `model`: plain data shared by all, such as `Sample`.
 //! - `offline`: the `check`, `identity` and `read` commands.
+//! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`.
 //! - `run`: the daemon's sampler thread and event loop; `mqtt`: the Paho session and backoff;
 //!   `telemetry`: payloads; `service`: signals and logging.
 
@@ -25,12 +26,14 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dedupe;
+pub mod delivery;
 pub mod health;
 pub mod i2c;
 pub mod identity;
 pub mod model;
 pub mod mqtt;
 pub mod offline;
+pub mod outbox;
 pub mod run;
 pub mod sensors;
 pub mod service;

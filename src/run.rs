@@ -5,7 +5,7 @@
 //! oldest first, after the next connect; the rest are dropped and counted (the durable outbox for
 //! QoS >= 1 comes with its own issue).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,11 +21,13 @@ use crate::alerts::{AlertEvent, Alerts};
 use crate::commands::{self, Action, Command, Response};
 use crate::config::{Changes, ConfigError, Findings, Scheme, Severity, ValidConfig};
 use crate::dedupe::Dedupe;
+use crate::delivery::{Delivery, WINDOW};
 use crate::identity::Identity;
 use crate::model::Sample;
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Session};
 use crate::offline::Error;
+use crate::outbox::{Kind, Outbox};
 use crate::sensors::Sensors;
 use crate::service;
 
@@ -75,7 +77,10 @@ impl Limits {
 #[derive(Debug, Default)]
 struct Counters {
     sent: u64,
+    /// Dropped by a bound, or telemetry with no buffer while offline.
     dropped: u64,
+    /// Queued but unreadable from the outbox file when their turn came.
+    lost: u64,
     reconnects: u64,
 }
 
@@ -170,8 +175,7 @@ where
         crate::dedupe::CAPACITY,
     )));
     let started = Instant::now();
-    // Answers made while offline, delivered first after the next connect.
-    let mut pending_responses: VecDeque<String> = VecDeque::new();
+    let (mut delivery, mut done_rx) = open_outbox(&config);
     tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
@@ -204,11 +208,13 @@ where
         format!("{}/health", config.topic_prefix(&identity.client_id))
     };
     let mut alerts_topic = format!("{}/alerts", config.topic_prefix(&identity.client_id));
-    // Alerts made while offline, delivered first after the next connect.
-    let mut pending_alerts: VecDeque<AlertEvent> = VecDeque::new();
 
     let mut limits = Limits::of(&config);
-    let mut offline_buffer: VecDeque<String> = VecDeque::new();
+    // The latest sample made before the first connect attempt ended (the agent is starting, not
+    // offline): it waits for that connect even without an offline buffer.
+    let mut first_sample: Option<String> = None;
+    // Telemetry the sampler could not hand over (the loop's queue was full), as last seen.
+    let mut queue_full_seen = 0;
     let mut counters = Counters::default();
     let mut backoff = Backoff::new(&config.config().broker.reconnect);
     let mut connected_since: Option<Instant> = None;
@@ -238,7 +244,7 @@ where
                 }
             }
             _ = health_timer.tick(), if connected_since.is_some() => {
-                let payload = health(&counters, &queued(&pending_alerts, &pending_responses, &offline_buffer), &last_connect_error, &sensor_errors, started);
+                let payload = health(&counters, delivery.outbox.len() as u64, &last_connect_error, &sensor_errors, started);
                 if session.publish(&health_topic(&identity, &config), payload, 0, false).is_ok() {
                     counters.sent += 1;
                 }
@@ -319,6 +325,8 @@ where
                     }
                 }
                 limits = Limits::of(&new_config);
+                delivery.outbox.set_bound(limits.max_queued as usize);
+                delivery.set_rate(new_config.config().broker.drain_rate);
                 backoff = Backoff::new(&new_config.config().broker.reconnect);
                 if changes.sampling || !same_identity {
                     std::mem::replace(&mut sampling, Sampling::placeholder()).stop(SHUTDOWN_WAIT).await;
@@ -338,41 +346,27 @@ where
                         counters.reconnects += 1;
                         seen_errors.clear();
                         last_logged.clear();
-                        // Alerts and responses first, then buffered telemetry, each in order.
-                        while let Some(event) = pending_alerts.pop_front() {
-                            if session.publish(&alerts_topic, event.to_json(), event.qos, false).is_err() {
-                                // Gone again at once: the alert waits for the next connect.
-                                pending_alerts.push_front(event);
-                                break;
-                            }
-                            counters.sent += 1;
-                        }
-                        while let Some(payload) = pending_responses.pop_front() {
-                            if let Err(payload) = session.publish(&session.responses_topic, payload, 1, false) {
-                                pending_responses.push_front(payload);
-                                break;
-                            }
-                            counters.sent += 1;
-                        }
-                        let buffered = offline_buffer.len();
-                        for payload in offline_buffer.drain(..) {
-                            match session.publish(&session.telemetry_topic, payload, limits.qos, false) {
-                                Ok(()) => counters.sent += 1,
-                                Err(_) => counters.dropped += 1,
+                        // Nothing sent on an earlier connection is trusted to have arrived:
+                        // what was in flight goes again (at-least-once; ids stay the same).
+                        delivery.outbox.requeue_inflight();
+                        let buffered = delivery.outbox.len();
+                        if let Some(payload) = first_sample.take() {
+                            if session.publish(&session.telemetry_topic, payload, limits.qos, false).is_ok() {
+                                counters.sent += 1;
                             }
                         }
-                        // Nothing is subscribed yet (commands come later); once something is, a
-                        // session the broker lost is subscribed again here.
+                        // The backlog drains from here at broker.drain_rate, alerts and
+                        // responses first (the drain branch below).
                         service::notify(&[NotifyState::Status(&format!(
                             "connected to {}; sent {}, dropped {}",
                             connected.server, counters.sent, counters.dropped
                         ))]);
-                        let payload = health(&counters, &queued(&pending_alerts, &pending_responses, &offline_buffer), &last_connect_error, &sensor_errors, started);
+                        let payload = health(&counters, delivery.outbox.len() as u64, &last_connect_error, &sensor_errors, started);
                         let _ = session.publish(&health_topic(&identity, &config), payload, 0, false);
                         tracing::info!(
                             broker = %connected.server,
                             session_present = connected.session_present,
-                            sent_from_buffer = buffered,
+                            queued = buffered,
                             dropped = counters.dropped,
                             "Connected."
                         );
@@ -420,60 +414,67 @@ where
             Some(command) = incoming.recv() => {
                 let response = answer(command, &config, Arc::clone(&dedupe), started).await;
                 tracing::info!(command = %response.command, id = ?response.id, ok = response.ok, duplicate = response.duplicate, error = ?response.error, "Command.");
-                if let Err(payload) = session.publish(&session.responses_topic, response.to_json(), 1, false) {
-                    if pending_responses.len() as u64 >= limits.max_queued {
-                        pending_responses.pop_front();
-                        counters.dropped += 1;
-                        tracing::error!("Offline response queue full; oldest response dropped.");
-                    }
-                    pending_responses.push_back(payload);
-                } else {
-                    counters.sent += 1;
-                }
+                // On disk before it counts as answered; sent by the drain branch.
+                counters.dropped += delivery.push(Kind::Response, 1, &session.responses_topic, response.to_json().as_bytes(), None);
             }
             Some(event) = alert_rx.recv() => {
-                let payload = event.to_json();
-                let unsent = match connected_since {
-                    Some(_) => session.publish(&alerts_topic, payload, event.qos, false).err(),
-                    None => Some(payload),
-                };
+                // Written and fsynced before it counts as published; sent by the drain branch.
+                counters.dropped += delivery.push(Kind::Alert, event.qos, &alerts_topic, event.to_json().as_bytes(), None);
+                if connected_since.is_some() {
+                    counters.lost += delivery.pump(&session);
+                }
                 // From the start of the sampling pass that made it to the publish call.
                 tracing::debug!(
                     alert = %event.alert,
                     latency_us = crate::model::now_us().saturating_sub(event.pass_start_us),
                     "Alert handed to Paho."
                 );
-                if unsent.is_some() {
-                    if pending_alerts.len() as u64 >= limits.max_queued {
-                        // Bounded all the same; the oldest goes, loudly.
-                        if let Some(lost) = pending_alerts.pop_front() {
-                            tracing::error!(alert = %lost.alert, id = %lost.id, "Offline alert queue full; oldest alert dropped.");
-                            counters.dropped += 1;
-                        }
-                    }
-                    pending_alerts.push_back(event);
-                } else {
+            }
+            Some(done) = done_rx.recv() => {
+                if delivery.done(done, connected_since.is_some()) {
                     counters.sent += 1;
                 }
             }
+            () = tokio::time::sleep_until(delivery.ready_at()), if connected_since.is_some() && delivery.wants_to_send() => {
+                counters.lost += delivery.pump(&session);
+            }
             Some(payload) = telemetry.recv() => {
-                let unsent = match connected_since {
-                    Some(_) => session.publish(&session.telemetry_topic, payload, limits.qos, false).err(),
-                    None => Some(payload),
-                };
-                match unsent {
-                    None => counters.sent += 1,
+                let full = queue_full.load(Ordering::Relaxed);
+                delivery.telemetry_gap += full - queue_full_seen;
+                queue_full_seen = full;
+                let online = connected_since.is_some();
+                if online && limits.qos == 0 {
+                    // Live QoS 0 telemetry is not written to disk; it goes at once, beside any
+                    // backlog (live data is not starved by a drain).
+                    let payload = match delivery.telemetry_gap {
+                        0 => payload,
+                        gap => with_dropped_str(payload, gap),
+                    };
+                    match session.publish(&session.telemetry_topic, payload, 0, false) {
+                        Ok(()) => {
+                            counters.sent += 1;
+                            delivery.telemetry_gap = 0;
+                        }
+                        Err(_) => {
+                            counters.dropped += 1;
+                            delivery.telemetry_gap += 1;
+                        }
+                    }
+                } else if online || limits.keep_offline > 0 {
+                    // QoS >= 1, or buffered while offline: through the outbox, bounded by
+                    // telemetry.buffer_while_offline (and a window's worth while online).
+                    let keep = if online { limits.keep_offline.max(WINDOW) } else { limits.keep_offline };
+                    counters.dropped += delivery.push(Kind::Telemetry, limits.qos, &session.telemetry_topic, payload.as_bytes(), Some(keep));
+                } else if !attempted {
                     // Until the first connect attempt ends the agent is starting, not offline:
                     // the latest sample waits for it.
-                    Some(payload) if limits.keep_offline > 0 || !attempted => {
-                        let keep = limits.keep_offline.max(1);
-                        if offline_buffer.len() == keep {
-                            offline_buffer.pop_front();
-                            counters.dropped += 1;
-                        }
-                        offline_buffer.push_back(payload);
+                    if first_sample.replace(payload).is_some() {
+                        counters.dropped += 1;
+                        delivery.telemetry_gap += 1;
                     }
-                    Some(_) => counters.dropped += 1,
+                } else {
+                    counters.dropped += 1;
+                    delivery.telemetry_gap += 1;
                 }
             }
         }
@@ -484,12 +485,28 @@ where
     drop(alert_rx);
     drop(sampling.stop);
     tokio::select! {
-        () = session.close(SHUTDOWN_WAIT) => {}
+        () = async {
+            // Up to SHUTDOWN_WAIT for what is in flight to be confirmed; the rest stays in the
+            // outbox for the next start.
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+            while connected_since.is_some() && delivery.outbox.inflight() > 0 {
+                match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                    Ok(Some(done)) => {
+                        if delivery.done(done, false) {
+                            counters.sent += 1;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            session.close(SHUTDOWN_WAIT).await;
+        } => {}
         signal = shutdown() => tracing::warn!(signal, "Second signal: stopping without waiting."),
     }
     tracing::info!(
         sent = counters.sent,
-        dropped = counters.dropped + queue_full.load(Ordering::Relaxed),
+        dropped = counters.dropped + counters.lost + queue_full.load(Ordering::Relaxed),
+        queued = delivery.outbox.len(),
         connects = counters.reconnects,
         "Stopped."
     );
@@ -513,19 +530,54 @@ struct Outputs {
     last_pass_ms: Arc<AtomicU64>,
 }
 
-/// Messages waiting for the next connect.
-fn queued(
-    alerts: &VecDeque<AlertEvent>,
-    responses: &VecDeque<String>,
-    telemetry: &VecDeque<String>,
-) -> u64 {
-    (alerts.len() + responses.len() + telemetry.len()) as u64
+/// The outbox in `state_dir`, with what opening it found said in the log.
+fn open_outbox(config: &ValidConfig) -> (Delivery, mpsc::Receiver<crate::delivery::Done>) {
+    let broker = &config.config().broker;
+    let (outbox, recovery) = Outbox::open(
+        &config.config().state_dir,
+        broker.max_queued_messages as usize,
+    );
+    if let Some((reason, aside)) = &recovery.damaged {
+        tracing::error!(
+            reason = %reason,
+            moved_to = %aside.display(),
+            recovered = recovery.recovered,
+            "Outbox damaged (power cut or disk fault?); moved aside, the messages before the damage kept."
+        );
+    }
+    if let Some(reason) = &recovery.unusable {
+        tracing::error!(reason = %reason, "Outbox cannot use state_dir; queued messages are kept in memory only.");
+    }
+    if !recovery.dropped.is_empty() {
+        tracing::warn!(
+            dropped = recovery.dropped.len(),
+            "Outbox holds more than broker.max_queued_messages; the oldest were dropped, telemetry first."
+        );
+    }
+    if recovery.recovered > 0 {
+        tracing::info!(
+            queued = recovery.recovered,
+            "Outbox: messages from an earlier run will be delivered."
+        );
+    }
+    // A confirmation that has not come after four keepalives means the message goes again.
+    let ack_timeout = Duration::from_secs((4 * broker.keepalive_s).max(30));
+    Delivery::new(outbox, broker.drain_rate, ack_timeout)
+}
+
+/// `telemetry::with_dropped` for a payload that is a String.
+fn with_dropped_str(payload: String, dropped: u64) -> String {
+    String::from_utf8(crate::telemetry::with_dropped(
+        payload.into_bytes(),
+        dropped,
+    ))
+    .expect("ASCII added to UTF-8 stays UTF-8")
 }
 
 /// The health payload from the loop's counters.
 fn health(
     counters: &Counters,
-    queued: &u64,
+    queued: u64,
     last_error: &str,
     sensor_errors: &std::sync::Mutex<BTreeMap<String, u64>>,
     started: Instant,
@@ -545,8 +597,8 @@ fn health(
         cpu_time_ms,
         messages: crate::health::Messages {
             sent: counters.sent,
-            dropped: counters.dropped,
-            queued: *queued,
+            dropped: counters.dropped + counters.lost,
+            queued,
         },
         reconnects: counters.reconnects.saturating_sub(1),
         last_connect_error: (!last_error.is_empty()).then_some(last_error),

@@ -28,6 +28,16 @@ pub fn telemetry(sample: &Sample, seq: u64, time_synced: bool) -> String {
     serde_json::to_string(&payload).expect("telemetry always serializes")
 }
 
+/// A telemetry payload with `"dropped":N` added: N telemetry messages were lost since the last
+/// one that went out, so a consumer sees a gap instead of guessing from `seq`.
+pub fn with_dropped(mut payload: Vec<u8>, dropped: u64) -> Vec<u8> {
+    if payload.last() == Some(&b'}') {
+        payload.pop();
+        payload.extend_from_slice(format!(",\"dropped\":{dropped}}}").as_bytes());
+    }
+    payload
+}
+
 fn is_true(value: &bool) -> bool {
     *value
 }
@@ -94,6 +104,15 @@ mod tests {
 
     use super::*;
     use crate::sensors::SensorError;
+
+    #[test]
+    fn a_gap_is_said_in_the_payload() {
+        let payload = br#"{"ts":1,"seq":9,"values":{"t":1.5}}"#.to_vec();
+        let with = with_dropped(payload, 3);
+        assert_eq!(with, br#"{"ts":1,"seq":9,"values":{"t":1.5},"dropped":3}"#);
+        let parsed: serde_json::Value = serde_json::from_slice(&with).unwrap();
+        assert_eq!(parsed["dropped"], 3);
+    }
 
     #[test]
     fn payloads() {

@@ -668,9 +668,11 @@ fn telemetry_made_offline_is_kept_up_to_the_bound_and_sent_in_order() {
     let broker = broker.restart_after(&pki, Duration::from_millis(2500));
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-b/telemetry");
     let mut seqs = Vec::new();
+    let mut first: Option<serde_json::Value> = None;
     while let Some(message) = subscriber.wait_for(Duration::from_secs(3), |_| true) {
         let json: serde_json::Value = serde_json::from_str(&message.payload).unwrap();
         seqs.push(json["seq"].as_u64().unwrap());
+        first.get_or_insert(json);
         if seqs.len() == 6 {
             break;
         }
@@ -681,10 +683,13 @@ fn telemetry_made_offline_is_kept_up_to_the_bound_and_sent_in_order() {
     assert_eq!(seqs[1], seqs[0] + 1, "{seqs:?}");
     assert_eq!(seqs[2], seqs[1] + 1, "{seqs:?}");
     assert!(
-        agent.wait_log("sent_from_buffer=3", Duration::from_secs(2)),
+        agent.wait_log("queued=3", Duration::from_secs(2)),
         "{}",
         agent.log()
     );
+    // The first one after the gap says how many were lost before it.
+    let first = first.unwrap();
+    assert!(first["dropped"].as_u64().unwrap_or(0) >= 3, "{first}");
 }
 
 #[test]

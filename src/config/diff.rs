@@ -21,7 +21,13 @@ impl Changes {
             || old.telemetry != new.telemetry
             || old.sysfs_root != new.sysfs_root
             || old.state_dir != new.state_dir;
-        let session = old.broker != new.broker
+        // The queue's bound and drain rate apply without a reconnect.
+        let connection = |broker: &super::BrokerConfig| super::BrokerConfig {
+            max_queued_messages: 0,
+            drain_rate: 0.0,
+            ..broker.clone()
+        };
+        let session = connection(&old.broker) != connection(&new.broker)
             || old.identity != new.identity
             || old.topics != new.topics
             || old.sparkplug != new.sparkplug;

@@ -106,6 +106,10 @@ pub struct BrokerConfig {
     /// Bound of the offline buffer kept on disk in `state_dir`.
     #[serde(default = "default_max_queued_messages")]
     pub max_queued_messages: u64,
+    /// Messages per second a backlog drains at after a reconnect (a token bucket with a burst of
+    /// as many), so a fleet coming back at once does not flatten the broker.
+    #[serde(default = "default_drain_rate")]
+    pub drain_rate: f64,
 }
 
 fn default_keepalive_s() -> u64 {
@@ -119,6 +123,9 @@ fn default_session_expiry_s() -> u64 {
 }
 fn default_max_queued_messages() -> u64 {
     10_000
+}
+fn default_drain_rate() -> f64 {
+    50.0
 }
 
 impl BrokerConfig {

@@ -264,6 +264,15 @@ fn check_broker(broker: &BrokerConfig, findings: &mut Vec<Finding>) -> Vec<Endpo
             format!("expected 0..=1, found {}", reconnect.jitter),
         ));
     }
+    if !(broker.drain_rate.is_finite() && broker.drain_rate >= 1.0) {
+        findings.push(Finding::error(
+            "broker.drain_rate",
+            format!(
+                "expected at least 1 message per second, found {}",
+                broker.drain_rate
+            ),
+        ));
+    }
     if broker.max_queued_messages == 0 {
         findings.push(Finding::error(
             "broker.max_queued_messages",

@@ -287,6 +287,23 @@ impl Session {
         Ok(())
     }
 
+    /// Hands an outbox message to Paho: the token completes when the broker has it (PUBACK or
+    /// PUBCOMP; for QoS 0 once written). `None` when there is no connection to send it on.
+    pub fn publish_tracked(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        qos: u8,
+    ) -> Option<paho::DeliveryToken> {
+        if !self.client.is_connected() {
+            return None;
+        }
+        Some(
+            self.client
+                .publish(paho::Message::new(topic, payload, i32::from(qos))),
+        )
+    }
+
     /// Publishes the retained shutdown status, waits up to `wait` for it, and disconnects
     /// cleanly so the broker does not send the will.
     pub async fn close(&self, wait: Duration) {

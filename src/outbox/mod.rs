@@ -1,0 +1,573 @@
+//! The durable outbox: every QoS >= 1 message (alerts, command responses, telemetry at QoS 1 or
+//! 2, telemetry buffered while offline) is appended to `state_dir/outbox.log` and fsynced before
+//! it counts as published; delivery (PUBACK/PUBCOMP) appends a small "delivered" record, without
+//! fsync (losing one only means a redelivery, with the same payload and so the same `id`).
+//! ARCHITECTURE.md says why this and not Paho's own persistence.
+//!
+//! In memory only an index is kept (id, kind, QoS, topic, where the payload lies in the file):
+//! about 50 bytes per queued message, so 10 000 queued cost about half a megabyte, not the
+//! payloads. The file is compacted (live messages rewritten, then renamed over) when the dead
+//! records outweigh the live ones. A file that is damaged is moved aside, with what could be read
+//! from it kept; a state_dir that cannot be written turns the outbox into a memory-only one,
+//! reported once, and the agent goes on.
+
+pub mod record;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use record::Kind;
+use record::{Record, HEADER, MESSAGE_FIXED};
+
+/// The file's name in `state_dir`.
+pub const FILE: &str = "outbox.log";
+/// Below this many bytes of dead records the file is not compacted.
+const COMPACT_MIN_DEAD: u64 = 64 * 1024;
+
+/// A message taken for sending; `Outbox::delivered(id)` ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: u64,
+    pub kind: Kind,
+    pub qos: u8,
+    pub topic: Arc<str>,
+    pub payload: Vec<u8>,
+}
+
+/// What `push` did: the new message's id, and what the bound pushed out to make room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub id: u64,
+    pub dropped: Vec<Dropped>,
+}
+
+/// A message the bound pushed out: counted and logged by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub id: u64,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// Where the payload lies in the file.
+    Disk { offset: u64, len: u32 },
+    /// Kept in memory: the file could not be written.
+    Memory(Box<[u8]>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    kind: Kind,
+    qos: u8,
+    topic: Arc<str>,
+    body: Body,
+}
+
+impl Entry {
+    /// Bytes of its record in the file (0 for one in memory).
+    fn disk_bytes(&self) -> u64 {
+        match self.body {
+            Body::Disk { len, .. } => (8 + MESSAGE_FIXED + self.topic.len()) as u64 + len as u64,
+            Body::Memory(_) => 0,
+        }
+    }
+}
+
+/// What opening found, for the log line the caller writes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Messages still to be delivered from an earlier run.
+    pub recovered: usize,
+    /// The file was damaged: the reason, and where it was moved.
+    pub damaged: Option<(String, PathBuf)>,
+    /// The file cannot be used at all: the outbox lives in memory only.
+    pub unusable: Option<String>,
+    /// Messages over a lowered bound, dropped at once.
+    pub dropped: Vec<Dropped>,
+}
+
+pub struct Outbox {
+    path: PathBuf,
+    /// Open for reading and appending; `None` when it could not even be opened.
+    file: Option<File>,
+    /// False once a write failed: new messages stay in memory.
+    writable: bool,
+    /// The file's length as written by us.
+    file_len: u64,
+    /// Bytes of records for messages still live.
+    live_bytes: u64,
+    /// One queue per kind, each in id order.
+    queues: [VecDeque<Entry>; 3],
+    /// Taken for sending, not yet delivered.
+    inflight: Vec<Entry>,
+    next_id: u64,
+    bound: usize,
+    /// Interned topics: a handful of distinct ones for thousands of messages.
+    topics: Vec<Arc<str>>,
+    scratch: Vec<u8>,
+}
+
+impl Outbox {
+    /// Opens (or creates) `dir/outbox.log` holding at most `bound` messages.
+    pub fn open(dir: &Path, bound: usize) -> (Outbox, Recovery) {
+        let path = dir.join(FILE);
+        let mut outbox = Outbox {
+            path,
+            file: None,
+            writable: false,
+            file_len: 0,
+            live_bytes: 0,
+            queues: Default::default(),
+            inflight: Vec::new(),
+            next_id: 1,
+            bound: bound.max(1),
+            topics: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let mut recovery = Recovery::default();
+        let bytes = match std::fs::read(&outbox.path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => {
+                recovery.unusable = Some(format!("cannot read {}: {err}", outbox.path.display()));
+                return (outbox, recovery);
+            }
+        };
+        let (records, damage) = record::decode_all(&bytes);
+        // Live messages in id order, with where their payload lies in `bytes`.
+        let mut live: Vec<(u64, Kind, u8, &str, usize, usize)> = Vec::new();
+        let mut dead = false;
+        for (at, record) in &records {
+            match record {
+                Record::Message {
+                    id,
+                    kind,
+                    qos,
+                    topic,
+                    payload,
+                } => {
+                    let start = at + 8 + MESSAGE_FIXED + topic.len();
+                    live.push((*id, *kind, *qos, topic, start, payload.len()));
+                    outbox.next_id = outbox.next_id.max(id + 1);
+                }
+                Record::Delivered(id) | Record::Dropped(id) => {
+                    live.retain(|m| m.0 != *id);
+                    dead = true;
+                }
+            }
+        }
+        if let Some((at, err)) = &damage {
+            let aside = outbox
+                .path
+                .with_extension(format!("log.damaged-{}", crate::model::now_ms()));
+            let reason = format!("byte {at}: {err}");
+            match std::fs::rename(&outbox.path, &aside) {
+                Ok(()) => recovery.damaged = Some((reason, aside)),
+                Err(err) => {
+                    recovery.unusable = Some(format!(
+                        "{} is damaged at {reason} and cannot be moved aside: {err}",
+                        outbox.path.display()
+                    ));
+                    return (outbox, recovery);
+                }
+            }
+        }
+        recovery.recovered = live.len();
+        for (id, kind, qos, topic, start, len) in live {
+            let topic = outbox.intern(topic);
+            outbox.queues[kind as usize].push_back(Entry {
+                id,
+                kind,
+                qos,
+                topic,
+                body: Body::Memory(bytes[start..start + len].into()),
+            });
+        }
+        // Lowered bound: the oldest go, telemetry first.
+        while outbox.len() > outbox.bound {
+            if let Some(dropped) = outbox.drop_one() {
+                recovery.dropped.push(dropped);
+            }
+        }
+        let rewrite = damage.is_some() || dead || !recovery.dropped.is_empty() || bytes.is_empty();
+        let result = if rewrite {
+            outbox.rewrite()
+        } else {
+            outbox.adopt(bytes.len() as u64)
+        };
+        if let Err(err) = result {
+            recovery.unusable = Some(format!("cannot write {}: {err}", outbox.path.display()));
+        }
+        (outbox, recovery)
+    }
+
+    /// Queued and in flight.
+    pub fn len(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum::<usize>() + self.inflight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queued (not in flight) of one kind.
+    pub fn queued(&self, kind: Kind) -> usize {
+        self.queues[kind as usize].len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether messages reach the disk (false after a failed write: memory only).
+    pub fn durable(&self) -> bool {
+        self.writable
+    }
+
+    /// The file's size, for the figures.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    pub fn set_bound(&mut self, bound: usize) {
+        self.bound = bound.max(1);
+    }
+
+    /// Appends a message (fsynced before this returns, when the disk takes it). When the outbox
+    /// is full the oldest queued message goes first: telemetry, then responses, then alerts;
+    /// `limit` caps the queued messages of this kind (the telemetry buffer). What went is returned.
+    pub fn push(
+        &mut self,
+        kind: Kind,
+        qos: u8,
+        topic: &str,
+        payload: &[u8],
+        limit: Option<usize>,
+    ) -> Pushed {
+        let mut dropped = Vec::new();
+        if let Some(limit) = limit {
+            while self.queued(kind) >= limit.max(1) {
+                match self.drop_front(kind) {
+                    Some(d) => dropped.push(d),
+                    None => break,
+                }
+            }
+        }
+        while self.len() >= self.bound {
+            match self.drop_one() {
+                Some(d) => dropped.push(d),
+                None => break,
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let topic = self.intern(topic);
+        let body = self.append_message(id, kind, qos, &topic, payload);
+        let entry = Entry {
+            id,
+            kind,
+            qos,
+            topic,
+            body,
+        };
+        self.live_bytes += entry.disk_bytes();
+        self.queues[kind as usize].push_back(entry);
+        Pushed { id, dropped }
+    }
+
+    /// Takes the next message to send: alerts first, then responses, then telemetry, each in
+    /// order. A payload that cannot be read back is lost: it is returned as dropped.
+    pub fn next(&mut self) -> Option<Result<Outgoing, Dropped>> {
+        let kind = Kind::ALL
+            .into_iter()
+            .find(|k| !self.queues[*k as usize].is_empty())?;
+        let entry = self.queues[kind as usize].pop_front()?;
+        let payload = match &entry.body {
+            Body::Memory(bytes) => Ok(bytes.to_vec()),
+            Body::Disk { offset, len } => {
+                let mut buf = vec![0u8; *len as usize];
+                match self
+                    .file
+                    .as_ref()
+                    .map(|f| f.read_exact_at(&mut buf, *offset))
+                {
+                    Some(Ok(())) => Ok(buf),
+                    Some(Err(err)) => Err(err.to_string()),
+                    None => Err("the file is not open".to_owned()),
+                }
+            }
+        };
+        match payload {
+            Ok(payload) => {
+                let outgoing = Outgoing {
+                    id: entry.id,
+                    kind,
+                    qos: entry.qos,
+                    topic: Arc::clone(&entry.topic),
+                    payload,
+                };
+                self.inflight.push(entry);
+                Some(Ok(outgoing))
+            }
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), id = entry.id, error = %err, "Outbox: cannot read a message back; it is lost.");
+                let dropped = Dropped { id: entry.id, kind };
+                self.finish(entry, Record::Dropped(dropped.id));
+                Some(Err(dropped))
+            }
+        }
+    }
+
+    /// The broker has it (or, for QoS 0, it was sent): the message is done. Unknown ids (a
+    /// message delivered twice) are ignored.
+    pub fn delivered(&mut self, id: u64) {
+        let entry = match self.inflight.iter().position(|e| e.id == id) {
+            Some(at) => self.inflight.swap_remove(at),
+            // Requeued after a reconnect and then confirmed by the earlier attempt.
+            None => match self.take_queued(id) {
+                Some(entry) => entry,
+                None => return,
+            },
+        };
+        self.finish(entry, Record::Delivered(id));
+    }
+
+    /// Puts everything in flight back at the front of its queue, in order: after a reconnect,
+    /// nothing sent on the old connection is trusted to arrive.
+    pub fn requeue_inflight(&mut self) {
+        self.inflight.sort_by_key(|e| std::cmp::Reverse(e.id));
+        for entry in self.inflight.drain(..) {
+            let queue = &mut self.queues[entry.kind as usize];
+            let at = queue.partition_point(|e| e.id < entry.id);
+            queue.insert(at, entry);
+        }
+    }
+
+    /// Puts one message in flight back at the front of its queue (Paho refused it, or its
+    /// answer never came).
+    pub fn requeue(&mut self, id: u64) {
+        if let Some(at) = self.inflight.iter().position(|e| e.id == id) {
+            let entry = self.inflight.swap_remove(at);
+            let queue = &mut self.queues[entry.kind as usize];
+            let at = queue.partition_point(|e| e.id < entry.id);
+            queue.insert(at, entry);
+        }
+    }
+
+    fn take_queued(&mut self, id: u64) -> Option<Entry> {
+        for queue in &mut self.queues {
+            let at = queue.partition_point(|e| e.id < id);
+            if queue.get(at).is_some_and(|e| e.id == id) {
+                return queue.remove(at);
+            }
+        }
+        None
+    }
+
+    /// The oldest queued message of the lowest-priority kind that has one.
+    fn drop_one(&mut self) -> Option<Dropped> {
+        let kind = Kind::ALL
+            .into_iter()
+            .rev()
+            .find(|k| !self.queues[*k as usize].is_empty())?;
+        self.drop_front(kind)
+    }
+
+    fn drop_front(&mut self, kind: Kind) -> Option<Dropped> {
+        let entry = self.queues[kind as usize].pop_front()?;
+        let dropped = Dropped { id: entry.id, kind };
+        self.finish(entry, Record::Dropped(dropped.id));
+        Some(dropped)
+    }
+
+    /// Records the end of a message and compacts when dead records outweigh live ones.
+    fn finish(&mut self, entry: Entry, record: Record) {
+        self.live_bytes -= entry.disk_bytes();
+        if matches!(entry.body, Body::Disk { .. }) {
+            self.write(&record, false);
+        }
+        let dead = self.file_len.saturating_sub(self.live_bytes);
+        if self.writable && dead >= COMPACT_MIN_DEAD && dead > self.live_bytes {
+            if let Err(err) = self.rewrite() {
+                self.fail(&err);
+            }
+        }
+    }
+
+    fn intern(&mut self, topic: &str) -> Arc<str> {
+        if let Some(known) = self.topics.iter().find(|t| &***t == topic) {
+            return Arc::clone(known);
+        }
+        let topic: Arc<str> = Arc::from(topic);
+        self.topics.push(Arc::clone(&topic));
+        topic
+    }
+
+    /// Appends a message record and fsyncs it; where its payload lies, or the payload itself
+    /// when the disk did not take it.
+    fn append_message(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        qos: u8,
+        topic: &str,
+        payload: &[u8],
+    ) -> Body {
+        let record = Record::Message {
+            id,
+            kind,
+            qos,
+            topic,
+            payload,
+        };
+        match self.write(&record, true) {
+            Some(start) => Body::Disk {
+                offset: start + (8 + MESSAGE_FIXED + topic.len()) as u64,
+                len: payload.len() as u32,
+            },
+            None => Body::Memory(payload.into()),
+        }
+    }
+
+    /// Appends one record with one write; where it starts, or `None` when it was not written.
+    fn write(&mut self, record: &Record, sync: bool) -> Option<u64> {
+        if !self.writable {
+            return None;
+        }
+        let file = self.file.as_mut()?;
+        self.scratch.clear();
+        record::encode(record, &mut self.scratch);
+        let start = self.file_len;
+        let result =
+            file.write_all(&self.scratch)
+                .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                self.file_len += self.scratch.len() as u64;
+                Some(start)
+            }
+            Err(err) => {
+                // A partial record at the end is cut off again, so later appends stay readable.
+                let _ = file.set_len(start);
+                self.fail(&err);
+                None
+            }
+        }
+    }
+
+    /// The disk refused a write: new messages stay in memory from now on, said once.
+    fn fail(&mut self, err: &std::io::Error) {
+        if self.writable {
+            self.writable = false;
+            tracing::error!(
+                path = %self.path.display(),
+                error = %err,
+                "Outbox: cannot write to state_dir; queued messages are kept in memory only (lost on restart) until the agent restarts."
+            );
+        }
+    }
+
+    /// Uses the file as it is (no dead records): every payload gets its place in it.
+    fn adopt(&mut self, len: u64) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        // The file holds exactly the live messages, in id order.
+        let mut offset = HEADER.len() as u64;
+        let mut all: Vec<&mut Entry> = self.queues.iter_mut().flatten().collect();
+        all.sort_by_key(|e| e.id);
+        for entry in all {
+            let Body::Memory(payload) = &entry.body else {
+                continue;
+            };
+            let len = payload.len() as u32;
+            let start = offset + (8 + MESSAGE_FIXED + entry.topic.len()) as u64;
+            offset = start + len as u64;
+            entry.body = Body::Disk { offset: start, len };
+        }
+        debug_assert_eq!(offset, len);
+        self.file = Some(file);
+        self.writable = true;
+        self.file_len = len;
+        self.live_bytes = len - HEADER.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the live messages (queued and in flight) to a new file, fsyncs it and renames it
+    /// over the old one; payloads move back to memory only while this runs.
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("log.tmp");
+        let mut entries: Vec<&mut Entry> = self
+            .queues
+            .iter_mut()
+            .flatten()
+            .chain(self.inflight.iter_mut())
+            .collect();
+        entries.sort_by_key(|e| e.id);
+        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        out.write_all(HEADER)?;
+        let mut offset = HEADER.len() as u64;
+        let mut placed = Vec::with_capacity(entries.len());
+        let mut buf = Vec::new();
+        for entry in &entries {
+            let payload = match &entry.body {
+                Body::Memory(bytes) => bytes.to_vec(),
+                Body::Disk { offset, len } => {
+                    let mut bytes = vec![0u8; *len as usize];
+                    self.file
+                        .as_ref()
+                        .ok_or_else(|| std::io::Error::other("the outbox file is not open"))?
+                        .read_exact_at(&mut bytes, *offset)?;
+                    bytes
+                }
+            };
+            buf.clear();
+            record::encode(
+                &Record::Message {
+                    id: entry.id,
+                    kind: entry.kind,
+                    qos: entry.qos,
+                    topic: &entry.topic,
+                    payload: &payload,
+                },
+                &mut buf,
+            );
+            out.write_all(&buf)?;
+            let start = offset + (8 + MESSAGE_FIXED + entry.topic.len()) as u64;
+            placed.push(Body::Disk {
+                offset: start,
+                len: payload.len() as u32,
+            });
+            offset += buf.len() as u64;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        for (entry, body) in entries.into_iter().zip(placed) {
+            entry.body = body;
+        }
+        self.file = Some(file);
+        self.writable = true;
+        self.file_len = offset;
+        self.live_bytes = offset - HEADER.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

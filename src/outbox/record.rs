@@ -1,0 +1,244 @@
+//! The outbox file format: an 8-byte header, then records, each `len: u32 LE`, `crc32: u32 LE`
+//! of the body, and the body. Bodies are a message (tag 1: id, kind, qos, topic, payload) or the
+//! end of one (tag 2: delivered, tag 3: dropped by the bound). A record is written with one
+//! `write` call, so a crash leaves at most one torn record, at the end.
+
+use thiserror::Error;
+
+pub const HEADER: &[u8; 8] = b"FAOUTBX1";
+/// Larger than any message the agent makes (payloads are a few hundred bytes; commands are
+/// capped at 4 KiB); a length beyond it is damage, not a record.
+pub const MAX_BODY: u32 = 1 << 20;
+const TAG_MESSAGE: u8 = 1;
+const TAG_DELIVERED: u8 = 2;
+const TAG_DROPPED: u8 = 3;
+
+/// What a message is, which is also the order a backlog drains in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Alert = 0,
+    Response = 1,
+    Telemetry = 2,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Alert, Kind::Response, Kind::Telemetry];
+
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == byte)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Alert => "alert",
+            Kind::Response => "response",
+            Kind::Telemetry => "telemetry",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Message {
+        id: u64,
+        kind: Kind,
+        qos: u8,
+        topic: &'a str,
+        payload: &'a [u8],
+    },
+    Delivered(u64),
+    Dropped(u64),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not an outbox file (no FAOUTBX1 header)")]
+    Header,
+    #[error("record cut short (the write was interrupted)")]
+    Truncated,
+    #[error("record length {0} is out of range")]
+    Length(u32),
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
+}
+
+/// Appends the encoded record (length, checksum, body) to `out`.
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    match record {
+        Record::Message {
+            id,
+            kind,
+            qos,
+            topic,
+            payload,
+        } => {
+            out.push(TAG_MESSAGE);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(*kind as u8);
+            out.push(*qos);
+            let topic_len = u16::try_from(topic.len()).expect("MQTT topics fit in 65535 bytes");
+            out.extend_from_slice(&topic_len.to_le_bytes());
+            out.extend_from_slice(topic.as_bytes());
+            out.extend_from_slice(payload);
+        }
+        Record::Delivered(id) => {
+            out.push(TAG_DELIVERED);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Record::Dropped(id) => {
+            out.push(TAG_DROPPED);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    let body = &out[start + 8..];
+    let len = body.len() as u32;
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Where a message's payload lies inside the buffer it was decoded from.
+pub const MESSAGE_FIXED: usize = 1 + 8 + 1 + 1 + 2;
+
+/// Decodes the record at the start of `bytes`: the record and its encoded length.
+pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    if bytes.len() < 8 {
+        return Err(DecodeError::Truncated);
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    if len == 0 || len > MAX_BODY {
+        return Err(DecodeError::Length(len));
+    }
+    let end = 8 + len as usize;
+    let Some(body) = bytes.get(8..end) else {
+        return Err(DecodeError::Truncated);
+    };
+    if crc32fast::hash(body) != crc {
+        return Err(DecodeError::Checksum);
+    }
+    let id = |body: &[u8]| -> Result<u64, DecodeError> {
+        body.get(1..9)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            .ok_or(DecodeError::Malformed("short id"))
+    };
+    let record = match body[0] {
+        TAG_MESSAGE => {
+            if body.len() < MESSAGE_FIXED {
+                return Err(DecodeError::Malformed("short message header"));
+            }
+            let kind = Kind::from_byte(body[9]).ok_or(DecodeError::Malformed("unknown kind"))?;
+            let qos = body[10];
+            if qos > 2 {
+                return Err(DecodeError::Malformed("qos above 2"));
+            }
+            let topic_len = u16::from_le_bytes([body[11], body[12]]) as usize;
+            let topic = body
+                .get(MESSAGE_FIXED..MESSAGE_FIXED + topic_len)
+                .ok_or(DecodeError::Malformed("topic longer than the record"))?;
+            let topic = std::str::from_utf8(topic)
+                .map_err(|_| DecodeError::Malformed("topic not UTF-8"))?;
+            Record::Message {
+                id: id(body)?,
+                kind,
+                qos,
+                topic,
+                payload: &body[MESSAGE_FIXED + topic_len..],
+            }
+        }
+        TAG_DELIVERED if body.len() == 9 => Record::Delivered(id(body)?),
+        TAG_DROPPED if body.len() == 9 => Record::Dropped(id(body)?),
+        _ => return Err(DecodeError::Malformed("unknown tag")),
+    };
+    Ok((record, end))
+}
+
+/// Every record of a whole file, and where decoding stopped with the error, if it did: the
+/// records before a damaged one are still good.
+pub fn decode_all(file: &[u8]) -> (Vec<(usize, Record<'_>)>, Option<(usize, DecodeError)>) {
+    if file.is_empty() {
+        return (Vec::new(), None);
+    }
+    if file.len() < HEADER.len() || &file[..HEADER.len()] != HEADER {
+        return (Vec::new(), Some((0, DecodeError::Header)));
+    }
+    let mut records = Vec::new();
+    let mut at = HEADER.len();
+    while at < file.len() {
+        match decode(&file[at..]) {
+            Ok((record, used)) => {
+                records.push((at, record));
+                at += used;
+            }
+            Err(err) => return (records, Some((at, err))),
+        }
+    }
+    (records, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let records = [
+            Record::Message {
+                id: 7,
+                kind: Kind::Alert,
+                qos: 1,
+                topic: "devices/a/alerts",
+                payload: b"{\"id\":\"a:overtemp:1\"}",
+            },
+            Record::Message {
+                id: u64::MAX,
+                kind: Kind::Telemetry,
+                qos: 0,
+                topic: "",
+                payload: b"",
+            },
+            Record::Delivered(7),
+            Record::Dropped(8),
+        ];
+        let mut file = HEADER.to_vec();
+        for record in &records {
+            encode(record, &mut file);
+        }
+        let (decoded, error) = decode_all(&file);
+        assert_eq!(error, None);
+        let decoded: Vec<Record> = decoded.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn damage_is_found_where_it_is() {
+        let mut file = HEADER.to_vec();
+        encode(&Record::Delivered(1), &mut file);
+        let second = file.len();
+        encode(&Record::Delivered(2), &mut file);
+
+        let (good, error) = decode_all(&file[..file.len() - 1]);
+        assert_eq!(good.len(), 1);
+        assert_eq!(error, Some((second, DecodeError::Truncated)));
+
+        let mut flipped = file.clone();
+        *flipped.last_mut().unwrap() ^= 0x40;
+        assert_eq!(
+            decode_all(&flipped).1,
+            Some((second, DecodeError::Checksum))
+        );
+
+        let mut huge = file.clone();
+        huge[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_all(&huge).1,
+            Some((second, DecodeError::Length(u32::MAX)))
+        );
+
+        assert_eq!(decode_all(b"garbage!").1, Some((0, DecodeError::Header)));
+    }
+}
