@@ -297,6 +297,21 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// Every message that arrives until none has for `quiet`, for at most ten times that.
+    pub fn collect(&self, quiet: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + quiet * 10;
+        let mut all = Vec::new();
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(quiet) {
+                Ok(message) => all.push(message),
+                Err(_) => break,
+            }
+        }
+        all
+    }
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();

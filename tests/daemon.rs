@@ -19,11 +19,11 @@ pub(crate) struct Setup {
     pub client_id: String,
     pub urls: Vec<String>,
     /// Extra YAML lines inside `broker:`, indented by two spaces.
-    broker_extra: String,
+    pub broker_extra: String,
     /// Top-level YAML appended to the config (e.g. `alerts:`).
     pub top_extra: String,
     /// `broker.reconnect`.
-    reconnect: String,
+    pub reconnect: String,
     /// `telemetry`.
     pub telemetry: String,
     keepalive_s: u64,
@@ -36,6 +36,8 @@ pub(crate) struct Setup {
     /// A directory holding a journald socket fixture: the agent then runs in a mount namespace
     /// where that directory is /run/systemd/journal, with `JOURNAL_STREAM` naming its stderr.
     pub journal: Option<PathBuf>,
+    /// More entries of the `sensors:` list, each a line starting with "  - ".
+    pub sensors_extra: String,
 }
 
 impl Setup {
@@ -53,6 +55,7 @@ impl Setup {
             cert: None,
             env: Vec::new(),
             journal: None,
+            sensors_extra: String::new(),
         }
     }
 }
@@ -90,7 +93,7 @@ telemetry: {telemetry}
 sensors:
   - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}
   - {{ name: gone, hwmon: {{ chip: tmp421, input: temp1 }} }}
-{top_extra}
+{sensors_extra}{top_extra}
 "#,
             urls = urls.join(", "),
             ca = setup.ca.as_deref().unwrap_or(&pki.ca).display(),
@@ -102,6 +105,7 @@ sensors:
             keepalive_s = setup.keepalive_s,
             tls_extra = setup.tls_extra,
             top_extra = setup.top_extra,
+            sensors_extra = setup.sensors_extra,
         );
         let config_path = dir.write(&format!("{id}.yaml"), config);
         let log = dir.path().join(format!("{id}.log"));
@@ -112,8 +116,8 @@ sensors:
             Some(journal) => {
                 // unshare and sh both exec, so the child's PID is the agent's.
                 let mut command = Command::new("unshare");
+                command.args(crate::util::unshare_mount());
                 command.args([
-                    "--mount",
                     "sh",
                     "-c",
                     "mount -t tmpfs none /run && mkdir -p /run/systemd/journal \

@@ -257,7 +257,8 @@ impl ScratchRoot {
              && mount --bind \"$1\" {base}/merged/mnt && exec chroot {base}/merged /bin/sh -ec \"$2\""
         );
         Command::new("unshare")
-            .args(["--mount", "sh", "-c", &setup, "sh"])
+            .args(crate::util::unshare_mount())
+            .args(["sh", "-c", &setup, "sh"])
             .arg(&self.debs)
             .arg(script)
             .env(

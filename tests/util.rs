@@ -171,3 +171,21 @@ pub fn fake_sysfs(dir: &TestDir) -> PathBuf {
     }
     dir.path().join(root)
 }
+
+/// `unshare` arguments for a private mount namespace. Inside a chroot (where / is not a mount
+/// point) unshare cannot make / private and fails; there the namespace the chroot runs in is
+/// already private (fresh-debian's is), so propagation is left as it is.
+pub fn unshare_mount() -> &'static [&'static str] {
+    static ARGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let private = Command::new("unshare")
+            .args(["--mount", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if private {
+            &["--mount"]
+        } else {
+            &["--mount", "--propagation", "unchanged"]
+        }
+    })
+}
