@@ -138,7 +138,7 @@ impl Delivery {
     pub fn pump(&mut self, session: &Session) -> u64 {
         let mut lost = 0;
         while self.wants_to_send() && self.bucket.take(Instant::now()) {
-            let Some(next) = self.outbox.next() else {
+            let Some(next) = self.outbox.take_next() else {
                 break;
             };
             let message = match next {

@@ -28,7 +28,7 @@ pub const FILE: &str = "outbox.log";
 /// Below this many bytes of dead records the file is not compacted.
 const COMPACT_MIN_DEAD: u64 = 64 * 1024;
 
-/// A message taken for sending; `Outbox::delivered(id)` ends it.
+/// A message taken for sending (`take_next`); `Outbox::delivered(id)` ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub id: u64,
@@ -139,10 +139,10 @@ impl Outbox {
                 return (outbox, recovery);
             }
         };
-        let (records, damage) = record::decode_all(&bytes);
+        let record::Decoded { records, damage } = record::decode_all(&bytes);
         // Live messages in id order, with where their payload lies in `bytes`.
         let mut live: Vec<(u64, Kind, u8, &str, usize, usize)> = Vec::new();
-        let mut dead = false;
+        let mut ended = std::collections::HashSet::new();
         for (at, record) in &records {
             match record {
                 Record::Message {
@@ -157,11 +157,14 @@ impl Outbox {
                     outbox.next_id = outbox.next_id.max(id + 1);
                 }
                 Record::Delivered(id) | Record::Dropped(id) => {
-                    live.retain(|m| m.0 != *id);
-                    dead = true;
+                    ended.insert(*id);
                 }
             }
         }
+        let dead = !ended.is_empty();
+        live.retain(|m| !ended.contains(&m.0));
+        // Ids rise through a file this agent wrote; anything else is rewritten in order.
+        let ordered = live.windows(2).all(|w| w[0].0 < w[1].0);
         if let Some((at, err)) = &damage {
             let aside = outbox
                 .path
@@ -179,23 +182,35 @@ impl Outbox {
             }
         }
         recovery.recovered = live.len();
+        // The file is used as it is when it holds exactly the live messages, in order, within
+        // the bound; otherwise it is written anew from what was read.
+        let rewrite =
+            damage.is_some() || dead || !ordered || live.len() > outbox.bound || bytes.is_empty();
+        live.sort_by_key(|m| m.0);
         for (id, kind, qos, topic, start, len) in live {
             let topic = outbox.intern(topic);
+            let body = if rewrite {
+                Body::Memory(bytes[start..start + len].into())
+            } else {
+                Body::Disk {
+                    offset: start as u64,
+                    len: len as u32,
+                }
+            };
             outbox.queues[kind as usize].push_back(Entry {
                 id,
                 kind,
                 qos,
                 topic,
-                body: Body::Memory(bytes[start..start + len].into()),
+                body,
             });
         }
-        // Lowered bound: the oldest go, telemetry first.
+        // Lowered bound: the oldest go, telemetry first (nothing is written yet).
         while outbox.len() > outbox.bound {
             if let Some(dropped) = outbox.drop_one() {
                 recovery.dropped.push(dropped);
             }
         }
-        let rewrite = damage.is_some() || dead || !recovery.dropped.is_empty() || bytes.is_empty();
         let result = if rewrite {
             outbox.rewrite()
         } else {
@@ -283,7 +298,7 @@ impl Outbox {
 
     /// Takes the next message to send: alerts first, then responses, then telemetry, each in
     /// order. A payload that cannot be read back is lost: it is returned as dropped.
-    pub fn next(&mut self) -> Option<Result<Outgoing, Dropped>> {
+    pub fn take_next(&mut self) -> Option<Result<Outgoing, Dropped>> {
         let kind = Kind::ALL
             .into_iter()
             .find(|k| !self.queues[*k as usize].is_empty())?;
@@ -473,26 +488,12 @@ impl Outbox {
         }
     }
 
-    /// Uses the file as it is (no dead records): every payload gets its place in it.
+    /// Uses the file as it is: it holds exactly the live messages, whose places are known.
     fn adopt(&mut self, len: u64) -> std::io::Result<()> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&self.path)?;
-        // The file holds exactly the live messages, in id order.
-        let mut offset = HEADER.len() as u64;
-        let mut all: Vec<&mut Entry> = self.queues.iter_mut().flatten().collect();
-        all.sort_by_key(|e| e.id);
-        for entry in all {
-            let Body::Memory(payload) = &entry.body else {
-                continue;
-            };
-            let len = payload.len() as u32;
-            let start = offset + (8 + MESSAGE_FIXED + entry.topic.len()) as u64;
-            offset = start + len as u64;
-            entry.body = Body::Disk { offset: start, len };
-        }
-        debug_assert_eq!(offset, len);
         self.file = Some(file);
         self.writable = true;
         self.file_len = len;

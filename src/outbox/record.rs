@@ -157,27 +157,37 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     Ok((record, end))
 }
 
-/// Every record of a whole file, and where decoding stopped with the error, if it did: the
-/// records before a damaged one are still good.
-pub fn decode_all(file: &[u8]) -> (Vec<(usize, Record<'_>)>, Option<(usize, DecodeError)>) {
+/// A whole file decoded: every good record with its offset, and where decoding stopped with
+/// the error, if it did (the records before a damaged one are still good).
+#[derive(Debug, Default)]
+pub struct Decoded<'a> {
+    pub records: Vec<(usize, Record<'a>)>,
+    pub damage: Option<(usize, DecodeError)>,
+}
+
+pub fn decode_all(file: &[u8]) -> Decoded<'_> {
+    let mut decoded = Decoded::default();
     if file.is_empty() {
-        return (Vec::new(), None);
+        return decoded;
     }
     if file.len() < HEADER.len() || &file[..HEADER.len()] != HEADER {
-        return (Vec::new(), Some((0, DecodeError::Header)));
+        decoded.damage = Some((0, DecodeError::Header));
+        return decoded;
     }
-    let mut records = Vec::new();
     let mut at = HEADER.len();
     while at < file.len() {
         match decode(&file[at..]) {
             Ok((record, used)) => {
-                records.push((at, record));
+                decoded.records.push((at, record));
                 at += used;
             }
-            Err(err) => return (records, Some((at, err))),
+            Err(err) => {
+                decoded.damage = Some((at, err));
+                break;
+            }
         }
     }
-    (records, None)
+    decoded
 }
 
 #[cfg(test)]
@@ -208,9 +218,9 @@ mod tests {
         for record in &records {
             encode(record, &mut file);
         }
-        let (decoded, error) = decode_all(&file);
-        assert_eq!(error, None);
-        let decoded: Vec<Record> = decoded.into_iter().map(|(_, r)| r).collect();
+        let decoded = decode_all(&file);
+        assert_eq!(decoded.damage, None);
+        let decoded: Vec<Record> = decoded.records.into_iter().map(|(_, r)| r).collect();
         assert_eq!(decoded, records);
     }
 
@@ -221,24 +231,27 @@ mod tests {
         let second = file.len();
         encode(&Record::Delivered(2), &mut file);
 
-        let (good, error) = decode_all(&file[..file.len() - 1]);
-        assert_eq!(good.len(), 1);
-        assert_eq!(error, Some((second, DecodeError::Truncated)));
+        let cut = decode_all(&file[..file.len() - 1]);
+        assert_eq!(cut.records.len(), 1);
+        assert_eq!(cut.damage, Some((second, DecodeError::Truncated)));
 
         let mut flipped = file.clone();
         *flipped.last_mut().unwrap() ^= 0x40;
         assert_eq!(
-            decode_all(&flipped).1,
+            decode_all(&flipped).damage,
             Some((second, DecodeError::Checksum))
         );
 
         let mut huge = file.clone();
         huge[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
-            decode_all(&huge).1,
+            decode_all(&huge).damage,
             Some((second, DecodeError::Length(u32::MAX)))
         );
 
-        assert_eq!(decode_all(b"garbage!").1, Some((0, DecodeError::Header)));
+        assert_eq!(
+            decode_all(b"garbage!").damage,
+            Some((0, DecodeError::Header))
+        );
     }
 }

@@ -10,7 +10,7 @@ fn dir() -> tempfile::TempDir {
 
 fn drain(outbox: &mut Outbox) -> Vec<(Kind, String)> {
     let mut sent = Vec::new();
-    while let Some(next) = outbox.next() {
+    while let Some(next) = outbox.take_next() {
         let message = next.unwrap();
         sent.push((message.kind, String::from_utf8(message.payload).unwrap()));
         outbox.delivered(message.id);
@@ -56,9 +56,9 @@ fn what_was_not_delivered_survives_a_restart_in_order() {
             );
         }
         // a0 delivered, a1 in flight (sent, no PUBACK), then the process dies.
-        let first = outbox.next().unwrap().unwrap();
+        let first = outbox.take_next().unwrap().unwrap();
         outbox.delivered(first.id);
-        outbox.next().unwrap().unwrap();
+        outbox.take_next().unwrap().unwrap();
     }
     let (mut outbox, recovery) = Outbox::open(dir.path(), 100);
     assert_eq!(recovery.recovered, 4);
@@ -66,7 +66,7 @@ fn what_was_not_delivered_survives_a_restart_in_order() {
     let sent = drain(&mut outbox);
     let payloads: Vec<&str> = sent.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(payloads, ["a1", "a2", "a3", "a4"]);
-    let next = outbox.next();
+    let next = outbox.take_next();
     assert!(next.is_none());
 }
 
@@ -114,13 +114,13 @@ fn requeued_messages_go_again_in_order_and_a_late_ack_still_counts() {
     for i in 0..4 {
         outbox.push(Kind::Alert, 1, "a", format!("a{i}").as_bytes(), None);
     }
-    let a0 = outbox.next().unwrap().unwrap();
-    let a1 = outbox.next().unwrap().unwrap();
+    let a0 = outbox.take_next().unwrap().unwrap();
+    let a1 = outbox.take_next().unwrap().unwrap();
     outbox.requeue_inflight();
     assert_eq!(outbox.inflight(), 0);
     // The first connection's PUBACK for a1 arrives after all.
     outbox.delivered(a1.id);
-    let again = outbox.next().unwrap().unwrap();
+    let again = outbox.take_next().unwrap().unwrap();
     assert_eq!(again.id, a0.id);
     outbox.delivered(again.id);
     let payloads: Vec<String> = drain(&mut outbox).into_iter().map(|(_, p)| p).collect();
@@ -178,7 +178,7 @@ fn compaction_keeps_the_file_small() {
     let payload = vec![b'x'; 200];
     for _ in 0..5000 {
         outbox.push(Kind::Telemetry, 1, "t", &payload, None);
-        let next = outbox.next().unwrap().unwrap();
+        let next = outbox.take_next().unwrap().unwrap();
         outbox.delivered(next.id);
     }
     outbox.push(Kind::Alert, 1, "a", b"last", None);
@@ -263,7 +263,7 @@ proptest! {
                     prop_assert!(outbox.len() <= bound);
                 }
                 Op::Send => {
-                    if let Some(next) = outbox.next() {
+                    if let Some(next) = outbox.take_next() {
                         let message = next.unwrap();
                         let text = String::from_utf8(message.payload.clone()).unwrap();
                         prop_assert_eq!(pushed.get(&text), Some(&message.kind));
@@ -302,7 +302,7 @@ proptest! {
                     prop_assert!(recovery.unusable.is_none());
                     // Read everything back without delivering, then requeue to keep state.
                     let mut seen: Vec<(u64, Kind, String)> = Vec::new();
-                    while let Some(next) = outbox.next() {
+                    while let Some(next) = outbox.take_next() {
                         let m = next.unwrap();
                         seen.push((m.id, m.kind, String::from_utf8(m.payload).unwrap()));
                     }
