@@ -44,7 +44,13 @@ impl BrokerPki {
     /// A mosquitto client program (`mosquitto_sub`, `mosquitto_pub`) connected to `broker` with
     /// mutual TLS as the client `name`.
     pub fn client(&self, program: &str, broker: &Broker, name: &str) -> Command {
-        let (cert, key) = self.issue(name, name, false);
+        self.client_cn(program, broker, name, name)
+    }
+
+    /// As `client`, with the certificate files named `file` and the CN `cn` (so a test can act
+    /// as a device without replacing the running agent's certificate).
+    pub fn client_cn(&self, program: &str, broker: &Broker, file: &str, cn: &str) -> Command {
+        let (cert, key) = self.issue(file, cn, false);
         let mut command = Command::new(program);
         command
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
@@ -140,7 +146,7 @@ impl Broker {
     pub fn start_with(pki: &BrokerPki, options: BrokerOptions) -> Broker {
         let port = options.port.unwrap_or_else(free_port);
         let dir = &pki.dir;
-        let log = dir.join(format!("mosquitto-{port}.log"));
+        let log = Broker::log_path(pki, port);
         let identity = if options.no_identity_as_username {
             ""
         } else {
@@ -155,6 +161,13 @@ impl Broker {
             dir = dir.display(),
             extra = options.extra,
         );
+        Broker::spawn(pki, port, &config, options.env)
+    }
+
+    /// Starts mosquitto on `port` with `config` as it is (it must log to `broker_log(port)`).
+    pub fn spawn(pki: &BrokerPki, port: u16, config: &str, env: &[(&str, &str)]) -> Broker {
+        let dir = &pki.dir;
+        let log = Broker::log_path(pki, port);
         let config_path = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new("mosquitto");
@@ -163,7 +176,7 @@ impl Broker {
             .arg(&config_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        for (key, value) in options.env {
+        for (key, value) in env {
             command.env(key, value);
         }
         let child = command
@@ -179,6 +192,11 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         broker
+    }
+
+    /// Where the broker on `port` logs.
+    pub fn log_path(pki: &BrokerPki, port: u16) -> PathBuf {
+        pki.dir.join(format!("mosquitto-{port}.log"))
     }
 
     pub fn url(&self) -> String {
@@ -247,8 +265,19 @@ impl Subscriber {
     }
 
     pub fn start_qos(broker: &Broker, pki: &BrokerPki, topic: &str, qos: u8) -> Subscriber {
+        Subscriber::start_as(broker, pki, topic, qos, "observer")
+    }
+
+    /// As `start_qos`, as the client `name` (its certificate CN).
+    pub fn start_as(
+        broker: &Broker,
+        pki: &BrokerPki,
+        topic: &str,
+        qos: u8,
+        name: &str,
+    ) -> Subscriber {
         let mut child = pki
-            .client("mosquitto_sub", broker, "observer")
+            .client("mosquitto_sub", broker, name)
             .args(["-t", topic, "-q", &qos.to_string(), "-F", "%r %t %p"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

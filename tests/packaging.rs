@@ -188,6 +188,18 @@ fn the_deb_has_its_metadata_and_files() {
             "-rw-r--r--",
         ),
         ("./usr/share/lintian/overrides/fieldagent", "-rw-r--r--"),
+        (
+            "./usr/share/doc/fieldagent/operating-a-fleet.md",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/share/doc/fieldagent/examples/mosquitto/fieldagent.conf",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/share/doc/fieldagent/examples/mosquitto/fieldagent.acl",
+            "-rw-r--r--",
+        ),
     ] {
         assert!(
             contents

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod config_errors;
 mod daemon;
+mod fleet_broker;
 mod identity;
 mod outbox;
 mod packaging;
