@@ -2,6 +2,7 @@
 
 mod broker;
 mod util;
+mod yocto;
 
 mod alerts;
 mod certs;
