@@ -38,6 +38,9 @@ pub(crate) struct Setup {
     pub journal: Option<PathBuf>,
     /// More entries of the `sensors:` list, each a line starting with "  - ".
     pub sensors_extra: String,
+    /// The state directory as a tmpfs of this many KiB (in a private mount namespace): a disk
+    /// that fills up.
+    pub state_tmpfs_kib: Option<u32>,
 }
 
 impl Setup {
@@ -56,6 +59,7 @@ impl Setup {
             env: Vec::new(),
             journal: None,
             sensors_extra: String::new(),
+            state_tmpfs_kib: None,
         }
     }
 }
@@ -111,26 +115,35 @@ sensors:
         let log = dir.path().join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let agent = env!("CARGO_BIN_EXE_fieldagent");
-        let mut command = match &setup.journal {
-            None => Command::new(agent),
-            Some(journal) => {
-                // unshare and sh both exec, so the child's PID is the agent's.
-                let mut command = Command::new("unshare");
-                command.args(crate::util::unshare_mount());
-                command.args([
-                    "sh",
-                    "-c",
-                    "mount -t tmpfs none /run && mkdir -p /run/systemd/journal \
-                     && mount --bind \"$1\" /run/systemd/journal && shift && exec \"$0\" \"$@\"",
-                    agent,
-                    journal.to_str().unwrap(),
-                ]);
-                let meta = std::os::unix::fs::MetadataExt::dev(&stderr.metadata().unwrap());
-                let ino = std::os::unix::fs::MetadataExt::ino(&stderr.metadata().unwrap());
-                command.env("JOURNAL_STREAM", format!("{meta}:{ino}"));
-                command
-            }
+        // Mounts made in a private mount namespace before the agent starts.
+        let mut mounts = Vec::new();
+        if let Some(journal) = &setup.journal {
+            mounts.push(format!(
+                "mount -t tmpfs none /run && mkdir -p /run/systemd/journal \
+                 && mount --bind '{}' /run/systemd/journal",
+                journal.display()
+            ));
+        }
+        if let Some(kib) = setup.state_tmpfs_kib {
+            let state = format!("{base}/state-{id}");
+            std::fs::create_dir_all(&state).unwrap();
+            mounts.push(format!("mount -t tmpfs -o size={kib}k none '{state}'"));
+        }
+        let mut command = if mounts.is_empty() {
+            Command::new(agent)
+        } else {
+            // unshare and sh both exec, so the child's PID is the agent's.
+            let mut command = Command::new("unshare");
+            command.args(crate::util::unshare_mount());
+            let script = format!("{} && exec \"$0\" \"$@\"", mounts.join(" && "));
+            command.args(["sh", "-c", &script, agent]);
+            command
         };
+        if setup.journal.is_some() {
+            let meta = std::os::unix::fs::MetadataExt::dev(&stderr.metadata().unwrap());
+            let ino = std::os::unix::fs::MetadataExt::ino(&stderr.metadata().unwrap());
+            command.env("JOURNAL_STREAM", format!("{meta}:{ino}"));
+        }
         command
             .args(["--config", config_path.to_str().unwrap(), "run"])
             .env_remove("FIELDAGENT_CONFIG")

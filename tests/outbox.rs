@@ -425,3 +425,52 @@ fn the_bound_keeps_exactly_max_queued_messages_and_counts_the_rest() {
         "{health}"
     );
 }
+
+/// A state_dir that fills up: the agent says so once, keeps the messages in memory, and
+/// delivers them; it does not die.
+#[test]
+fn a_full_disk_is_reported_and_the_agent_goes_on_in_memory() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a small tmpfs as state_dir needs root");
+        return;
+    }
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let proxy = Proxy::start(broker.port, Mode::Refuse);
+    let mut config = setup(&dir, "node-o7", &broker, &proxy, 40);
+    // Room for the alert state and a few dozen outbox records, not for 80 alerts.
+    config.state_tmpfs_kib = Some(32);
+    let agent = Agent::start_with(&dir, &pki, config);
+    assert!(
+        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
+        "{}",
+        agent.log()
+    );
+    set_level(&dir, 100);
+    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
+        &agent
+    ) == 40));
+    set_level(&dir, 0);
+    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
+        &agent
+    ) == 80));
+    assert!(
+        agent.wait_log("Outbox: cannot write to state_dir", Duration::from_secs(5)),
+        "{}",
+        agent.log()
+    );
+    let said = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("Outbox") && l.contains("state_dir"))
+        .count();
+    assert_eq!(said, 1, "said once:\n{}", agent.log());
+
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-o7/alerts");
+    proxy.set(Mode::Forward);
+    let got = receive(&subscriber, 80, Duration::from_secs(20));
+    let arrived = first_arrivals(&counters(&got));
+    assert_eq!(arrived.len(), 80, "{arrived:?}\n{}", agent.log());
+    assert!(arrived.windows(2).all(|w| w[1] == w[0] + 1), "{arrived:?}");
+}
