@@ -158,7 +158,7 @@ impl Delivery {
             }
             let Some(token) = session.publish_tracked(&message.topic, payload, message.qos) else {
                 // Gone again: it goes at the next connect.
-                self.outbox.requeue_inflight();
+                self.outbox.requeue(message.id);
                 break;
             };
             let done = self.done_tx.clone();

@@ -83,6 +83,31 @@ fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// With the agent offline (its connect refused), raises all `rules` alerts, then clears them
+/// when `clear`: `rules` or `2 * rules` events, each seen in the agent's log.
+fn make_alerts_offline(dir: &TestDir, agent: &Agent, rules: usize, clear: bool) {
+    assert!(
+        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
+        "{}",
+        agent.log()
+    );
+    set_level(dir, 100);
+    assert!(
+        wait_until(Duration::from_secs(10), || logged_alerts(agent) == rules),
+        "{}",
+        agent.log()
+    );
+    if clear {
+        set_level(dir, 0);
+        assert!(
+            wait_until(Duration::from_secs(10), || logged_alerts(agent)
+                == 2 * rules),
+            "{}",
+            agent.log()
+        );
+    }
+}
+
 /// Collects from `subscriber` until `want` rule alerts arrived or `within` passed.
 fn receive(subscriber: &Subscriber, want: usize, within: Duration) -> Vec<Received> {
     let mut all = Vec::new();
@@ -101,19 +126,7 @@ fn alerts_made_before_the_broker_exists_arrive_when_it_does() {
     // Nothing answers behind the proxy yet, as when the broker is not up.
     let proxy = Proxy::start(broker.port, Mode::Refuse);
     let agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o1", &broker, &proxy, 2));
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
-    set_level(&dir, 100);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 2));
-    set_level(&dir, 0);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 4));
+    make_alerts_offline(&dir, &agent, 2, true);
 
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-o1/alerts");
     proxy.set(Mode::Forward);
@@ -230,19 +243,7 @@ fn a_hundred_alerts_queued_offline_survive_kill_9_of_the_agent() {
     let proxy = Proxy::start(broker.port, Mode::Refuse);
     let config = setup(&dir, "node-o3", &broker, &proxy, 50);
     let agent = Agent::start_with(&dir, &pki, config);
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
-    set_level(&dir, 100);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 50));
-    set_level(&dir, 0);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 100));
+    make_alerts_offline(&dir, &agent, 50, true);
     // The loop writes each to the outbox right after the sampler logs it.
     std::thread::sleep(Duration::from_millis(500));
     agent.signal(Signal::SIGKILL);
@@ -316,15 +317,7 @@ fn a_damaged_store_is_moved_aside_and_the_agent_goes_on() {
     let broker = Broker::start(&pki);
     let proxy = Proxy::start(broker.port, Mode::Refuse);
     let mut agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o5", &broker, &proxy, 5));
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
-    set_level(&dir, 100);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 5));
+    make_alerts_offline(&dir, &agent, 5, false);
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
@@ -384,20 +377,8 @@ fn the_bound_keeps_exactly_max_queued_messages_and_counts_the_rest() {
     let mut config = setup(&dir, "node-o6", &broker, &proxy, 30);
     config.broker_extra = "  max_queued_messages: 20\n".to_owned();
     let agent = Agent::start_with(&dir, &pki, config);
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
     // 3 x 20 rule alerts (plus the sensor_fault of the missing chip), offline.
-    set_level(&dir, 100);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 30));
-    set_level(&dir, 0);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 60));
+    make_alerts_offline(&dir, &agent, 30, true);
     std::thread::sleep(Duration::from_millis(500));
 
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-o6/#");
@@ -442,19 +423,7 @@ fn a_full_disk_is_reported_and_the_agent_goes_on_in_memory() {
     // Room for the alert state and a few dozen outbox records, not for 80 alerts.
     config.state_tmpfs_kib = Some(32);
     let agent = Agent::start_with(&dir, &pki, config);
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
-    set_level(&dir, 100);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 40));
-    set_level(&dir, 0);
-    assert!(wait_until(Duration::from_secs(10), || logged_alerts(
-        &agent
-    ) == 80));
+    make_alerts_offline(&dir, &agent, 40, true);
     assert!(
         agent.wait_log("Outbox: cannot write to state_dir", Duration::from_secs(5)),
         "{}",

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use record::Kind;
-use record::{Record, HEADER, MESSAGE_FIXED};
+use record::{Record, HEADER};
 
 /// The file's name in `state_dir`.
 pub const FILE: &str = "outbox.log";
@@ -73,7 +73,7 @@ impl Entry {
     /// Bytes of its record in the file (0 for one in memory).
     fn disk_bytes(&self) -> u64 {
         match self.body {
-            Body::Disk { len, .. } => (8 + MESSAGE_FIXED + self.topic.len()) as u64 + len as u64,
+            Body::Disk { len, .. } => record::payload_offset(&self.topic) as u64 + len as u64,
             Body::Memory(_) => 0,
         }
     }
@@ -152,7 +152,7 @@ impl Outbox {
                     topic,
                     payload,
                 } => {
-                    let start = at + 8 + MESSAGE_FIXED + topic.len();
+                    let start = at + record::payload_offset(topic);
                     live.push((*id, *kind, *qos, topic, start, payload.len()));
                     outbox.next_id = outbox.next_id.max(id + 1);
                 }
@@ -303,22 +303,7 @@ impl Outbox {
             .into_iter()
             .find(|k| !self.queues[*k as usize].is_empty())?;
         let entry = self.queues[kind as usize].pop_front()?;
-        let payload = match &entry.body {
-            Body::Memory(bytes) => Ok(bytes.to_vec()),
-            Body::Disk { offset, len } => {
-                let mut buf = vec![0u8; *len as usize];
-                match self
-                    .file
-                    .as_ref()
-                    .map(|f| f.read_exact_at(&mut buf, *offset))
-                {
-                    Some(Ok(())) => Ok(buf),
-                    Some(Err(err)) => Err(err.to_string()),
-                    None => Err("the file is not open".to_owned()),
-                }
-            }
-        };
-        match payload {
+        match read_body(self.file.as_ref(), &entry.body) {
             Ok(payload) => {
                 let outgoing = Outgoing {
                     id: entry.id,
@@ -356,11 +341,8 @@ impl Outbox {
     /// Puts everything in flight back at the front of its queue, in order: after a reconnect,
     /// nothing sent on the old connection is trusted to arrive.
     pub fn requeue_inflight(&mut self) {
-        self.inflight.sort_by_key(|e| std::cmp::Reverse(e.id));
-        for entry in self.inflight.drain(..) {
-            let queue = &mut self.queues[entry.kind as usize];
-            let at = queue.partition_point(|e| e.id < entry.id);
-            queue.insert(at, entry);
+        for entry in std::mem::take(&mut self.inflight) {
+            self.put_back(entry);
         }
     }
 
@@ -369,10 +351,15 @@ impl Outbox {
     pub fn requeue(&mut self, id: u64) {
         if let Some(at) = self.inflight.iter().position(|e| e.id == id) {
             let entry = self.inflight.swap_remove(at);
-            let queue = &mut self.queues[entry.kind as usize];
-            let at = queue.partition_point(|e| e.id < entry.id);
-            queue.insert(at, entry);
+            self.put_back(entry);
         }
+    }
+
+    /// Into its queue at its place by id.
+    fn put_back(&mut self, entry: Entry) {
+        let queue = &mut self.queues[entry.kind as usize];
+        let at = queue.partition_point(|e| e.id < entry.id);
+        queue.insert(at, entry);
     }
 
     fn take_queued(&mut self, id: u64) -> Option<Entry> {
@@ -443,7 +430,7 @@ impl Outbox {
         };
         match self.write(&record, true) {
             Some(start) => Body::Disk {
-                offset: start + (8 + MESSAGE_FIXED + topic.len()) as u64,
+                offset: start + record::payload_offset(topic) as u64,
                 len: payload.len() as u32,
             },
             None => Body::Memory(payload.into()),
@@ -518,17 +505,7 @@ impl Outbox {
         let mut placed = Vec::with_capacity(entries.len());
         let mut buf = Vec::new();
         for entry in &entries {
-            let payload = match &entry.body {
-                Body::Memory(bytes) => bytes.to_vec(),
-                Body::Disk { offset, len } => {
-                    let mut bytes = vec![0u8; *len as usize];
-                    self.file
-                        .as_ref()
-                        .ok_or_else(|| std::io::Error::other("the outbox file is not open"))?
-                        .read_exact_at(&mut bytes, *offset)?;
-                    bytes
-                }
-            };
+            let payload = read_body(self.file.as_ref(), &entry.body)?;
             buf.clear();
             record::encode(
                 &Record::Message {
@@ -541,7 +518,7 @@ impl Outbox {
                 &mut buf,
             );
             out.write_all(&buf)?;
-            let start = offset + (8 + MESSAGE_FIXED + entry.topic.len()) as u64;
+            let start = offset + record::payload_offset(&entry.topic) as u64;
             placed.push(Body::Disk {
                 offset: start,
                 len: payload.len() as u32,
@@ -567,6 +544,19 @@ impl Outbox {
         self.file_len = offset;
         self.live_bytes = offset - HEADER.len() as u64;
         Ok(())
+    }
+}
+
+/// A message's payload, from memory or read back from the file.
+fn read_body(file: Option<&File>, body: &Body) -> std::io::Result<Vec<u8>> {
+    match body {
+        Body::Memory(bytes) => Ok(bytes.to_vec()),
+        Body::Disk { offset, len } => {
+            let mut bytes = vec![0u8; *len as usize];
+            file.ok_or_else(|| std::io::Error::other("the outbox file is not open"))?
+                .read_exact_at(&mut bytes, *offset)?;
+            Ok(bytes)
+        }
     }
 }
 

@@ -101,8 +101,13 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Where a message's payload lies inside the buffer it was decoded from.
+/// The fixed part of a message body: tag, id, kind, QoS, topic length.
 pub const MESSAGE_FIXED: usize = 1 + 8 + 1 + 1 + 2;
+
+/// Where a message's payload starts, counted from the start of its record.
+pub fn payload_offset(topic: &str) -> usize {
+    8 + MESSAGE_FIXED + topic.len()
+}
 
 /// Decodes the record at the start of `bytes`: the record and its encoded length.
 pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
