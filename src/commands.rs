@@ -163,23 +163,7 @@ pub fn parse(
                     known.join(", ")
                 )));
             };
-            let Some(value) = value else {
-                return Err(refuse(format!(
-                    "missing \"value\"; {name} accepts {}",
-                    actuator.values.join(", ")
-                )));
-            };
-            if !actuator.values.contains(&value) {
-                return Err(refuse(format!(
-                    "value \"{}\" is not allowed; {name} accepts {}",
-                    value.escape_debug(),
-                    actuator.values.join(", ")
-                )));
-            }
-            Action::Write {
-                file: actuator.file.clone(),
-                value,
-            }
+            allowed_write(actuator, value).map_err(refuse)?
         }
     };
     Ok(Command {
@@ -187,6 +171,28 @@ pub fn parse(
         name: name.to_owned(),
         action,
         expires_ts,
+    })
+}
+
+/// A write to `actuator`, if its allow-list has `value`; else why not.
+pub fn allowed_write(actuator: &ActuatorConfig, value: Option<String>) -> Result<Action, String> {
+    let name = &actuator.name;
+    let Some(value) = value else {
+        return Err(format!(
+            "missing \"value\"; {name} accepts {}",
+            actuator.values.join(", ")
+        ));
+    };
+    if !actuator.values.contains(&value) {
+        return Err(format!(
+            "value \"{}\" is not allowed; {name} accepts {}",
+            value.escape_debug(),
+            actuator.values.join(", ")
+        ));
+    }
+    Ok(Action::Write {
+        file: actuator.file.clone(),
+        value,
     })
 }
 

@@ -37,5 +37,6 @@ pub mod outbox;
 pub mod run;
 pub mod sensors;
 pub mod service;
+pub mod sparkplug;
 pub mod state;
 pub mod telemetry;

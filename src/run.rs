@@ -25,28 +25,29 @@ use crate::delivery::{Delivery, WINDOW};
 use crate::identity::Identity;
 use crate::model::Sample;
 use crate::mqtt::backoff::Backoff;
-use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Session};
+use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Profile, Session};
 use crate::offline::Error;
 use crate::outbox::{Kind, Outbox};
 use crate::sensors::Sensors;
 use crate::service;
+use crate::sparkplug::Reading;
 
 /// How long a clean stop waits for the shutdown status to be acknowledged.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Telemetry payloads between the sampler thread and the event loop. Full means the loop is
 /// stuck connecting; the sampler then drops the newest and counts it.
-const TELEMETRY_QUEUE: usize = 8;
+pub(crate) const TELEMETRY_QUEUE: usize = 8;
 
 /// Alert events between the sampler and the event loop.
-const ALERT_QUEUE: usize = 64;
+pub(crate) const ALERT_QUEUE: usize = 64;
 
 /// The alert state in `state_dir`.
-const ALERTS_FILE: &str = "alerts.json";
+pub(crate) const ALERTS_FILE: &str = "alerts.json";
 
 /// A connection that stayed up this long resets the backoff; a shorter one (a broker that
 /// accepts and then drops us) keeps backing off, so a flapping link never becomes a tight loop.
-const STABLE: Duration = Duration::from_secs(30);
+pub(crate) const STABLE: Duration = Duration::from_secs(30);
 
 /// Numbers from the config that the event loop uses on every message.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +87,7 @@ struct Counters {
 
 /// What start-up and every reload do after loading the config: probe what it points at (an error
 /// refuses it, warnings go to `warn`) and work out the identity.
-fn admit(
+pub(crate) fn admit(
     config: ValidConfig,
     path: &Path,
     warn: &mut dyn Write,
@@ -157,6 +158,9 @@ where
     S: FnMut() -> F,
     F: Future<Output = &'static str>,
 {
+    if config.config().sparkplug.is_some() {
+        return crate::sparkplug::run::run(config, identity, reload_from, shutdown).await;
+    }
     let (events_tx, mut events) = mpsc::channel(4);
     let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
     let mut key_pair = key_pair_store(&config);
@@ -166,6 +170,7 @@ where
         events_tx.clone(),
         incoming_tx.clone(),
         key_pair.as_ref().map(|store| &store.files),
+        Profile::Plain,
     )?;
     let mut cert_watch = tokio::time::interval(CERT_WATCH);
     cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,7 +190,7 @@ where
     let sensor_errors = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let last_pass_ms = Arc::new(AtomicU64::new(crate::model::now_ms()));
     let outputs = Outputs {
-        telemetry: telemetry_tx,
+        telemetry: TelemetrySink::Json(telemetry_tx),
         alerts: alert_tx,
         queue_full: Arc::clone(&queue_full),
         sensor_errors: Arc::clone(&sensor_errors),
@@ -220,12 +225,7 @@ where
     let mut connected_since: Option<Instant> = None;
     // False until the first connect attempt has ended.
     let mut attempted = false;
-    // Paho's errors seen in this outage: each is diagnosed once (a probe is one more handshake).
-    let mut seen_errors: Vec<String> = Vec::new();
-    let mut last_diagnosis: Option<String> = None;
-    let mut last_logged = String::new();
-    // The reason of the last failed connect, for the health topic; kept after a success.
-    let mut last_connect_error = String::new();
+    let mut connect_log = ConnectLog::default();
     let mut next_attempt = tokio::time::Instant::now();
     let first_shutdown = shutdown();
     tokio::pin!(first_shutdown);
@@ -233,48 +233,20 @@ where
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
-            _ = watchdog_timer.tick(), if watchdog.is_some() => {
-                // Only while sampling is alive: a wedged sampler lets systemd restart us.
-                let interval_ms = (config.config().telemetry.interval_s * 1000.0) as u64;
-                let since = crate::model::now_ms().saturating_sub(last_pass_ms.load(Ordering::Relaxed));
-                if since <= 3 * interval_ms + 10_000 {
-                    service::notify(&[NotifyState::Watchdog]);
-                } else {
-                    tracing::error!(since_last_pass_ms = since, "Sampling is stuck; not petting the watchdog.");
-                }
-            }
+            _ = watchdog_timer.tick(), if watchdog.is_some() => pet_watchdog(&config, &last_pass_ms),
             _ = health_timer.tick(), if connected_since.is_some() => {
-                let payload = health(&counters, delivery.outbox.len() as u64, &last_connect_error, &sensor_errors, started);
+                let payload = health(&counters, delivery.outbox.len() as u64, &connect_log.last_error, &sensor_errors, started);
                 if session.publish(&health_topic(&identity, &config), payload, 0, false).is_ok() {
                     counters.sent += 1;
                 }
             }
             _ = cert_watch.tick(), if key_pair.is_some() => {
                 let Some(store) = key_pair.as_mut() else { continue };
-                if !store.changed() {
-                    continue;
-                }
-                let source = store.source().clone();
-                let checked = {
-                    let config = config.clone();
-                    let identity = identity.clone();
-                    tokio::task::spawn_blocking(move || check_renewal(&config, &source, &identity))
-                        .await
-                        .unwrap_or_else(|_| Err("internal error while checking".to_owned()))
-                };
-                match checked.and_then(|()| store.accept().map_err(|err| format!("cannot copy it into state_dir: {err}"))) {
-                    Ok(()) => {
-                        tracing::info!(cert = %store.source().cert.display(), "Certificate renewed; reconnecting once.");
-                        session.disconnect().await;
-                        connected_since = None;
-                        backoff.reset();
-                        next_attempt = tokio::time::Instant::now();
-                    }
-                    Err(reason) => tracing::error!(
-                        cert = %store.source().cert.display(),
-                        reason = %reason,
-                        "New certificate refused; the running one stays."
-                    ),
+                if renewed(store, &config, &identity).await {
+                    session.disconnect().await;
+                    connected_since = None;
+                    backoff.reset();
+                    next_attempt = tokio::time::Instant::now();
                 }
             }
             Some(()) = next_hangup(&mut hangups) => {
@@ -288,6 +260,11 @@ where
                         continue;
                     }
                 };
+                if new_config.config().sparkplug.is_some() {
+                    tracing::error!("Reload refused: switching to Sparkplug mode takes a restart of the agent; the running config stays.");
+                    service::notify(&[NotifyState::Ready]);
+                    continue;
+                }
                 let changes = Changes::between(config.config(), new_config.config());
                 let same_identity = new_identity.client_id == identity.client_id;
                 if changes.session || !same_identity {
@@ -304,6 +281,7 @@ where
                         events_tx.clone(),
                         incoming_tx.clone(),
                         key_pair.as_ref().map(|store| &store.files),
+                        Profile::Plain,
                     ) {
                         Ok(new_session) => {
                             if same_identity {
@@ -344,8 +322,7 @@ where
                     Ok(connected) => {
                         connected_since = Some(Instant::now());
                         counters.reconnects += 1;
-                        seen_errors.clear();
-                        last_logged.clear();
+                        connect_log.connected();
                         // Nothing sent on an earlier connection is trusted to have arrived:
                         // what was in flight goes again (at-least-once; ids stay the same).
                         delivery.outbox.requeue_inflight();
@@ -361,7 +338,7 @@ where
                             "connected to {}; sent {}, dropped {}",
                             connected.server, counters.sent, counters.dropped
                         ))]);
-                        let payload = health(&counters, delivery.outbox.len() as u64, &last_connect_error, &sensor_errors, started);
+                        let payload = health(&counters, delivery.outbox.len() as u64, &connect_log.last_error, &sensor_errors, started);
                         let _ = session.publish(&health_topic(&identity, &config), payload, 0, false);
                         tracing::info!(
                             broker = %connected.server,
@@ -373,26 +350,7 @@ where
                     }
                     Err(err) => {
                         let delay = backoff.next_delay(fastrand::f64());
-                        let cause = err.to_string();
-                        // Paho words one failure several ways; the diagnosis names it. Logged
-                        // once per distinct reason, not once per attempt.
-                        if !seen_errors.contains(&cause) {
-                            last_diagnosis = diagnose_tls(&config).await;
-                            seen_errors.push(cause.clone());
-                        }
-                        let reason = last_diagnosis.clone().unwrap_or(cause);
-                        if reason != last_logged {
-                            tracing::warn!(
-                                broker = %session.urls(),
-                                reason = %reason,
-                                retry_in_s = delay.as_secs_f64(),
-                                "Cannot connect."
-                            );
-                            last_logged = reason;
-                            last_connect_error = last_logged.clone();
-                        } else {
-                            tracing::debug!(error = %err, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
-                        }
+                        connect_log.failed(&err, &config, session.urls(), delay).await;
                         next_attempt = tokio::time::Instant::now() + delay;
                     }
                 }
@@ -517,17 +475,72 @@ where
     Ok(())
 }
 
+/// What the log has said about failed connects in this outage: each distinct cause is diagnosed
+/// once (a probe is one more handshake) and logged once, not once per attempt.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectLog {
+    seen_errors: Vec<String>,
+    last_diagnosis: Option<String>,
+    last_logged: String,
+    /// The reason of the last failed connect, for the health topic; kept after a success.
+    pub(crate) last_error: String,
+}
+
+impl ConnectLog {
+    /// A connect succeeded: the next outage is logged afresh.
+    pub(crate) fn connected(&mut self) {
+        self.seen_errors.clear();
+        self.last_logged.clear();
+    }
+
+    /// A connect failed; the next attempt is in `delay`.
+    pub(crate) async fn failed(
+        &mut self,
+        err: &MqttError,
+        config: &ValidConfig,
+        urls: &str,
+        delay: Duration,
+    ) {
+        let cause = err.to_string();
+        // Paho words one failure several ways; the diagnosis names it.
+        if !self.seen_errors.contains(&cause) {
+            self.last_diagnosis = diagnose_tls(config).await;
+            self.seen_errors.push(cause.clone());
+        }
+        let reason = self.last_diagnosis.clone().unwrap_or(cause);
+        if reason != self.last_logged {
+            tracing::warn!(
+                broker = %urls,
+                reason = %reason,
+                retry_in_s = delay.as_secs_f64(),
+                "Cannot connect."
+            );
+            self.last_logged = reason;
+            self.last_error = self.last_logged.clone();
+        } else {
+            tracing::debug!(error = %err, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
+        }
+    }
+}
+
+/// Where the sampler's telemetry goes: JSON payloads (plain mode) or readings (Sparkplug).
+#[derive(Clone)]
+pub(crate) enum TelemetrySink {
+    Json(mpsc::Sender<String>),
+    Readings(mpsc::Sender<Reading>),
+}
+
 /// Where the sampler's results go.
 #[derive(Clone)]
-struct Outputs {
-    telemetry: mpsc::Sender<String>,
-    alerts: mpsc::Sender<AlertEvent>,
+pub(crate) struct Outputs {
+    pub(crate) telemetry: TelemetrySink,
+    pub(crate) alerts: mpsc::Sender<AlertEvent>,
     /// Telemetry dropped because the event loop's queue was full.
-    queue_full: Arc<AtomicU64>,
+    pub(crate) queue_full: Arc<AtomicU64>,
     /// Failed reads per sensor value since start, for the health topic.
-    sensor_errors: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    pub(crate) sensor_errors: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
     /// When the last sampling pass ended (Unix ms): the watchdog only pets while this moves.
-    last_pass_ms: Arc<AtomicU64>,
+    pub(crate) last_pass_ms: Arc<AtomicU64>,
 }
 
 /// The outbox in `state_dir`, with what opening it found said in the log.
@@ -608,11 +621,11 @@ fn health(
 }
 
 /// How often the certificate and key files are looked at for a renewal.
-const CERT_WATCH: Duration = Duration::from_secs(5);
+pub(crate) const CERT_WATCH: Duration = Duration::from_secs(5);
 
 /// The agent's own copies of the device certificate and key, when both are configured and
 /// `state_dir` takes them; otherwise Paho reads the configured files directly.
-fn key_pair_store(config: &ValidConfig) -> Option<tls::KeyPairStore> {
+pub(crate) fn key_pair_store(config: &ValidConfig) -> Option<tls::KeyPairStore> {
     let tls = &config.config().broker.tls;
     let (cert, key) = (tls.cert_file.as_ref()?, tls.key_file.as_ref()?);
     match tls::KeyPairStore::new(cert, key, &config.config().state_dir) {
@@ -657,8 +670,61 @@ fn check_renewal(
     Ok(())
 }
 
+/// Pets the systemd watchdog, but only while sampling is alive: a wedged sampler lets systemd
+/// restart the agent.
+pub(crate) fn pet_watchdog(config: &ValidConfig, last_pass_ms: &AtomicU64) {
+    let interval_ms = (config.config().telemetry.interval_s * 1000.0) as u64;
+    let since = crate::model::now_ms().saturating_sub(last_pass_ms.load(Ordering::Relaxed));
+    if since <= 3 * interval_ms + 10_000 {
+        service::notify(&[NotifyState::Watchdog]);
+    } else {
+        tracing::error!(
+            since_last_pass_ms = since,
+            "Sampling is stuck; not petting the watchdog."
+        );
+    }
+}
+
+/// Whether the certificate and key on disk were renewed and the new pair is accepted (it is
+/// then what the next connect uses); a refused renewal is logged and the running pair stays.
+pub(crate) async fn renewed(
+    store: &mut tls::KeyPairStore,
+    config: &ValidConfig,
+    identity: &Identity,
+) -> bool {
+    if !store.changed() {
+        return false;
+    }
+    let source = store.source().clone();
+    let checked = {
+        let config = config.clone();
+        let identity = identity.clone();
+        tokio::task::spawn_blocking(move || check_renewal(&config, &source, &identity))
+            .await
+            .unwrap_or_else(|_| Err("internal error while checking".to_owned()))
+    };
+    match checked.and_then(|()| {
+        store
+            .accept()
+            .map_err(|err| format!("cannot copy it into state_dir: {err}"))
+    }) {
+        Ok(()) => {
+            tracing::info!(cert = %store.source().cert.display(), "Certificate renewed; reconnecting once.");
+            true
+        }
+        Err(reason) => {
+            tracing::error!(
+                cert = %store.source().cert.display(),
+                reason = %reason,
+                "New certificate refused; the running one stays."
+            );
+            false
+        }
+    }
+}
+
 /// The next SIGHUP, or never when reloading is off.
-async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+pub(crate) async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match hangups {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,
@@ -667,7 +733,7 @@ async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> Optio
 
 /// Loads, validates and probes the config at `path` for a reload, on the blocking pool (it reads
 /// files); the same path as start-up. Every finding comes back in one line when it is refused.
-async fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
+pub(crate) async fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut warnings = Vec::new();
@@ -683,14 +749,14 @@ async fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
 }
 
 /// The running sampler: dropping `stop` ends it at its next wait.
-struct Sampling {
-    stop: std_mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
+pub(crate) struct Sampling {
+    pub(crate) stop: std_mpsc::Sender<()>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
 }
 
 impl Sampling {
     /// A stand-in while the real one is swapped; its thread has already finished.
-    fn placeholder() -> Sampling {
+    pub(crate) fn placeholder() -> Sampling {
         let (stop, _) = std_mpsc::channel::<()>();
         Sampling {
             stop,
@@ -699,7 +765,7 @@ impl Sampling {
     }
 
     /// Starts sampling with the alert state saved in `state_dir`.
-    fn start(config: &ValidConfig, identity: &Identity, outputs: Outputs) -> Sampling {
+    pub(crate) fn start(config: &ValidConfig, identity: &Identity, outputs: Outputs) -> Sampling {
         let (stop, stopped) = std_mpsc::channel::<()>();
         let alerts_path = config.config().state_dir.join(ALERTS_FILE);
         let alerts = Alerts::new(
@@ -713,7 +779,7 @@ impl Sampling {
 
     /// Stops sampling and waits up to `wait` for the thread (a read stuck in the kernel is not
     /// waited for longer), so two samplers never write the alert state at once.
-    async fn stop(self, wait: Duration) {
+    pub(crate) async fn stop(self, wait: Duration) {
         drop(self.stop);
         let thread = self.thread;
         let joined =
@@ -800,9 +866,21 @@ fn spawn_sampler(
                 outputs
                     .last_pass_ms
                     .store(crate::model::now_ms(), Ordering::Relaxed);
-                let payload = crate::telemetry::telemetry(&sample, seq, synced);
+                let handed = match &outputs.telemetry {
+                    TelemetrySink::Json(sink) => {
+                        sink.try_send(crate::telemetry::telemetry(&sample, seq, synced)).is_ok()
+                    }
+                    TelemetrySink::Readings(sink) => sink
+                        .try_send(Reading {
+                            ts_ms: sample.ts_ms,
+                            synced,
+                            values: sample.values.clone(),
+                            failing: sample.errors.iter().map(|(name, _)| Arc::clone(name)).collect(),
+                        })
+                        .is_ok(),
+                };
                 seq += 1;
-                if outputs.telemetry.try_send(payload).is_err() {
+                if !handed {
                     outputs.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
                 next += interval;
@@ -916,7 +994,7 @@ fn execute(
 }
 
 /// After a failed connect to a TLS broker: why, if the broker's TLS version is below the floor.
-async fn diagnose_tls(config: &ValidConfig) -> Option<String> {
+pub(crate) async fn diagnose_tls(config: &ValidConfig) -> Option<String> {
     let endpoint = config
         .endpoints
         .iter()

@@ -24,12 +24,45 @@ pub enum MqttEvent {
     Lost,
 }
 
-/// A message on `{prefix}/commands/{name}`.
+/// A message on a subscribed topic: `{prefix}/commands/{name}`, or in Sparkplug mode NCMD and
+/// STATE.
 #[derive(Debug)]
 pub struct Incoming {
-    /// The last topic level: the command's name.
+    pub topic: String,
+    /// The last topic level: the command's name in plain mode.
     pub name: String,
     pub payload: Vec<u8>,
+}
+
+/// What the session is for: the plain topics, or a Sparkplug B edge node.
+#[derive(Debug, Clone)]
+pub enum Profile {
+    /// Persistent session (`broker.clean_session`), retained status and will on
+    /// `{prefix}/status`, commands subscribed.
+    Plain,
+    /// Sparkplug B 3.0: Clean Session true (MQTT 5: Clean Start true, Session Expiry 0), these
+    /// filters subscribed on every connect, and a will the caller sets before each connect
+    /// ([`Session::set_will`]), also published as the goodbye on a clean stop.
+    Sparkplug { subscriptions: Vec<String> },
+}
+
+/// A message the session sends on its own: the will, or the goodbye of a clean stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+impl Outgoing {
+    fn message(&self) -> paho::Message {
+        if self.retain {
+            paho::Message::new_retained(&self.topic, self.payload.clone(), i32::from(self.qos))
+        } else {
+            paho::Message::new(&self.topic, self.payload.clone(), i32::from(self.qos))
+        }
+    }
 }
 
 /// Commands waiting for the event loop. A command arriving when this is full is lost (and
@@ -65,7 +98,11 @@ pub struct Connected {
 /// One device's MQTT client: the options it connects with and the topics it owns.
 pub struct Session {
     client: paho::AsyncClient,
-    options: paho::ConnectOptions,
+    /// Kept as the builder: a Sparkplug will changes before every connect.
+    options: paho::ConnectOptionsBuilder,
+    profile: Profile,
+    /// The will as last set; in Sparkplug mode also the goodbye of a clean stop.
+    will: Outgoing,
     /// The URLs in failover order, for log lines.
     urls: String,
     /// Paho's URI of each endpoint and the URL as configured, to name a broker as the operator
@@ -77,8 +114,8 @@ pub struct Session {
     pub telemetry_topic: String,
     /// `{prefix}/responses`.
     pub responses_topic: String,
-    /// `{prefix}/commands/+`, subscribed on every connect.
-    commands_filter: String,
+    /// Subscribed on every connect: `{prefix}/commands/+`, or Sparkplug's NCMD and STATE.
+    subscriptions: Vec<String>,
     boot_id: String,
 }
 
@@ -102,6 +139,7 @@ impl Session {
         events: mpsc::Sender<MqttEvent>,
         incoming: mpsc::Sender<Incoming>,
         key_pair: Option<&tls::KeyPairFiles>,
+        profile: Profile,
     ) -> Result<Session, MqttError> {
         let broker = &config.config().broker;
         let uris: Vec<String> = config.endpoints.iter().map(paho_uri).collect();
@@ -129,6 +167,7 @@ impl Session {
                 .unwrap_or_default()
                 .to_owned();
             let command = Incoming {
+                topic: message.topic().to_owned(),
                 name,
                 payload: message.payload().to_vec(),
             };
@@ -139,7 +178,15 @@ impl Session {
 
         let prefix = config.topic_prefix(client_id);
         let status_topic = format!("{prefix}/status");
-        let will = paho::Message::new_retained(&status_topic, telemetry::will(), 1);
+        let will = Outgoing {
+            topic: status_topic.clone(),
+            payload: telemetry::will().into_bytes(),
+            qos: 1,
+            retain: true,
+        };
+        let sparkplug = matches!(profile, Profile::Sparkplug { .. });
+        // Sparkplug B 3.0 requires a clean session of edge nodes, whatever the config says.
+        let clean = broker.clean_session || sparkplug;
         let mut options = match broker.protocol {
             Protocol::V311 => paho::ConnectOptionsBuilder::new_v3(),
             Protocol::V5 => paho::ConnectOptionsBuilder::new_v5(),
@@ -151,20 +198,22 @@ impl Session {
             .server_uris(&uris)
             .keep_alive_interval((broker.keepalive() / 2).max(Duration::from_secs(1)))
             .connect_timeout(broker.connect_timeout())
-            .will_message(will);
+            .will_message(will.message());
         match broker.protocol {
             Protocol::V311 => {
-                options.clean_session(broker.clean_session);
+                options.clean_session(clean);
             }
             Protocol::V5 => {
                 let mut properties = paho::Properties::new();
-                let expiry = u32::try_from(broker.session_expiry_s).unwrap_or(u32::MAX);
+                let expiry = if sparkplug {
+                    0
+                } else {
+                    u32::try_from(broker.session_expiry_s).unwrap_or(u32::MAX)
+                };
                 properties
                     .push_u32(paho::PropertyCode::SessionExpiryInterval, expiry)
                     .map_err(MqttError::Create)?;
-                options
-                    .clean_start(broker.clean_session)
-                    .properties(properties);
+                options.clean_start(clean).properties(properties);
             }
         }
         if let Some(username) = &broker.username {
@@ -199,9 +248,15 @@ impl Session {
             }
             options.ssl_options(ssl.finalize());
         }
+        let subscriptions = match &profile {
+            Profile::Plain => vec![format!("{prefix}/commands/+")],
+            Profile::Sparkplug { subscriptions } => subscriptions.clone(),
+        };
         Ok(Session {
             client,
-            options: options.finalize(),
+            options,
+            profile,
+            will,
             urls: config
                 .endpoints
                 .iter()
@@ -216,16 +271,23 @@ impl Session {
             status_topic,
             telemetry_topic: format!("{prefix}/telemetry"),
             responses_topic: format!("{prefix}/responses"),
-            commands_filter: format!("{prefix}/commands/+"),
+            subscriptions,
             boot_id: boot_id(),
         })
     }
 
-    /// Connects (trying the URLs in order) and publishes the retained online status.
+    /// The will of the next connect (Sparkplug's NDEATH carries the session's bdSeq).
+    pub fn set_will(&mut self, will: Outgoing) {
+        self.options.will_message(will.message());
+        self.will = will;
+    }
+
+    /// Connects (trying the URLs in order), subscribes, and in plain mode publishes the retained
+    /// online status.
     pub async fn connect(&self) -> Result<Connected, MqttError> {
         let response = self
             .client
-            .connect(self.options.clone())
+            .connect(self.options.finalize())
             .await
             .map_err(|err| MqttError::Connect {
                 urls: self.urls.clone(),
@@ -233,16 +295,14 @@ impl Session {
             })?;
         // On every connect: a broker that lost the session has lost the subscription too, and
         // subscribing again to a kept one changes nothing.
-        if let Err(err) = self.client.subscribe(&self.commands_filter, 1).await {
-            let _ = self.client.disconnect(None).await;
-            return Err(MqttError::Connect {
-                urls: self.urls.clone(),
-                cause: format!(
-                    "subscribing to {} failed: {}",
-                    self.commands_filter,
-                    describe(&err)
-                ),
-            });
+        for filter in &self.subscriptions {
+            if let Err(err) = self.client.subscribe(filter, 1).await {
+                let _ = self.client.disconnect(None).await;
+                return Err(MqttError::Connect {
+                    urls: self.urls.clone(),
+                    cause: format!("subscribing to {filter} failed: {}", describe(&err)),
+                });
+            }
         }
         let connected = match response.connect_response() {
             Some(response) => Connected {
@@ -258,10 +318,12 @@ impl Session {
                 session_present: false,
             },
         };
-        let now_ms = crate::model::now_ms();
-        let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
-        // Just connected: a failure here is a connection lost at once, which Paho reports.
-        let _ = self.publish(&self.status_topic, status, 1, true);
+        if let Profile::Plain = self.profile {
+            let now_ms = crate::model::now_ms();
+            let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
+            // Just connected: a failure here is a connection lost at once, which Paho reports.
+            let _ = self.publish(&self.status_topic, status, 1, true);
+        }
         Ok(connected)
     }
 
@@ -287,6 +349,18 @@ impl Session {
         Ok(())
     }
 
+    /// Hands a binary message to Paho; false when there is no connection to send it on.
+    pub fn publish_bytes(&self, topic: &str, payload: Vec<u8>, qos: u8) -> bool {
+        if !self.client.is_connected() {
+            return false;
+        }
+        drop(
+            self.client
+                .publish(paho::Message::new(topic, payload, i32::from(qos))),
+        );
+        true
+    }
+
     /// Hands an outbox message to Paho: the token completes when the broker has it (PUBACK or
     /// PUBCOMP; for QoS 0 once written). `None` when there is no connection to send it on.
     pub fn publish_tracked(
@@ -304,21 +378,28 @@ impl Session {
         )
     }
 
-    /// Publishes the retained shutdown status, waits up to `wait` for it, and disconnects
-    /// cleanly so the broker does not send the will.
+    /// Publishes the goodbye (plain: the retained shutdown status; Sparkplug: the NDEATH that
+    /// is also the will), waits up to `wait` for it, and disconnects cleanly so the broker does
+    /// not send the will.
     pub async fn close(&self, wait: Duration) {
         if !self.client.is_connected() {
             return;
         }
-        let now_ms = crate::model::now_ms();
-        let status = paho::Message::new_retained(
-            &self.status_topic,
-            telemetry::shutdown(now_ms, crate::clock::synced(now_ms)),
-            1,
-        );
-        let delivered = tokio::time::timeout(wait, self.client.publish(status)).await;
+        let goodbye = match self.profile {
+            Profile::Plain => {
+                let now_ms = crate::model::now_ms();
+                paho::Message::new_retained(
+                    &self.status_topic,
+                    telemetry::shutdown(now_ms, crate::clock::synced(now_ms)),
+                    1,
+                )
+            }
+            Profile::Sparkplug { .. } => self.will.message(),
+        };
+        let topic = goodbye.topic().to_owned();
+        let delivered = tokio::time::timeout(wait, self.client.publish(goodbye)).await;
         if !matches!(delivered, Ok(Ok(()))) {
-            tracing::warn!(topic = %self.status_topic, "Shutdown status not confirmed in time.");
+            tracing::warn!(topic = %topic, "Goodbye message not confirmed in time.");
         }
         let options = paho::DisconnectOptionsBuilder::new()
             .timeout(wait)
