@@ -55,6 +55,20 @@ ensure_cargo_deb() {
   fi
 }
 
+# The other side of the Sparkplug B tests: Node.js with Eclipse Tahu's payload codec
+# (tests/sparkplug/package-lock.json), and protoc for the check of the generated protobuf types.
+# Debian 12's nodejs and npm; a machine that already has node and npm (e.g. NodeSource's) keeps
+# them.
+ensure_test_tools() {
+  apt_install protobuf-compiler
+  command -v node >/dev/null 2>&1 || apt_install nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  if [ ! -d tests/sparkplug/node_modules/sparkplug-payload ]; then
+    say "npm ci in tests/sparkplug (Eclipse Tahu's sparkplug-payload)"
+    (cd tests/sparkplug && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+}
+
 # Stops the processes whose PIDs are listed, by PID only.
 stop_pids() {
   for pid in "$@"; do

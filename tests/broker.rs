@@ -276,9 +276,25 @@ impl Subscriber {
         qos: u8,
         name: &str,
     ) -> Subscriber {
+        Subscriber::start_format(broker, pki, topic, qos, name, "%r %t %p")
+    }
+
+    /// For binary payloads (Sparkplug B): each payload arrives as hex.
+    pub fn start_hex(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
+        Subscriber::start_format(broker, pki, topic, 1, "observer", "%r %t %x")
+    }
+
+    fn start_format(
+        broker: &Broker,
+        pki: &BrokerPki,
+        topic: &str,
+        qos: u8,
+        name: &str,
+        format: &str,
+    ) -> Subscriber {
         let mut child = pki
             .client("mosquitto_sub", broker, name)
-            .args(["-t", topic, "-q", &qos.to_string(), "-F", "%r %t %p"])
+            .args(["-t", topic, "-q", &qos.to_string(), "-F", format])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

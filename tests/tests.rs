@@ -18,3 +18,4 @@ mod proxy;
 mod reload;
 mod sensors;
 mod service;
+mod sparkplug;

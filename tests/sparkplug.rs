@@ -1,0 +1,388 @@
+//! Sparkplug B edge node mode against a real mosquitto, every payload decoded (and every NCMD
+//! encoded) by Eclipse Tahu's reference codec, the npm package `sparkplug-payload` driven by
+//! `tests/sparkplug/tahu.js` (installed by `npm ci` in `tests/sparkplug`, which scripts/test runs).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+use crate::broker::{Broker, BrokerPki, Received, Subscriber};
+use crate::daemon::{Agent, Setup};
+use crate::util::TestDir;
+
+fn tahu(mode: &str, input: &[u8]) -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sparkplug");
+    assert!(
+        dir.join("node_modules/sparkplug-payload").exists(),
+        "Eclipse Tahu's sparkplug-payload is not installed: run `npm ci` in {} (scripts/test does)",
+        dir.display()
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("tahu.js"))
+        .arg(mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node (Debian: nodejs) runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "tahu.js {mode} failed");
+    output.stdout
+}
+
+/// One message as Tahu decoded it.
+#[derive(Debug, Clone)]
+struct Decoded {
+    topic: String,
+    payload: Value,
+}
+
+impl Decoded {
+    fn metrics(&self) -> &Vec<Value> {
+        self.payload["metrics"].as_array().expect("metrics")
+    }
+
+    fn metric(&self, name: &str) -> &Value {
+        self.metrics()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no metric {name} in {}", self.payload))
+    }
+
+    fn by_alias(&self, alias: &Value) -> Option<&Value> {
+        self.metrics().iter().find(|m| &m["alias"] == alias)
+    }
+
+    fn seq(&self) -> u64 {
+        self.payload["seq"].as_u64().expect("seq")
+    }
+
+    fn bd_seq(&self) -> i64 {
+        self.metric("bdSeq")["value"].as_i64().expect("bdSeq value")
+    }
+}
+
+fn decode_all(messages: &[Received]) -> Vec<Decoded> {
+    let input: String = messages
+        .iter()
+        .map(|m| format!("{} {}\n", m.topic, m.payload))
+        .collect();
+    let output = String::from_utf8(tahu("decode", input.as_bytes())).unwrap();
+    output
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            assert!(
+                value["payload"].get("error").is_none(),
+                "Tahu cannot decode: {value}"
+            );
+            Decoded {
+                topic: value["topic"].as_str().unwrap().to_owned(),
+                payload: value["payload"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// The next message of `kind`, decoded.
+fn next(sub: &Subscriber, kind: &str, within: Duration) -> Decoded {
+    let wanted = format!("/{kind}/");
+    let message = sub
+        .wait_for(within, |m| m.topic.contains(&wanted))
+        .unwrap_or_else(|| panic!("no {kind} within {within:?}"));
+    decode_all(&[message]).remove(0)
+}
+
+/// Publishes `payload` (Tahu's form) encoded by Tahu, as the SCADA host would.
+fn send(broker: &Broker, pki: &BrokerPki, dir: &TestDir, topic: &str, payload: Value) {
+    let bytes = tahu("encode", payload.to_string().as_bytes());
+    let file = dir.write("ncmd.bin", bytes);
+    let status = pki
+        .client("mosquitto_pub", broker, "operator")
+        .args(["-t", topic, "-q", "1", "-f", file.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn retain_state(broker: &Broker, pki: &BrokerPki, online: bool, timestamp: u64) {
+    let payload = json!({ "online": online, "timestamp": timestamp }).to_string();
+    let status = pki
+        .client("mosquitto_pub", broker, "operator")
+        .args([
+            "-t",
+            "spBv1.0/STATE/scada-1",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            &payload,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// An agent in Sparkplug mode with an alert rule and a fan actuator.
+fn setup(dir: &TestDir, id: &str, broker: &Broker, primary_host: bool) -> (Setup, PathBuf) {
+    let fan = dir.write(&format!("fan-{id}"), "0\n");
+    let mut setup = Setup::new(id, broker);
+    setup.top_extra = format!(
+        "alerts:\n  - {{ name: overtemp, sensor: cpu_temp, above: 80, clear_below: 75 }}\n\
+         actuators:\n  - {{ name: fan, file: \"{}\", values: [\"0\", \"1\"] }}\n\
+         sparkplug:\n  group_id: plant1\n{}",
+        fan.display(),
+        if primary_host {
+            "  primary_host_id: scada-1\n"
+        } else {
+            ""
+        }
+    );
+    (setup, fan)
+}
+
+fn temperature(dir: &TestDir, millidegrees: u32) {
+    dir.write(
+        "sys/class/thermal/thermal_zone1/temp",
+        format!("{millidegrees}\n"),
+    );
+}
+
+#[test]
+fn birth_data_by_exception_and_death_decoded_by_tahu() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let (setup, _) = setup(&dir, "sp-node-1", &broker, false);
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(birth.topic, "spBv1.0/plant1/NBIRTH/sp-node-1");
+    assert_eq!(birth.seq(), 0);
+    assert_eq!(birth.metric("bdSeq")["type"], "Int64");
+    assert_eq!(birth.bd_seq(), 0, "a fresh state_dir starts at bdSeq 0");
+    for metric in birth.metrics() {
+        assert!(metric["timestamp"].as_u64().is_some(), "{metric}");
+        assert!(metric["type"].is_string(), "{metric}");
+        if metric["name"] != "bdSeq" {
+            assert!(metric["alias"].as_u64().is_some(), "{metric}");
+        }
+    }
+    let cpu = birth.metric("Sensors/cpu_temp");
+    assert_eq!(
+        (&cpu["type"], &cpu["value"]),
+        (&json!("Double"), &json!(48.25))
+    );
+    assert_eq!(birth.metric("Sensors/gone")["value"], Value::Null);
+    assert_eq!(birth.metric("Node Control/Rebirth")["type"], "Boolean");
+    assert_eq!(birth.metric("Alerts/overtemp")["value"], false);
+    assert_eq!(birth.metric("Actuators/fan")["value"], "0");
+    assert!(birth.metric("Properties/Firmware")["value"]
+        .as_str()
+        .unwrap()
+        .starts_with("fieldagent "));
+
+    // A change goes out by alias only.
+    temperature(&dir, 52_000);
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    assert_eq!(data.seq(), 1);
+    assert!(data.metrics().iter().all(|m| m.get("name").is_none()));
+    let changed = data.by_alias(&cpu["alias"]).expect("cpu_temp by alias");
+    assert_eq!(changed["value"], 52.0);
+    // Nothing changes: nothing is sent (five sampling passes).
+    let quiet = sub.collect(Duration::from_millis(1200));
+    assert!(
+        quiet.iter().all(|m| !m.topic.contains("/NDATA/")),
+        "unchanged values were sent again: {quiet:?}"
+    );
+    // An alert is a Boolean metric.
+    temperature(&dir, 85_000);
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    let alert_alias = &birth.metric("Alerts/overtemp")["alias"];
+    assert_eq!(
+        data.by_alias(alert_alias).expect("the alert")["value"],
+        true
+    );
+    assert_eq!(data.seq(), 2);
+
+    // A clean stop publishes NDEATH with the session's bdSeq.
+    agent.signal(Signal::SIGTERM);
+    let death = next(&sub, "NDEATH", Duration::from_secs(5));
+    assert_eq!(death.bd_seq(), birth.bd_seq());
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn will_after_kill_carries_the_births_bd_seq_and_the_next_session_advances_it() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let (setup_1, _) = setup(&dir, "sp-node-2", &broker, false);
+    let agent = Agent::start_with(&dir, &pki, setup_1);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let killed = Instant::now();
+    agent.signal(Signal::SIGKILL);
+    let will = next(&sub, "NDEATH", Duration::from_secs(6));
+    // keepalive_s 2: the broker gives up within 1.5 x keepalive.
+    assert!(
+        killed.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(will.bd_seq(), birth.bd_seq());
+    drop(agent);
+
+    let (setup_2, _) = setup(&dir, "sp-node-2", &broker, false);
+    let _agent = Agent::start_with(&dir, &pki, setup_2);
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(rebirth.bd_seq(), birth.bd_seq() + 1);
+    assert_eq!(rebirth.seq(), 0);
+}
+
+#[test]
+fn seq_is_continuous_and_wraps_after_255() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/+/NDATA/#");
+    let births = Subscriber::start_hex(&broker, &pki, "spBv1.0/+/NBIRTH/#");
+    let (mut setup, _) = setup(&dir, "sp-node-3", &broker, false);
+    // /proc/uptime moves every 10 ms: every pass (0.1 s, the shortest interval) has a change
+    // to send, so the wrap comes after about 26 s.
+    setup.sensors_extra = "  - { name: uptime, file: /proc/uptime }\n".to_owned();
+    setup.telemetry = "{ interval_s: 0.1 }".to_owned();
+    let _agent = Agent::start_with(&dir, &pki, setup);
+    next(&births, "NBIRTH", Duration::from_secs(10));
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received.len() < 260 && Instant::now() < deadline {
+        if let Some(message) = sub.wait_for(Duration::from_secs(2), |_| true) {
+            received.push(message);
+        }
+    }
+    let data = decode_all(&received);
+    assert!(data.len() >= 260, "only {} NDATA", data.len());
+    let seqs: Vec<u64> = data.iter().map(Decoded::seq).collect();
+    assert_eq!(seqs[0], 1, "the first NDATA follows NBIRTH's 0");
+    for pair in seqs.windows(2) {
+        assert_eq!(pair[1], (pair[0] + 1) % 256, "seq jumps: {seqs:?}");
+    }
+    assert!(seqs.contains(&255) && seqs.iter().filter(|&&s| s == 0).count() >= 1);
+}
+
+#[test]
+fn ncmd_rebirth_and_actuator_writes_through_the_allow_list() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let (setup, fan) = setup(&dir, "sp-node-4", &broker, false);
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let ncmd = "spBv1.0/plant1/NCMD/sp-node-4";
+
+    send(
+        &broker,
+        &pki,
+        &dir,
+        ncmd,
+        json!({
+            "timestamp": 1, "metrics": [{ "name": "Node Control/Rebirth", "type": "Boolean", "value": true }]
+        }),
+    );
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(5));
+    assert_eq!(rebirth.seq(), 0);
+    assert_eq!(
+        rebirth.bd_seq(),
+        birth.bd_seq(),
+        "a rebirth keeps the session's bdSeq"
+    );
+
+    send(
+        &broker,
+        &pki,
+        &dir,
+        ncmd,
+        json!({
+            "timestamp": 2, "metrics": [{ "name": "Actuators/fan", "type": "String", "value": "1" }]
+        }),
+    );
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    let fan_alias = &rebirth.metric("Actuators/fan")["alias"];
+    assert_eq!(data.by_alias(fan_alias).expect("the fan")["value"], "1");
+    assert_eq!(std::fs::read_to_string(&fan).unwrap().trim(), "1");
+
+    // Not on the allow-list: refused, the file keeps its value.
+    send(
+        &broker,
+        &pki,
+        &dir,
+        ncmd,
+        json!({
+            "timestamp": 3, "metrics": [{ "name": "Actuators/fan", "type": "String", "value": "7" }]
+        }),
+    );
+    assert!(agent.wait_log("NCMD write refused", Duration::from_secs(5)));
+    assert!(
+        agent.log().contains("value \\\"7\\\" is not allowed")
+            || agent.log().contains("value \"7\" is not allowed")
+    );
+    assert_eq!(std::fs::read_to_string(&fan).unwrap().trim(), "1");
+    // Anything else is ignored with a log line, and so is a payload that is not Sparkplug.
+    send(
+        &broker,
+        &pki,
+        &dir,
+        ncmd,
+        json!({
+            "timestamp": 4, "metrics": [{ "name": "Sensors/cpu_temp", "type": "Double", "value": 1.5 }]
+        }),
+    );
+    assert!(agent.wait_log("NCMD metric ignored", Duration::from_secs(5)));
+    crate::broker::publish(&broker, &pki, ncmd, "not protobuf at all \u{1}\u{2}");
+    assert!(agent.wait_log("NCMD ignored", Duration::from_secs(5)));
+    // Still an edge node in good standing.
+    temperature(&dir, 60_000);
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    assert_eq!(
+        data.by_alias(&rebirth.metric("Sensors/cpu_temp")["alias"])
+            .expect("cpu_temp")["value"],
+        60.0
+    );
+}
+
+#[test]
+fn birth_waits_for_the_primary_host_and_dies_when_it_goes_offline() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
+    let (setup, _) = setup(&dir, "sp-node-5", &broker, true);
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert!(agent.wait_log("Connected.", Duration::from_secs(10)));
+    // No STATE yet: no birth.
+    let early = sub.collect(Duration::from_millis(1500));
+    assert!(
+        early.iter().all(|m| !m.topic.contains("/NBIRTH/")),
+        "NBIRTH before the primary host was online"
+    );
+
+    retain_state(&broker, &pki, true, 1000);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(5));
+    // The host goes offline: NDEATH, disconnect.
+    retain_state(&broker, &pki, false, 2000);
+    let death = next(&sub, "NDEATH", Duration::from_secs(5));
+    assert_eq!(death.bd_seq(), birth.bd_seq());
+    assert!(agent.wait_log("Primary host offline", Duration::from_secs(5)));
+    // Back online: a new session (bdSeq advanced) and a new birth.
+    retain_state(&broker, &pki, true, 3000);
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(rebirth.bd_seq(), birth.bd_seq() + 1);
+}
