@@ -96,7 +96,7 @@ fn main() {
                                 delivered += 1;
                             }
                         }
-                        () = tokio::time::sleep_until(delivery.ready_at().into()) => {}
+                        () = tokio::time::sleep_until(delivery.ready_at()) => {}
                     }
                 }
             }
