@@ -115,6 +115,7 @@ start_mosquitto() {
   cat > "$dir/mosquitto.conf" <<CONF
 user root
 persistence false
+set_tcp_nodelay true
 log_dest file $dir/mosquitto.log
 listener $port 127.0.0.1
 cafile $dir/pki/ca.pem

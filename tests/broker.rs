@@ -153,7 +153,7 @@ impl Broker {
             "use_identity_as_username true\n"
         };
         let config = format!(
-            "user root\npersistence false\nlog_dest file {log}\nlog_type all\n\
+            "user root\nset_tcp_nodelay true\npersistence false\nlog_dest file {log}\nlog_type all\n\
              listener {port} 127.0.0.1\ncafile {ca}\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n\
              require_certificate true\n{identity}{extra}\n",
             log = log.display(),
