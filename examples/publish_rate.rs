@@ -9,6 +9,12 @@
 //!   and drained by `Delivery` (a window of 10 in flight, leaving the outbox on PUBACK), with
 //!   `broker.drain_rate` as configured (bench/run sets it high).
 //!
+//!
+//!   publish_rate CONFIG 1 COUNT backlog
+//!
+//! queues the COUNT messages in the outbox first and then drains them: the path of a backlog
+//! after an outage (the messages are on disk already; sending them costs no fsync).
+//!
 //! Rates are measured by bench/run at a subscriber; this prints the publisher's own elapsed time.
 
 use std::time::{Duration, Instant};
@@ -19,10 +25,11 @@ use fieldagent::outbox::{Kind, Outbox};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: publish_rate CONFIG QOS COUNT";
+    let usage = "usage: publish_rate CONFIG QOS COUNT [backlog]";
     let path = std::path::PathBuf::from(args.next().expect(usage));
     let qos: u8 = args.next().expect(usage).parse().expect(usage);
     let count: usize = args.next().expect(usage).parse().expect(usage);
+    let backlog = args.next().as_deref() == Some("backlog");
     let (config, _) = fieldagent::config::load(&path).expect("config loads");
     let identity = fieldagent::identity::resolve(config.config()).expect("identity");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -47,7 +54,7 @@ fn main() {
                 r#"{{"id":"bench:overtemp:{i}","ts":1764143000000,"alert":"overtemp","state":"raised","sensor":"cpu_temp","value":81.25,"threshold":80,"severity":"critical"}}"#
             )
         };
-        let start = Instant::now();
+        let mut start = Instant::now();
         if qos == 0 {
             // As live telemetry goes (`Session::publish`), keeping at most 64 ahead of what Paho
             // has written: Paho C queues at most 100 commands (its max_buffered_messages) and
@@ -77,6 +84,13 @@ fn main() {
             let (mut delivery, mut done_rx) =
                 Delivery::new(outbox, broker.drain_rate, Duration::from_secs(30));
             let mut pushed = 0;
+            if backlog {
+                while pushed < count {
+                    delivery.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
+                    pushed += 1;
+                }
+                start = Instant::now();
+            }
             let mut delivered = 0;
             while delivered < count {
                 if pushed < count {

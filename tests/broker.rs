@@ -281,7 +281,12 @@ impl Subscriber {
 
     /// For binary payloads (Sparkplug B): each payload arrives as hex.
     pub fn start_hex(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
-        Subscriber::start_format(broker, pki, topic, 1, "observer", "%r %t %x")
+        Subscriber::start_hex_as(broker, pki, topic, "observer")
+    }
+
+    /// As `start_hex`, as the client `name` (its certificate CN).
+    pub fn start_hex_as(broker: &Broker, pki: &BrokerPki, topic: &str, name: &str) -> Subscriber {
+        Subscriber::start_format(broker, pki, topic, 1, name, "%r %t %x")
     }
 
     fn start_format(

@@ -12,7 +12,7 @@ use crate::broker::{free_port, Broker, BrokerPki, Subscriber};
 use crate::daemon::{Agent, Setup};
 use crate::util::TestDir;
 
-const OPERATOR: &str = "fleet-operator";
+pub(crate) const OPERATOR: &str = "fleet-operator";
 
 fn shipped(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,7 +21,7 @@ fn shipped(name: &str) -> std::path::PathBuf {
 }
 
 /// The shipped mosquitto config with the machine-specific lines rewritten; each must exist.
-fn shipped_broker(dir: &TestDir, pki: &BrokerPki) -> Broker {
+pub(crate) fn shipped_broker(dir: &TestDir, pki: &BrokerPki) -> Broker {
     let port = free_port();
     let text = std::fs::read_to_string(shipped("fieldagent.conf")).unwrap();
     let persistence = dir.path().join("mosquitto-db/");
@@ -64,7 +64,13 @@ fn shipped_broker(dir: &TestDir, pki: &BrokerPki) -> Broker {
 
 /// Publishes `payload` to `topic` at QoS 1 as a client with certificate CN `cn`; whether the
 /// broker let the client connect.
-fn publish_as(broker: &Broker, pki: &BrokerPki, cn: &str, topic: &str, payload: &str) -> bool {
+pub(crate) fn publish_as(
+    broker: &Broker,
+    pki: &BrokerPki,
+    cn: &str,
+    topic: &str,
+    payload: &str,
+) -> bool {
     pki.client_cn("mosquitto_pub", broker, &format!("{cn}-tool"), cn)
         .args(["-t", topic, "-q", "1", "-m", payload])
         .stderr(Stdio::null())

@@ -100,10 +100,14 @@ fn next(sub: &Subscriber, kind: &str, within: Duration) -> Decoded {
 
 /// Publishes `payload` (Tahu's form) encoded by Tahu, as the SCADA host would.
 fn send(broker: &Broker, pki: &BrokerPki, dir: &TestDir, topic: &str, payload: Value) {
+    send_as(broker, pki, dir, topic, payload, "operator");
+}
+
+fn send_as(broker: &Broker, pki: &BrokerPki, dir: &TestDir, topic: &str, payload: Value, cn: &str) {
     let bytes = tahu("encode", payload.to_string().as_bytes());
     let file = dir.write("ncmd.bin", bytes);
     let status = pki
-        .client("mosquitto_pub", broker, "operator")
+        .client("mosquitto_pub", broker, cn)
         .args(["-t", topic, "-q", "1", "-f", file.to_str().unwrap()])
         .status()
         .unwrap();
@@ -385,4 +389,44 @@ fn birth_waits_for_the_primary_host_and_dies_when_it_goes_offline() {
     retain_state(&broker, &pki, true, 3000);
     let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!(rebirth.bd_seq(), birth.bd_seq() + 1);
+}
+
+#[test]
+fn the_shipped_acl_lets_an_edge_node_speak_for_itself_only() {
+    use crate::fleet_broker::{publish_as, shipped_broker, OPERATOR};
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = shipped_broker(&dir, &pki);
+    let host = Subscriber::start_hex_as(&broker, &pki, "spBv1.0/#", OPERATOR);
+    let (setup, _) = setup(&dir, "sp-node-6", &broker, false);
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&host, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(birth.topic, "spBv1.0/plant1/NBIRTH/sp-node-6");
+    // The operator's NCMD reaches the node (its read pattern), and its rebirth comes back.
+    send_as(
+        &broker,
+        &pki,
+        &dir,
+        "spBv1.0/plant1/NCMD/sp-node-6",
+        json!({ "timestamp": 1, "metrics": [{ "name": "Node Control/Rebirth", "type": "Boolean", "value": true }] }),
+        OPERATOR,
+    );
+    let rebirth = next(&host, "NBIRTH", Duration::from_secs(5));
+    assert_eq!(rebirth.bd_seq(), birth.bd_seq());
+    // Another device cannot speak for this node: the broker drops its NDATA and NDEATH.
+    for kind in ["NDATA", "NDEATH"] {
+        assert!(publish_as(
+            &broker,
+            &pki,
+            "node-x",
+            &format!("spBv1.0/plant1/{kind}/sp-node-6"),
+            "forged"
+        ));
+    }
+    let forged = host.collect(Duration::from_millis(800));
+    assert!(
+        forged.iter().all(|m| m.payload != "666f72676564"),
+        "a forged message got through: {forged:?}\n{}",
+        agent.log()
+    );
 }
