@@ -163,7 +163,10 @@ pub fn parse(
                     known.join(", ")
                 )));
             };
-            allowed_write(actuator, value).map_err(refuse)?
+            Action::Write {
+                file: actuator.file.clone(),
+                value: allowed_value(actuator, value).map_err(refuse)?,
+            }
         }
     };
     Ok(Command {
@@ -174,8 +177,8 @@ pub fn parse(
     })
 }
 
-/// A write to `actuator`, if its allow-list has `value`; else why not.
-pub fn allowed_write(actuator: &ActuatorConfig, value: Option<String>) -> Result<Action, String> {
+/// `value`, if `actuator`'s allow-list has it; else why not.
+pub fn allowed_value(actuator: &ActuatorConfig, value: Option<String>) -> Result<String, String> {
     let name = &actuator.name;
     let Some(value) = value else {
         return Err(format!(
@@ -190,10 +193,7 @@ pub fn allowed_write(actuator: &ActuatorConfig, value: Option<String>) -> Result
             actuator.values.join(", ")
         ));
     }
-    Ok(Action::Write {
-        file: actuator.file.clone(),
-        value,
-    })
+    Ok(value)
 }
 
 /// Writes an actuator's value. Only paths from the allow-list ever reach this.

@@ -162,6 +162,11 @@ const NOT_A_SERIAL: &[&str] = &[
     "0123456789",
 ];
 
+/// A sysfs or device-tree text value without its NUL terminator and surrounding whitespace.
+pub(crate) fn trim_sysfs(text: &str) -> &str {
+    text.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+}
+
 /// The outer error refuses an unfit serial; the inner one says why there was none.
 fn from_serial(sysfs_root: &Path) -> Result<Result<Identity, String>, IdentityError> {
     let mut why = Vec::new();
@@ -173,7 +178,7 @@ fn from_serial(sysfs_root: &Path) -> Result<Result<Identity, String>, IdentityEr
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
-                let serial = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+                let serial = trim_sysfs(&text);
                 if NOT_A_SERIAL.contains(&serial.to_ascii_lowercase().as_str()) {
                     why.push(format!(
                         "{} holds no real serial (\"{serial}\")",

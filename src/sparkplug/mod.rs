@@ -302,18 +302,7 @@ impl Node {
     /// while the node was offline).
     pub fn historical(&self, name: &str, value: MetricValue, ts: u64) -> Option<Metric> {
         let index = *self.by_name.get(name)?;
-        let def = &self.defs[index];
-        let mut metric = to_metric(
-            index,
-            &Def {
-                name: String::new(),
-                datatype: def.datatype,
-                current: value,
-                ts,
-                sent: None,
-                deadband: 0.0,
-            },
-        );
+        let mut metric = metric(index, self.defs[index].datatype, &value, ts);
         metric.is_historical = Some(true);
         Some(metric)
     }
@@ -419,13 +408,18 @@ fn encode(ts: u64, seq: u8, metrics: Vec<Metric>) -> Vec<u8> {
 }
 
 fn to_metric(index: usize, def: &Def) -> Metric {
+    metric(index, def.datatype, &def.current, def.ts)
+}
+
+/// A metric by alias (`index` + 1), without its name.
+fn metric(index: usize, datatype: DataType, value: &MetricValue, ts: u64) -> Metric {
     let mut metric = Metric {
         alias: Some(index as u64 + 1),
-        timestamp: Some(def.ts),
-        datatype: Some(def.datatype as u32),
+        timestamp: Some(ts),
+        datatype: Some(datatype as u32),
         ..Metric::default()
     };
-    match &def.current {
+    match value {
         MetricValue::Double(value) => metric.value = Some(Value::DoubleValue(*value)),
         MetricValue::Boolean(value) => metric.value = Some(Value::BooleanValue(*value)),
         MetricValue::Text(value) => metric.value = Some(Value::StringValue(value.clone())),
@@ -492,20 +486,17 @@ pub fn next_bd_seq(state_dir: &Path) -> u64 {
 
 /// The board's name: the device tree's model, else DMI's product name, else the architecture.
 fn hardware(sysfs_root: &Path) -> String {
-    let root = sysfs_root.to_string_lossy();
-    let base = root.trim_end_matches('/');
-    for path in [
-        format!("{base}/firmware/devicetree/base/model"),
-        format!("{base}/class/dmi/id/product_name"),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let text = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
-            if !text.is_empty() {
-                return text.to_owned();
-            }
-        }
-    }
-    std::env::consts::ARCH.to_owned()
+    [
+        "firmware/devicetree/base/model",
+        "class/dmi/id/product_name",
+    ]
+    .iter()
+    .find_map(|relative| {
+        let bytes = std::fs::read(sysfs_root.join(relative)).ok()?;
+        let text = crate::identity::trim_sysfs(&String::from_utf8_lossy(&bytes)).to_owned();
+        (!text.is_empty()).then_some(text)
+    })
+    .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }
 
 #[cfg(test)]

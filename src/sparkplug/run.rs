@@ -264,8 +264,12 @@ where
                 service::notify(&[NotifyState::Ready]);
             }
             () = tokio::time::sleep_until(next_attempt), if edge.connected_since.is_none() => {
-                // Saved before the connect: a crash after it never reuses this bdSeq.
-                let bd_seq = super::next_bd_seq(&config.config().state_dir);
+                // Saved (fsynced, off the event loop) before the connect: a crash after it never
+                // reuses this bdSeq.
+                let state_dir = config.config().state_dir.clone();
+                let bd_seq = tokio::task::spawn_blocking(move || super::next_bd_seq(&state_dir))
+                    .await
+                    .unwrap_or_default();
                 edge.node.bd_seq = bd_seq;
                 edge.session.set_will(Outgoing {
                     topic: edge.topics.ndeath.clone(),
@@ -421,24 +425,19 @@ async fn write_actuator(edge: &mut Edge, config: &ValidConfig, name: &str, value
         tracing::warn!(actuator = %name, "NCMD write to an unknown actuator ignored.");
         return;
     };
-    let action = match crate::commands::allowed_write(&actuator, Some(value)) {
-        Ok(action) => action,
+    let value = match crate::commands::allowed_value(&actuator, Some(value)) {
+        Ok(value) => value,
         Err(why) => {
             tracing::warn!(actuator = %name, reason = %why, "NCMD write refused.");
             return;
         }
     };
-    let crate::commands::Action::Write { file, value } = action else {
-        return;
-    };
-    let written = {
-        let file = file.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = crate::commands::write(&file, &value).map(|()| value);
-            (result, actuator_value(&file))
-        })
-        .await
-    };
+    let file = actuator.file;
+    let written = tokio::task::spawn_blocking(move || {
+        let result = crate::commands::write(&file, &value).map(|()| value);
+        (result, actuator_value(&file))
+    })
+    .await;
     let Ok((result, now)) = written else { return };
     match result {
         Ok(value) => tracing::info!(actuator = %name, value = %value, "Actuator written (NCMD)."),
