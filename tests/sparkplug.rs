@@ -430,3 +430,55 @@ fn the_shipped_acl_lets_an_edge_node_speak_for_itself_only() {
         agent.log()
     );
 }
+
+#[test]
+fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
+    use crate::proxy::{Mode, Proxy};
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    // Nothing answers behind the proxy yet: the node starts offline.
+    let proxy = Proxy::start(broker.port, Mode::Refuse);
+    let (mut setup, _) = setup(&dir, "sp-node-7", &broker, false);
+    setup.urls = vec![proxy.url()];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    assert!(agent.wait_log("Cannot connect.", Duration::from_secs(10)));
+    // Raised and cleared while no birth stands.
+    temperature(&dir, 85_000);
+    assert!(
+        agent.wait_log(
+            "alert=overtemp sensor=cpu_temp state=Raised",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        agent.log()
+    );
+    temperature(&dir, 70_000);
+    assert!(
+        agent.wait_log(
+            "alert=overtemp sensor=cpu_temp state=Cleared",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        agent.log()
+    );
+
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    proxy.set(Mode::Forward);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let alert = birth.metric("Alerts/overtemp");
+    assert_eq!(alert["value"], false, "the birth carries the current state");
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    let history: Vec<&Value> = data
+        .metrics()
+        .iter()
+        .filter(|m| m["alias"] == alert["alias"])
+        .collect();
+    assert_eq!(history.len(), 2, "{}", data.payload);
+    assert!(history.iter().all(|m| m["isHistorical"] == true));
+    assert_eq!(
+        (&history[0]["value"], &history[1]["value"]),
+        (&json!(true), &json!(false))
+    );
+    assert!(history[0]["timestamp"].as_u64() <= history[1]["timestamp"].as_u64());
+}
