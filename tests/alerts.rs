@@ -42,7 +42,7 @@ fn raise_and_clear_with_hysteresis_once_each_at_qos_2() {
     // 72 clears.
     set_temp(&dir, 85_000);
     let raised = alert(&subscriber, "raised", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.log()));
+        .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.report()));
     assert_eq!(raised["sensor"], "cpu_temp");
     assert_eq!(raised["value"], 85.0);
     assert_eq!(raised["threshold"], 80.0);
@@ -116,7 +116,7 @@ fn a_restart_while_raised_does_not_raise_again() {
     set_temp(&dir, 90_000);
     let mut agent = start(&dir);
     let raised = alert(&subscriber, "raised", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.log()));
+        .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.report()));
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
 

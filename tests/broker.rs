@@ -51,8 +51,11 @@ impl BrokerPki {
     /// as a device without replacing the running agent's certificate).
     pub fn client_cn(&self, program: &str, broker: &Broker, file: &str, cn: &str) -> Command {
         let (cert, key) = self.issue(file, cn, false);
-        let mut command = Command::new(program);
+        // Line-buffered stdout (stdbuf execs the program, so the PID is its own): a reader sees
+        // each line, messages and `-d` protocol lines alike, when it is printed.
+        let mut command = Command::new("stdbuf");
         command
+            .args(["-oL", program])
             .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
             .arg("--cafile")
             .arg(&self.ca)
@@ -297,19 +300,32 @@ impl Subscriber {
         name: &str,
         format: &str,
     ) -> Subscriber {
+        // `-d` prints the protocol exchange on stdout too: its SUBACK line says the subscription
+        // stands, so no message published after `start` returns can be missed. Messages are the
+        // lines that begin with the retain flag (`%r`: 0 or 1); the debug lines begin with words.
         let mut child = pki
             .client("mosquitto_sub", broker, name)
-            .args(["-t", topic, "-q", &qos.to_string(), "-F", format])
+            .args(["-d", "-t", topic, "-q", &qos.to_string(), "-F", format])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub is installed");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let (subscribed_tx, subscribed) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let mut parts = line.splitn(3, ' ');
-                let retained = parts.next() == Some("1");
+                let retained = match parts.next() {
+                    Some("0") => false,
+                    Some("1") => true,
+                    _ => {
+                        if line.ends_with("received SUBACK") {
+                            let _ = subscribed_tx.send(());
+                        }
+                        continue;
+                    }
+                };
                 let topic = parts.next().unwrap_or_default().to_owned();
                 let payload = parts.next().unwrap_or_default().to_owned();
                 if tx
@@ -324,8 +340,12 @@ impl Subscriber {
                 }
             }
         });
-        // mosquitto_sub prints nothing when subscribed; give it a moment to get there.
-        std::thread::sleep(Duration::from_millis(300));
+        // SUBACK, or the end of its output (it could not connect: the test sees no messages).
+        if let Err(mpsc::RecvTimeoutError::Timeout) =
+            subscribed.recv_timeout(Duration::from_secs(20))
+        {
+            panic!("mosquitto_sub on {topic} as {name}: no SUBACK within 20 s");
+        }
         Subscriber { child, lines }
     }
 

@@ -189,6 +189,20 @@ sensors:
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log, and whether the process still runs (a crash by signal leaves no log line).
+    pub fn report(&self) -> String {
+        let pid = self.child.id();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
+            .flatten();
+        let state = match state {
+            Some('Z') | None => "has ended",
+            Some(_) => "is running",
+        };
+        format!("{}[agent process {pid} {state}]", self.log())
+    }
 }
 
 impl Drop for Agent {
@@ -677,9 +691,21 @@ fn telemetry_made_offline_is_kept_up_to_the_bound_and_sent_in_order() {
     setup.telemetry = "{ interval_s: 0.2, buffer_while_offline: 3 }".to_owned();
     // Retries every 2 s exactly, so the subscriber below is ready before the agent is back.
     setup.reconnect = "{ initial_s: 2, max_s: 2, jitter: 0 }".to_owned();
-    let agent = Agent::start_with(&dir, &pki, setup);
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-b/#");
+    let agent = Agent::start_with(&dir, &pki, setup);
     online(&subscriber, "node-b", Duration::from_secs(10)).expect("online");
+    // The missing chip's sensor_fault (QoS 1) is acknowledged before the broker goes, so the
+    // outbox holds telemetry only below: the alert, then a telemetry message made after it.
+    subscriber
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic == "devices/node-b/alerts"
+        })
+        .expect("the sensor_fault alert");
+    subscriber
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic == "devices/node-b/telemetry"
+        })
+        .expect("telemetry after the alert");
 
     // Offline for a while: about ten samples are made, the last three are kept.
     let broker = broker.restart_after(&pki, Duration::from_millis(2500));
