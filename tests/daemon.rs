@@ -158,6 +158,10 @@ sensors:
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
@@ -431,6 +435,74 @@ fn a_dead_first_url_fails_over_to_the_second() {
     let agent = Agent::start_with(&dir, &pki, setup);
     online(&subscriber, "node-f", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no online status; agent log:\n{}", agent.log()));
+}
+
+/// A listening socket whose accept queue is full, so the kernel drops every further SYN: a TCP
+/// connect to it stays pending, as to a broker behind a firewall that drops, or in a storm.
+struct Blackhole {
+    listener: std::net::TcpListener,
+    _held: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    fn start() -> Blackhole {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // A backlog of 0 keeps one connection waiting for accept(), which never comes.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let address = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        while let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300))
+        {
+            held.push(stream);
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+        Blackhole {
+            listener,
+            _held: held,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtts://{}", self.listener.local_addr().unwrap())
+    }
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    // Fields 14 and 15 of proc(5), counted from the state (field 3) here.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_pending_tcp_connect_does_not_spin() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let blackhole = Blackhole::start();
+    let mut setup = Setup::new("node-p", &broker);
+    setup.urls = vec![blackhole.url()];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    // Paho C as released polls without a timeout while a connect is pending: a whole core for
+    // the 3 s of connect_timeout_s (vendor/paho-mqtt-sys/FIELDAGENT.md).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(agent.pid()) - before;
+    assert!(
+        used <= 20,
+        "{used} ticks of CPU in 2 s while the TCP connect hangs; log:\n{}",
+        agent.log()
+    );
+    // The connect still times out, and says so.
+    assert!(
+        agent.wait_log("TCP connect timeout", Duration::from_secs(8)),
+        "{}",
+        agent.report()
+    );
 }
 
 #[test]

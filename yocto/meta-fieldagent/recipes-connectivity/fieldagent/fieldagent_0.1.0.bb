@@ -5,11 +5,14 @@ HOMEPAGE = "https://github.com/fieldagent/fieldagent"
 BUGTRACKER = "https://github.com/fieldagent/fieldagent/issues"
 SECTION = "net"
 CVE_PRODUCT = "fieldagent"
-LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
+# Eclipse Paho C (vendor/paho-mqtt-sys, linked in statically) is EPL-2.0 or EDL-1.0 (BSD-3-Clause).
+LICENSE = "Apache-2.0 & (EPL-2.0 | BSD-3-Clause)"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57 \
+                    file://vendor/paho-mqtt-sys/paho.mqtt.c/epl-v20;md5=d9fc0efef5228704e7f5b37f27192723 \
+                    file://vendor/paho-mqtt-sys/paho.mqtt.c/edl-v10;md5=3adfcc70f5aeb7a44f3f9b495aa1fbf3"
 
-# paho-mqtt-sys builds the bundled Eclipse Paho C with CMake against the target's OpenSSL;
-# openssl-sys finds it through pkg-config.
+# paho-mqtt-sys (in vendor/, patched: see vendor/paho-mqtt-sys/FIELDAGENT.md) builds Eclipse
+# Paho C with CMake against the target's OpenSSL; openssl-sys finds it through pkg-config.
 DEPENDS = "cmake-native openssl"
 
 SRC_URI = "git://github.com/fieldagent/fieldagent.git;protocol=https;branch=main"
