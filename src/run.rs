@@ -172,6 +172,8 @@ where
         key_pair.as_ref().map(|store| &store.files),
         Profile::Plain,
     )?;
+    // Said before the state files are opened: on slow flash their fsyncs can take a while.
+    tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
     let mut cert_watch = tokio::time::interval(CERT_WATCH);
     cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangups = reload_from.as_ref().map(|_| crate::service::hangups());
@@ -181,7 +183,6 @@ where
     )));
     let started = Instant::now();
     let (mut delivery, mut done_rx) = open_outbox(&config);
-    tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.");
 
     let (telemetry_tx, mut telemetry) = mpsc::channel::<String>(TELEMETRY_QUEUE);
     let queue_full = Arc::new(AtomicU64::new(0));

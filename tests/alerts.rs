@@ -41,7 +41,9 @@ fn raise_and_clear_with_hysteresis_once_each_at_qos_2() {
     // The fake tree starts at 48.25 °C: nothing. Then the ramp: 85 raises, 78 holds (hysteresis),
     // 72 clears.
     set_temp(&dir, 85_000);
-    let raised = alert(&subscriber, "raised", Duration::from_secs(10))
+    // 30 s, not 10: these tests start first, when a fresh CI machine may still be writing back
+    // the build, and the agent's first fsyncs wait for it.
+    let raised = alert(&subscriber, "raised", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.report()));
     assert_eq!(raised["sensor"], "cpu_temp");
     assert_eq!(raised["value"], 85.0);
@@ -75,7 +77,7 @@ fn a_failing_sensor_raises_sensor_fault_until_it_reads_again() {
     let agent = Agent::start(&dir, &pki, &broker, "node-f");
     // `gone` never reads: its fault is raised once, right away.
     let fault = subscriber
-        .wait_for(Duration::from_secs(10), |m| {
+        .wait_for(Duration::from_secs(30), |m| {
             m.payload.contains(r#""sensor":"gone""#)
         })
         .unwrap_or_else(|| panic!("no sensor_fault; agent log:\n{}", agent.log()));
@@ -115,7 +117,7 @@ fn a_restart_while_raised_does_not_raise_again() {
     crate::util::fake_sysfs(&dir);
     set_temp(&dir, 90_000);
     let mut agent = start(&dir);
-    let raised = alert(&subscriber, "raised", Duration::from_secs(10))
+    let raised = alert(&subscriber, "raised", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no raise; agent log:\n{}", agent.report()));
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
