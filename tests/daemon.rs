@@ -190,6 +190,15 @@ sensors:
         false
     }
 
+    /// As `wait_log`, failing the test with the log when `needle` does not come.
+    pub fn expect_log(&self, needle: &str, within: Duration) {
+        assert!(
+            self.wait_log(needle, within),
+            "no \"{needle}\" in the log within {within:?}:\n{}",
+            self.report()
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -197,12 +206,8 @@ sensors:
     /// The log, and whether the process still runs (a crash by signal leaves no log line).
     pub fn report(&self) -> String {
         let pid = self.child.id();
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
-            .flatten();
-        let state = match state {
-            Some('Z') | None => "has ended",
+        let state = match proc_stat(pid).as_ref().map(|fields| fields[0].as_str()) {
+            Some("Z") | None => "has ended",
             Some(_) => "is running",
         };
         format!("{}[agent process {pid} {state}]", self.log())
@@ -338,11 +343,7 @@ fn online_status_telemetry_and_a_clean_stop() {
     // The broker kept the persistent session across the agent's restart.
     let again = Agent::start(&dir, &pki, &broker, "node-1");
     online(&subscriber, "node-1", Duration::from_secs(10)).expect("online again");
-    assert!(
-        again.wait_log("session_present=true", Duration::from_secs(5)),
-        "{}",
-        again.log()
-    );
+    again.expect_log("session_present=true", Duration::from_secs(5));
 }
 
 #[test]
@@ -469,11 +470,18 @@ impl Blackhole {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` from the state (field 3 of proc(5)) on; `None` once the
+/// process is gone.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split(' ').map(str::to_owned).collect())
+}
+
 /// utime + stime of every thread of `pid`, in clock ticks (1/100 s).
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    // Fields 14 and 15 of proc(5), counted from the state (field 3) here.
+    let fields = proc_stat(pid).expect("the agent runs");
+    // Fields 14 and 15 of proc(5), counted from the state here.
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
@@ -498,11 +506,7 @@ fn a_pending_tcp_connect_does_not_spin() {
         agent.log()
     );
     // The connect still times out, and says so.
-    assert!(
-        agent.wait_log("TCP connect timeout", Duration::from_secs(8)),
-        "{}",
-        agent.report()
-    );
+    agent.expect_log("TCP connect timeout", Duration::from_secs(8));
 }
 
 #[test]
@@ -797,11 +801,7 @@ fn telemetry_made_offline_is_kept_up_to_the_bound_and_sent_in_order() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(seqs[1], seqs[0] + 1, "{seqs:?}");
     assert_eq!(seqs[2], seqs[1] + 1, "{seqs:?}");
-    assert!(
-        agent.wait_log("queued=3", Duration::from_secs(2)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("queued=3", Duration::from_secs(2));
     // The first one after the gap says how many were lost before it.
     let first = first.unwrap();
     assert!(first["dropped"].as_u64().unwrap_or(0) >= 3, "{first}");

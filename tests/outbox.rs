@@ -86,11 +86,7 @@ fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// With the agent offline (its connect refused), raises all `rules` alerts, then clears them
 /// when `clear`: `rules` or `2 * rules` events, each seen in the agent's log.
 fn make_alerts_offline(dir: &TestDir, agent: &Agent, rules: usize, clear: bool) {
-    assert!(
-        agent.wait_log("Cannot connect.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Cannot connect.", Duration::from_secs(10));
     set_level(dir, 100);
     assert!(
         wait_until(Duration::from_secs(10), || logged_alerts(agent) == rules),
@@ -145,11 +141,7 @@ fn three_broker_kills_mid_stream_lose_no_alert_and_keep_the_order() {
     let proxy = Proxy::start(port, Mode::Forward);
     let mut subscriber = Subscriber::start(&broker, &pki, "devices/node-o2/alerts");
     let agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o2", &broker, &proxy, 1));
-    assert!(
-        agent.wait_log("Connected.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Connected.", Duration::from_secs(10));
 
     // The value flips every 150 ms on a thread: one raise or clear per flip, all through the test.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -250,13 +242,9 @@ fn a_hundred_alerts_queued_offline_survive_kill_9_of_the_agent() {
     drop(agent);
 
     let agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o3", &broker, &proxy, 50));
-    assert!(
-        agent.wait_log(
-            "messages from an earlier run will be delivered",
-            Duration::from_secs(10)
-        ),
-        "{}",
-        agent.log()
+    agent.expect_log(
+        "messages from an earlier run will be delivered",
+        Duration::from_secs(10),
     );
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-o3/alerts");
     proxy.set(Mode::Forward);
@@ -277,11 +265,7 @@ fn a_blackholed_link_is_noticed_within_one_and_a_half_keepalives() {
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-o4/alerts");
     // Setup's keepalive is 2 s.
     let agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o4", &broker, &proxy, 1));
-    assert!(
-        agent.wait_log("Connected.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Connected.", Duration::from_secs(10));
     set_level(&dir, 100);
     let got = receive(&subscriber, 1, Duration::from_secs(10));
     assert_eq!(first_arrivals(&counters(&got)).len(), 1, "{}", agent.log());
@@ -289,11 +273,7 @@ fn a_blackholed_link_is_noticed_within_one_and_a_half_keepalives() {
     let cut = Instant::now();
     proxy.set(Mode::Blackhole);
     set_level(&dir, 0);
-    assert!(
-        agent.wait_log("Connection lost.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Connection lost.", Duration::from_secs(10));
     let noticed = cut.elapsed();
     assert!(
         noticed <= Duration::from_millis(3000),
@@ -333,11 +313,7 @@ fn a_damaged_store_is_moved_aside_and_the_agent_goes_on() {
     std::fs::write(&store, &bytes).unwrap();
 
     let agent = Agent::start_with(&dir, &pki, setup(&dir, "node-o5", &broker, &proxy, 5));
-    assert!(
-        agent.wait_log("Outbox damaged", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Outbox damaged", Duration::from_secs(10));
     let aside: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(Result::ok)
@@ -351,11 +327,7 @@ fn a_damaged_store_is_moved_aside_and_the_agent_goes_on() {
     // It keeps working: what was before the damage and a new alert arrive.
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-o5/alerts");
     proxy.set(Mode::Forward);
-    assert!(
-        agent.wait_log("Connected.", Duration::from_secs(10)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Connected.", Duration::from_secs(10));
     set_level(&dir, 0);
     let got = receive(&subscriber, 5, Duration::from_secs(10));
     let arrived = first_arrivals(&counters(&got));
@@ -424,11 +396,7 @@ fn a_full_disk_is_reported_and_the_agent_goes_on_in_memory() {
     config.state_tmpfs_kib = Some(32);
     let agent = Agent::start_with(&dir, &pki, config);
     make_alerts_offline(&dir, &agent, 40, true);
-    assert!(
-        agent.wait_log("Outbox: cannot write to state_dir", Duration::from_secs(5)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Outbox: cannot write to state_dir", Duration::from_secs(5));
     let said = agent
         .log()
         .lines()

@@ -231,11 +231,7 @@ fn journal_stream_of_another_file_keeps_stderr() {
     let mut setup = Setup::new("node-s", &broker);
     setup.env = vec![("JOURNAL_STREAM".to_owned(), "1:1".to_owned())];
     let mut agent = Agent::start_with(&dir, &pki, setup);
-    assert!(
-        agent.wait_log("Connected.", Duration::from_secs(15)),
-        "{}",
-        agent.log()
-    );
+    agent.expect_log("Connected.", Duration::from_secs(15));
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
 }

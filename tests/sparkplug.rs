@@ -333,7 +333,7 @@ fn ncmd_rebirth_and_actuator_writes_through_the_allow_list() {
             "timestamp": 3, "metrics": [{ "name": "Actuators/fan", "type": "String", "value": "7" }]
         }),
     );
-    assert!(agent.wait_log("NCMD write refused", Duration::from_secs(5)));
+    agent.expect_log("NCMD write refused", Duration::from_secs(5));
     assert!(
         agent.log().contains("value \\\"7\\\" is not allowed")
             || agent.log().contains("value \"7\" is not allowed")
@@ -349,9 +349,9 @@ fn ncmd_rebirth_and_actuator_writes_through_the_allow_list() {
             "timestamp": 4, "metrics": [{ "name": "Sensors/cpu_temp", "type": "Double", "value": 1.5 }]
         }),
     );
-    assert!(agent.wait_log("NCMD metric ignored", Duration::from_secs(5)));
+    agent.expect_log("NCMD metric ignored", Duration::from_secs(5));
     crate::broker::publish(&broker, &pki, ncmd, "not protobuf at all \u{1}\u{2}");
-    assert!(agent.wait_log("NCMD ignored", Duration::from_secs(5)));
+    agent.expect_log("NCMD ignored", Duration::from_secs(5));
     // Still an edge node in good standing.
     temperature(&dir, 60_000);
     let data = next(&sub, "NDATA", Duration::from_secs(5));
@@ -370,7 +370,7 @@ fn birth_waits_for_the_primary_host_and_dies_when_it_goes_offline() {
     let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
     let (setup, _) = setup(&dir, "sp-node-5", &broker, true);
     let agent = Agent::start_with(&dir, &pki, setup);
-    assert!(agent.wait_log("Connected.", Duration::from_secs(10)));
+    agent.expect_log("Connected.", Duration::from_secs(10));
     // No STATE yet: no birth.
     let early = sub.collect(Duration::from_millis(1500));
     assert!(
@@ -384,7 +384,7 @@ fn birth_waits_for_the_primary_host_and_dies_when_it_goes_offline() {
     retain_state(&broker, &pki, false, 2000);
     let death = next(&sub, "NDEATH", Duration::from_secs(5));
     assert_eq!(death.bd_seq(), birth.bd_seq());
-    assert!(agent.wait_log("Primary host offline", Duration::from_secs(5)));
+    agent.expect_log("Primary host offline", Duration::from_secs(5));
     // Back online: a new session (bdSeq advanced) and a new birth.
     retain_state(&broker, &pki, true, 3000);
     let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
@@ -442,25 +442,17 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
     let (mut setup, _) = setup(&dir, "sp-node-7", &broker, false);
     setup.urls = vec![proxy.url()];
     let agent = Agent::start_with(&dir, &pki, setup);
-    assert!(agent.wait_log("Cannot connect.", Duration::from_secs(10)));
+    agent.expect_log("Cannot connect.", Duration::from_secs(10));
     // Raised and cleared while no birth stands.
     temperature(&dir, 85_000);
-    assert!(
-        agent.wait_log(
-            "alert=overtemp sensor=cpu_temp state=Raised",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        agent.log()
+    agent.expect_log(
+        "alert=overtemp sensor=cpu_temp state=Raised",
+        Duration::from_secs(5),
     );
     temperature(&dir, 70_000);
-    assert!(
-        agent.wait_log(
-            "alert=overtemp sensor=cpu_temp state=Cleared",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        agent.log()
+    agent.expect_log(
+        "alert=overtemp sensor=cpu_temp state=Cleared",
+        Duration::from_secs(5),
     );
 
     let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
