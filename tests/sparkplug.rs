@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, BrokerPki, Received, Subscriber};
+use crate::broker::{Broker, BrokerOptions, BrokerPki, Received, Subscriber};
 use crate::daemon::{Agent, Setup};
 use crate::util::TestDir;
 
@@ -171,6 +171,12 @@ fn birth_data_by_exception_and_death_decoded_by_tahu() {
     assert_eq!(birth.seq(), 0);
     assert_eq!(birth.metric("bdSeq")["type"], "Int64");
     assert_eq!(birth.bd_seq(), 0, "a fresh state_dir starts at bdSeq 0");
+    // clean_session is false in the config (its default): Sparkplug asks for a clean session.
+    assert!(
+        broker.log().contains(" as sp-node-1 (p2, c1,"),
+        "MQTT 3.1.1 with Clean Session: {}",
+        broker.log()
+    );
     for metric in birth.metrics() {
         assert!(metric["timestamp"].as_u64().is_some(), "{metric}");
         assert!(metric["type"].is_string(), "{metric}");
@@ -473,4 +479,93 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
         (&json!(true), &json!(false))
     );
     assert!(history[0]["timestamp"].as_u64() <= history[1]["timestamp"].as_u64());
+}
+
+/// Rewrites the node's config with `from` replaced by `to`.
+fn edit(dir: &TestDir, id: &str, from: &str, to: &str) {
+    let path = dir.path().join(format!("{id}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in:\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn mqtt5_reload_and_renewal_end_the_session_with_ndeath_and_birth_with_the_next_bd_seq() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start_with(
+        &pki,
+        BrokerOptions {
+            extra: "sys_interval 1\n",
+            ..BrokerOptions::default()
+        },
+    );
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let id = "sp-node-8";
+    let (mut setup, _) = setup(&dir, id, &broker, false);
+    // A persistent session asked for in the config: Sparkplug overrides it.
+    setup.broker_extra =
+        "  protocol: \"5\"\n  clean_session: false\n  session_expiry_s: 600\n".to_owned();
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(birth.bd_seq(), 0);
+    assert!(
+        broker.log().contains(&format!(" as {id} (p5, c1,")),
+        "MQTT 5 with Clean Start: {}",
+        broker.log()
+    );
+
+    // A broken config is refused: the session and its birth stand, NDATA goes on.
+    let path = dir.path().join(format!("{id}.yaml"));
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}\nbogus_key: 1\n")).unwrap();
+    agent.signal(Signal::SIGHUP);
+    agent.expect_log("Reload refused", Duration::from_secs(5));
+    assert!(
+        agent.log().contains("bogus_key: unknown key"),
+        "{}",
+        agent.log()
+    );
+    temperature(&dir, 55_000);
+    let data = next(&sub, "NDATA", Duration::from_secs(5));
+    assert_eq!(
+        data.seq(),
+        1,
+        "the session went on after the refused reload"
+    );
+    std::fs::write(&path, &good).unwrap();
+
+    // A new alert changes the metric set: NDEATH for this session, NBIRTH with the next bdSeq
+    // that declares it.
+    edit(
+        &dir,
+        id,
+        "alerts:\n",
+        "alerts:\n  - { name: hot, sensor: cpu_temp, above: 90 }\n",
+    );
+    agent.signal(Signal::SIGHUP);
+    let death = next(&sub, "NDEATH", Duration::from_secs(10));
+    assert_eq!(death.bd_seq(), 0);
+    let reborn = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!((reborn.bd_seq(), reborn.seq()), (1, 0));
+    assert_eq!(reborn.metric("Alerts/hot")["value"], false);
+    assert_eq!(reborn.metric("Sensors/cpu_temp")["value"], 55.0);
+
+    // A renewed certificate: the same, with the new pair.
+    pki.issue(id, id, false);
+    let death = next(&sub, "NDEATH", Duration::from_secs(15));
+    assert_eq!(death.bd_seq(), 1);
+    let renewed = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(renewed.bd_seq(), 2);
+    agent.expect_log("Certificate renewed", Duration::from_secs(1));
+
+    // Session Expiry 0: once the node has gone, the broker keeps no session for it.
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(next(&sub, "NDEATH", Duration::from_secs(5)).bd_seq(), 2);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    std::thread::sleep(Duration::from_millis(2500));
+    let sessions = Subscriber::start(&broker, &pki, "$SYS/broker/clients/disconnected")
+        .wait_for(Duration::from_secs(5), |_| true)
+        .expect("the broker's count of kept sessions");
+    assert_eq!(sessions.payload, "0", "a session outlived the node");
 }

@@ -267,9 +267,15 @@ where
                 // Saved (fsynced, off the event loop) before the connect: a crash after it never
                 // reuses this bdSeq.
                 let state_dir = config.config().state_dir.clone();
-                let bd_seq = tokio::task::spawn_blocking(move || super::next_bd_seq(&state_dir))
-                    .await
-                    .unwrap_or_default();
+                let bd_seq = match tokio::task::spawn_blocking(move || super::next_bd_seq(&state_dir)).await {
+                    Ok(bd_seq) => bd_seq,
+                    Err(err) => {
+                        // Not 0 by accident: the one after the last session's.
+                        let bd_seq = (edge.node.bd_seq + 1) % 256;
+                        tracing::error!(error = %err, bd_seq, "Cannot read the next Sparkplug bdSeq; taking the one after the last session's.");
+                        bd_seq
+                    }
+                };
                 edge.node.bd_seq = bd_seq;
                 edge.session.set_will(Outgoing {
                     topic: edge.topics.ndeath.clone(),
