@@ -236,6 +236,43 @@ fn broken_configs_name_key_line_and_cause() {
             3,
             "not valid YAML",
         ),
+        // Sparkplug ids end up in topic names: no '/', '+' or '#' (Sparkplug B 3.0, 4.1.1).
+        (
+            format!("{BROKER}sparkplug:\n  group_id: plant/1\n"),
+            "sparkplug.group_id",
+            5,
+            "found '/' in \"plant/1\"",
+        ),
+        (
+            format!("{BROKER}sparkplug:\n  group_id: plant1\n  edge_node_id: \"node+{{client_id}}\"\n"),
+            "sparkplug.edge_node_id",
+            6,
+            "found '+' in \"node+x\"",
+        ),
+        (
+            format!("{BROKER}sparkplug:\n  group_id: plant1\n  primary_host_id: \"scada#1\"\n"),
+            "sparkplug.primary_host_id",
+            6,
+            "found '#' in \"scada#1\"",
+        ),
+        (
+            format!("{BROKER}sparkplug:\n  group_id: \"{{site}}\"\n"),
+            "sparkplug.group_id",
+            5,
+            "expected only the placeholder {client_id}, found \"{site}\"",
+        ),
+        (
+            format!("{BROKER}sensors:\n  - {{ name: a, file: /x }}\nsparkplug:\n  group_id: plant1\n  deadband: {{ b: 0.5 }}\n"),
+            "sparkplug.deadband.b",
+            8,
+            "expected the name of a configured sensor, found \"b\"",
+        ),
+        (
+            format!("{BROKER}sensors:\n  - {{ name: a, file: /x }}\nsparkplug:\n  group_id: plant1\n  deadband: {{ a: -1 }}\n"),
+            "sparkplug.deadband.a",
+            8,
+            "expected 0 or more, found -1",
+        ),
     ];
     for (yaml, key, line, message) in cases {
         check(yaml, key, *line, message);
