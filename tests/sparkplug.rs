@@ -490,7 +490,7 @@ fn edit(dir: &TestDir, id: &str, from: &str, to: &str) {
 }
 
 #[test]
-fn mqtt5_reload_and_renewal_end_the_session_with_ndeath_and_birth_with_the_next_bd_seq() {
+fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
     let broker = Broker::start_with(
@@ -501,7 +501,9 @@ fn mqtt5_reload_and_renewal_end_the_session_with_ndeath_and_birth_with_the_next_
         },
     );
     let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let deaths = Subscriber::start_hex(&broker, &pki, "spBv1.0/+/NDEATH/#");
     let id = "sp-node-8";
+    let sessions = || broker.log().matches(&format!(" as {id} (")).count();
     let (mut setup, _) = setup(&dir, id, &broker, false);
     // A persistent session asked for in the config: Sparkplug overrides it.
     setup.broker_extra =
@@ -533,10 +535,13 @@ fn mqtt5_reload_and_renewal_end_the_session_with_ndeath_and_birth_with_the_next_
         1,
         "the session went on after the refused reload"
     );
+    // The same config again: nothing to do.
     std::fs::write(&path, &good).unwrap();
+    agent.signal(Signal::SIGHUP);
+    agent.expect_log("Reloaded; nothing changed.", Duration::from_secs(5));
 
-    // A new alert changes the metric set: NDEATH for this session, NBIRTH with the next bdSeq
-    // that declares it.
+    // A new alert changes the metric set, not the session: a rebirth declares it, with the
+    // session's bdSeq and no NDEATH.
     edit(
         &dir,
         id,
@@ -544,28 +549,37 @@ fn mqtt5_reload_and_renewal_end_the_session_with_ndeath_and_birth_with_the_next_
         "alerts:\n  - { name: hot, sensor: cpu_temp, above: 90 }\n",
     );
     agent.signal(Signal::SIGHUP);
-    let death = next(&sub, "NDEATH", Duration::from_secs(10));
-    assert_eq!(death.bd_seq(), 0);
     let reborn = next(&sub, "NBIRTH", Duration::from_secs(10));
-    assert_eq!((reborn.bd_seq(), reborn.seq()), (1, 0));
+    assert_eq!((reborn.bd_seq(), reborn.seq()), (0, 0));
     assert_eq!(reborn.metric("Alerts/hot")["value"], false);
     assert_eq!(reborn.metric("Sensors/cpu_temp")["value"], 55.0);
+    let death = deaths.wait_for(Duration::from_millis(500), |_| true);
+    assert!(death.is_none(), "NDEATH on a rebirth: {death:?}");
+    assert_eq!(sessions(), 1, "{}", broker.log());
+
+    // A broker setting changes: NDEATH for this session, NBIRTH with the next bdSeq.
+    edit(&dir, id, "keepalive_s: 2", "keepalive_s: 4");
+    agent.signal(Signal::SIGHUP);
+    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(10)).bd_seq(), 0);
+    let new_session = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!((new_session.bd_seq(), new_session.seq()), (1, 0));
+    assert_eq!(new_session.metric("Alerts/hot")["value"], false);
+    assert_eq!(sessions(), 2, "{}", broker.log());
 
     // A renewed certificate: the same, with the new pair.
     pki.issue(id, id, false);
-    let death = next(&sub, "NDEATH", Duration::from_secs(15));
-    assert_eq!(death.bd_seq(), 1);
+    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(15)).bd_seq(), 1);
     let renewed = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!(renewed.bd_seq(), 2);
     agent.expect_log("Certificate renewed", Duration::from_secs(1));
 
     // Session Expiry 0: once the node has gone, the broker keeps no session for it.
     agent.signal(Signal::SIGTERM);
-    assert_eq!(next(&sub, "NDEATH", Duration::from_secs(5)).bd_seq(), 2);
+    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(5)).bd_seq(), 2);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
     std::thread::sleep(Duration::from_millis(2500));
-    let sessions = Subscriber::start(&broker, &pki, "$SYS/broker/clients/disconnected")
+    let kept = Subscriber::start(&broker, &pki, "$SYS/broker/clients/disconnected")
         .wait_for(Duration::from_secs(5), |_| true)
         .expect("the broker's count of kept sessions");
-    assert_eq!(sessions.payload, "0", "a session outlived the node");
+    assert_eq!(kept.payload, "0", "a session outlived the node");
 }

@@ -27,10 +27,17 @@ impl Changes {
             drain_rate: 0.0,
             ..broker.clone()
         };
+        // Sparkplug deadbands only change what NDATA carries.
+        let sparkplug = |sparkplug: &Option<super::SparkplugConfig>| {
+            sparkplug.as_ref().map(|s| super::SparkplugConfig {
+                deadband: Default::default(),
+                ..s.clone()
+            })
+        };
         let session = connection(&old.broker) != connection(&new.broker)
             || old.identity != new.identity
             || old.topics != new.topics
-            || old.sparkplug != new.sparkplug;
+            || sparkplug(&old.sparkplug) != sparkplug(&new.sparkplug);
         Changes {
             sampling,
             session,
@@ -87,5 +94,15 @@ mod tests {
         );
         check("identity: { client_id: other }\n", false, true);
         check("topics: { prefix: \"site/{client_id}\" }\n", false, true);
+        check("sparkplug: { group_id: plant1 }\n", false, true);
+        let sparkplug = config("sparkplug: { group_id: plant1 }\n");
+        let deadband = config("sparkplug: { group_id: plant1, deadband: { t: 0.5 } }\n");
+        let changes = Changes::between(&sparkplug, &deadband);
+        assert_eq!(
+            (changes.sampling, changes.session, changes.any),
+            (false, false, true)
+        );
+        let host = config("sparkplug: { group_id: plant1, primary_host_id: scada }\n");
+        assert!(Changes::between(&sparkplug, &host).session);
     }
 }

@@ -7,7 +7,9 @@
 //! after our birth gets NDEATH and a disconnect, and the node comes back through the backoff.
 //! NDATA carries only what changed beyond its deadband. Sparkplug is state-based: what changes
 //! while no birth stands is in the next NBIRTH, and alert changes of that time follow it as
-//! historical NDATA, so no raise or clear goes unseen.
+//! historical NDATA, so no raise or clear goes unseen. A reload that changes only the metric
+//! set is a rebirth in the same session; one that changes the session (broker, TLS, identity,
+//! Sparkplug ids) ends it with NDEATH and starts the next, as a certificate renewal does.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics};
 use crate::alerts::{AlertEvent, SavedState, Transition};
-use crate::config::ValidConfig;
+use crate::config::{Changes, ValidConfig};
 use crate::identity::Identity;
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Outgoing, Profile, Session};
@@ -75,25 +77,10 @@ impl Edge {
             key_pair.as_ref().map(|store| &store.files),
             Profile::Sparkplug { subscriptions },
         )?;
-        let mut node = Node::new(config);
-        // Alert states as the sampler starts from them (state_dir), so the first birth is true.
-        let saved: SavedState =
-            crate::state::load(&config.config().state_dir.join(crate::run::ALERTS_FILE));
-        let now = crate::model::now_ms();
-        for (name, raised) in saved.raised {
-            node.set(&format!("Alerts/{name}"), MetricValue::Boolean(raised), now);
-        }
-        for actuator in &config.config().actuators {
-            node.set(
-                &format!("{}{}", super::ACTUATORS, actuator.name),
-                actuator_value(&actuator.file),
-                now,
-            );
-        }
         Ok(Edge {
             session,
             topics,
-            node,
+            node: node(config),
             key_pair,
             connected_since: None,
             born: false,
@@ -161,6 +148,26 @@ impl Edge {
         self.born = false;
         self.host = None;
     }
+}
+
+/// The node's metrics for `config`, with the alert states the sampler starts from (state_dir)
+/// and the actuators' current values, so the next birth is true.
+fn node(config: &ValidConfig) -> Node {
+    let mut node = Node::new(config);
+    let saved: SavedState =
+        crate::state::load(&config.config().state_dir.join(crate::run::ALERTS_FILE));
+    let now = crate::model::now_ms();
+    for (name, raised) in saved.raised {
+        node.set(&format!("Alerts/{name}"), MetricValue::Boolean(raised), now);
+    }
+    for actuator in &config.config().actuators {
+        node.set(
+            &format!("{}{}", super::ACTUATORS, actuator.name),
+            actuator_value(&actuator.file),
+            now,
+        );
+    }
+    node
 }
 
 /// An actuator's current value as a metric: its file's text, or null when unreadable.
@@ -238,6 +245,27 @@ where
                     Ok((new_config, _)) if new_config.config().sparkplug.is_none() => Some(
                         "leaving Sparkplug mode takes a restart of the agent".to_owned(),
                     ),
+                    Ok((new_config, new_identity))
+                        if new_identity.client_id == identity.client_id
+                            && !Changes::between(config.config(), new_config.config()).session =>
+                    {
+                        if new_config.config() == config.config() {
+                            tracing::info!("Reloaded; nothing changed.");
+                        } else {
+                            // What is sampled, alerted on or actuated changed, not the session:
+                            // a rebirth declares the new metric set (same bdSeq, seq 0).
+                            std::mem::replace(&mut sampling, Sampling::placeholder()).stop(SHUTDOWN_WAIT).await;
+                            let bd_seq = edge.node.bd_seq;
+                            edge.node = node(&new_config);
+                            edge.node.bd_seq = bd_seq;
+                            edge.born = false;
+                            sampling = Sampling::start(&new_config, &new_identity, outputs.clone());
+                            config = new_config;
+                            identity = new_identity;
+                            tracing::info!("Reloaded; a new NBIRTH will declare the changed metrics.");
+                        }
+                        None
+                    }
                     Ok((new_config, new_identity)) => {
                         match Edge::new(&new_config, &new_identity, events_tx.clone(), incoming_tx.clone()) {
                             Ok(new_edge) => {
