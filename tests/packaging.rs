@@ -209,6 +209,20 @@ fn the_deb_has_its_metadata_and_files() {
         );
     }
 
+    // The copyright file is ours (every crate and C library built in, tests/copyright.rs), not
+    // the one cargo-deb would make from Cargo.toml, which names only our own licence.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("dpkg-deb --fsys-tarfile \"$0\" | tar -xO ./usr/share/doc/fieldagent/copyright")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(
+        output.stdout == std::fs::read(packaging("copyright")).unwrap(),
+        "the .deb's copyright is not packaging/copyright"
+    );
+
     // Upgrades restart a running service; removal stops it (dh_installsystemd's scripts).
     let postinst = control_file(&deb, "postinst");
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");

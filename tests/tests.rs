@@ -9,6 +9,7 @@ mod certs;
 mod cli;
 mod commands;
 mod config_errors;
+mod copyright;
 mod daemon;
 mod fleet_broker;
 mod identity;
