@@ -3,7 +3,8 @@
 //! proc-macro crates, which run in the compiler and leave no code behind), with its licence as
 //! it declares it, plus Eclipse Paho C and the Rust standard library, and the text of every
 //! licence named. This test is the generator: `FIELDAGENT_BLESS=1 cargo test deb_copyright`
-//! writes the file again after the dependencies changed; without it, a stale file fails.
+//! writes the file again after the dependencies changed; without it, a stale file fails. The
+//! Yocto recipe's LICENSE must name the same licences, and its LIC_FILES_CHKSUM every text.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -215,6 +216,54 @@ fn generate(root: &Path, crates: &[Crate]) -> String {
     out
 }
 
+/// The Yocto recipe's LICENSE: every licence group of what the binary links (ours, Paho C's,
+/// the Rust standard library's, each crate's), `&`-joined; single licences first.
+fn yocto_license(crates: &[Crate]) -> String {
+    let mut groups = BTreeSet::new();
+    let ours = ["Apache-2.0", "EPL-2.0 or BSD-3-Clause", "MIT or Apache-2.0"].map(str::to_owned);
+    let declared = crates.iter().map(|c| dep5_license(&c.license));
+    for dep5 in ours.into_iter().chain(declared) {
+        for part in dep5.split(", and ") {
+            let mut names: Vec<&str> = part.split(" or ").map(str::trim).collect();
+            names.sort_unstable();
+            names.dedup();
+            groups.insert(match names.as_slice() {
+                [one] => (false, (*one).to_owned()),
+                _ => (true, format!("({})", names.join(" | "))),
+            });
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, group)| group)
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+const RECIPE: &str = "yocto/meta-fieldagent/recipes-connectivity/fieldagent/fieldagent_0.1.0.bb";
+
+/// The recipe names the same licences as the .deb, and checksums every licence text.
+fn check_yocto_recipe(root: &Path, crates: &[Crate]) {
+    let recipe = std::fs::read_to_string(root.join(RECIPE)).unwrap();
+    let license = format!("LICENSE = \"{}\"", yocto_license(crates));
+    assert!(
+        recipe.lines().any(|l| l == license),
+        "{RECIPE} must say\n{license}"
+    );
+    for entry in std::fs::read_dir(root.join(LICENSES)).unwrap() {
+        let path = entry.unwrap().path();
+        let output = Command::new("md5sum").arg(&path).output().unwrap();
+        let md5 = String::from_utf8(output.stdout).unwrap();
+        let md5 = md5.split_whitespace().next().unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let chksum = format!("file://{LICENSES}/{name};md5={md5}");
+        assert!(
+            recipe.contains(&chksum),
+            "{RECIPE}: LIC_FILES_CHKSUM lacks {chksum}"
+        );
+    }
+}
+
 #[test]
 fn deb_copyright_names_every_linked_crate_and_licence() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -256,4 +305,5 @@ fn deb_copyright_names_every_linked_crate_and_licence() {
         shipped == generated,
         "{COPYRIGHT} is out of date with Cargo.lock; run FIELDAGENT_BLESS=1 cargo test deb_copyright"
     );
+    check_yocto_recipe(root, &crates);
 }

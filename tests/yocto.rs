@@ -82,3 +82,70 @@ fn yocto_crates_inc_matches_cargo_lock() {
         assert!(recipe.lines().any(|l| l == line), "the recipe lacks {line}");
     }
 }
+
+/// The recipe's SRCREV names a commit whose Cargo.lock is today's, so `fieldagent-crates.inc`
+/// fits the source bitbake fetches, and which holds every file LIC_FILES_CHKSUM names, with that
+/// checksum. A commit cannot name itself: after a dependency or licence change, commit, then set
+/// SRCREV to that commit. Needs the history (skipped in a shallow clone or outside git).
+#[test]
+fn yocto_srcrev_has_the_lock_file_and_licences_of_the_recipe() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let git = |args: &[&str]| -> Option<Vec<u8>> {
+        let output = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()?;
+        output.status.success().then_some(output.stdout)
+    };
+    match git(&["rev-parse", "--is-shallow-repository"]) {
+        Some(answer) if answer.starts_with(b"false") => {}
+        _ => {
+            eprintln!("skipped: not a git clone with its history");
+            return;
+        }
+    }
+    let recipe = std::fs::read_to_string(
+        root.join("yocto/meta-fieldagent/recipes-connectivity/fieldagent")
+            .join(format!("fieldagent_{}.bb", env!("CARGO_PKG_VERSION"))),
+    )
+    .unwrap();
+    let srcrev = recipe
+        .lines()
+        .find_map(|l| l.strip_prefix("SRCREV = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("the recipe pins SRCREV");
+    let then = git(&["show", &format!("{srcrev}:Cargo.lock")])
+        .unwrap_or_else(|| panic!("SRCREV {srcrev} is not a commit of this repository"));
+    let now = std::fs::read(root.join("Cargo.lock")).unwrap();
+    assert!(
+        then == now,
+        "Cargo.lock changed since SRCREV {srcrev}, so {INC} does not fit the source bitbake \
+         fetches: commit, then set SRCREV to that commit"
+    );
+    let checksums: Vec<(&str, &str)> = recipe
+        .split("file://")
+        .skip(1)
+        .filter_map(|entry| {
+            let (path, rest) = entry.split_once(";md5=")?;
+            Some((path, rest.get(..32)?))
+        })
+        .collect();
+    assert!(checksums.len() >= 3, "{checksums:?}");
+    for (path, md5) in checksums {
+        let bytes = git(&["show", &format!("{srcrev}:{path}")])
+            .unwrap_or_else(|| panic!("{path} (LIC_FILES_CHKSUM) is not in SRCREV {srcrev}"));
+        let mut child = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+        let sum = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+        assert!(
+            sum.starts_with(md5),
+            "{path} in SRCREV {srcrev} has md5 {sum}, the recipe says {md5}"
+        );
+    }
+}
