@@ -540,18 +540,29 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     agent.signal(Signal::SIGHUP);
     agent.expect_log("Reloaded; nothing changed.", Duration::from_secs(5));
 
-    // A new alert changes the metric set, not the session: a rebirth declares it, with the
-    // session's bdSeq and no NDEATH.
+    // A new alert and a sensor less change the metric set, not the session: a rebirth declares
+    // it, with the session's bdSeq and no NDEATH.
     edit(
         &dir,
         id,
         "alerts:\n",
         "alerts:\n  - { name: hot, sensor: cpu_temp, above: 90 }\n",
     );
+    edit(
+        &dir,
+        id,
+        "  - { name: gone, hwmon: { chip: tmp421, input: temp1 } }\n",
+        "",
+    );
     agent.signal(Signal::SIGHUP);
     let reborn = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!((reborn.bd_seq(), reborn.seq()), (0, 0));
     assert_eq!(reborn.metric("Alerts/hot")["value"], false);
+    assert!(
+        reborn.metrics().iter().all(|m| m["name"] != "Sensors/gone"),
+        "a removed sensor in the rebirth: {}",
+        reborn.payload
+    );
     assert_eq!(reborn.metric("Sensors/cpu_temp")["value"], 55.0);
     let death = deaths.wait_for(Duration::from_millis(500), |_| true);
     assert!(death.is_none(), "NDEATH on a rebirth: {death:?}");

@@ -170,6 +170,12 @@ fn node(config: &ValidConfig) -> Node {
     node
 }
 
+/// Drops what a stopped sampler left in the queue: a reading of a sensor the new config no
+/// longer has would otherwise be declared in the next NBIRTH, and stay there.
+fn drain_readings(readings: &mut mpsc::Receiver<Reading>) {
+    while readings.try_recv().is_ok() {}
+}
+
 /// An actuator's current value as a metric: its file's text, or null when unreadable.
 fn actuator_value(file: &std::path::Path) -> MetricValue {
     match std::fs::read_to_string(file) {
@@ -255,6 +261,7 @@ where
                             // What is sampled, alerted on or actuated changed, not the session:
                             // a rebirth declares the new metric set (same bdSeq, seq 0).
                             std::mem::replace(&mut sampling, Sampling::placeholder()).stop(SHUTDOWN_WAIT).await;
+                            drain_readings(&mut readings);
                             let bd_seq = edge.node.bd_seq;
                             edge.node = node(&new_config);
                             edge.node.bd_seq = bd_seq;
@@ -269,11 +276,12 @@ where
                     Ok((new_config, new_identity)) => {
                         match Edge::new(&new_config, &new_identity, events_tx.clone(), incoming_tx.clone()) {
                             Ok(new_edge) => {
-                                // Sparkplug's answer to a changed metric set is a new session:
-                                // NDEATH for this one, a new bdSeq and NBIRTH for the next.
+                                // The session itself changed (broker, TLS, identity, Sparkplug
+                                // ids): NDEATH for this one, a new bdSeq and NBIRTH for the next.
                                 edge.session.close(SHUTDOWN_WAIT).await;
                                 edge = new_edge;
                                 std::mem::replace(&mut sampling, Sampling::placeholder()).stop(SHUTDOWN_WAIT).await;
+                                drain_readings(&mut readings);
                                 sampling = Sampling::start(&new_config, &new_identity, outputs.clone());
                                 backoff = Backoff::new(&new_config.config().broker.reconnect);
                                 next_attempt = tokio::time::Instant::now();
