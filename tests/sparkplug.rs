@@ -197,6 +197,12 @@ fn birth_data_by_exception_and_death_decoded_by_tahu() {
         .as_str()
         .unwrap()
         .starts_with("fieldagent "));
+    // What plain mode's health topic says, as metrics.
+    let rss = birth.metric("Node Info/RSS Bytes");
+    assert_eq!(rss["type"], "UInt64");
+    assert!(rss["value"].as_u64().unwrap() > 1_000_000, "{rss}");
+    assert_eq!(birth.metric("Node Info/Messages Sent")["value"], 0);
+    assert_eq!(birth.metric("Node Info/Last Connect Error")["value"], "");
 
     // A change goes out by alias only.
     temperature(&dir, 52_000);
@@ -466,6 +472,11 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
     let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
     let alert = birth.metric("Alerts/overtemp");
     assert_eq!(alert["value"], false, "the birth carries the current state");
+    let error = birth.metric("Node Info/Last Connect Error")["value"].clone();
+    assert!(
+        error.as_str().is_some_and(|e| !e.is_empty()),
+        "the refused connects: {error}"
+    );
     let data = next(&sub, "NDATA", Duration::from_secs(5));
     let history: Vec<&Value> = data
         .metrics()
@@ -558,6 +569,9 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     let reborn = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!((reborn.bd_seq(), reborn.seq()), (0, 0));
     assert_eq!(reborn.metric("Alerts/hot")["value"], false);
+    assert_eq!(reborn.metric("Node Info/Reconnects")["value"], 0);
+    let sent = reborn.metric("Node Info/Messages Sent")["value"].as_u64();
+    assert!(sent >= Some(2), "the birth and an NDATA: {sent:?}");
     assert!(
         reborn.metrics().iter().all(|m| m["name"] != "Sensors/gone"),
         "a removed sensor in the rebirth: {}",
@@ -575,6 +589,7 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     let new_session = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!((new_session.bd_seq(), new_session.seq()), (1, 0));
     assert_eq!(new_session.metric("Alerts/hot")["value"], false);
+    assert_eq!(new_session.metric("Node Info/Reconnects")["value"], 1);
     assert_eq!(sessions(), 2, "{}", broker.log());
 
     // A renewed certificate: the same, with the new pair.

@@ -29,6 +29,18 @@ pub const REBIRTH: &str = "Node Control/Rebirth";
 pub const BD_SEQ: &str = "bdSeq";
 /// Actuators are written through metrics named `Actuators/<name>`.
 pub const ACTUATORS: &str = "Actuators/";
+/// What the node says about itself (plain mode's health topic), refreshed at every birth and
+/// every `health::INTERVAL`, sent by exception like every metric.
+pub const NODE_INFO: [(&str, DataType); 8] = [
+    ("Node Info/Uptime s", DataType::UInt64),
+    ("Node Info/RSS Bytes", DataType::UInt64),
+    ("Node Info/CPU Time ms", DataType::UInt64),
+    ("Node Info/Messages Sent", DataType::UInt64),
+    ("Node Info/Telemetry Dropped", DataType::UInt64),
+    ("Node Info/Reconnects", DataType::UInt64),
+    ("Node Info/Sensor Read Errors", DataType::UInt64),
+    ("Node Info/Last Connect Error", DataType::String),
+];
 /// The next bdSeq, in `state_dir`.
 const BD_SEQ_FILE: &str = "sparkplug-bdseq.json";
 
@@ -74,6 +86,7 @@ pub struct Reading {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricValue {
     Double(f64),
+    UInt(u64),
     Boolean(bool),
     Text(String),
     /// No value: a failing sensor, an actuator whose file cannot be read.
@@ -178,6 +191,13 @@ impl Node {
             now,
         );
         node.define("Time Synced", DataType::Boolean, MetricValue::Null, 0);
+        for (name, datatype) in NODE_INFO {
+            let value = match datatype {
+                DataType::String => MetricValue::Text(String::new()),
+                _ => MetricValue::UInt(0),
+            };
+            node.define(name, datatype, value, 0);
+        }
         for alert in &config.config().alerts {
             let name = format!("Alerts/{}", alert.name);
             node.define(&name, DataType::Boolean, MetricValue::Boolean(false), 0);
@@ -421,6 +441,7 @@ fn metric(index: usize, datatype: DataType, value: &MetricValue, ts: u64) -> Met
     };
     match value {
         MetricValue::Double(value) => metric.value = Some(Value::DoubleValue(*value)),
+        MetricValue::UInt(value) => metric.value = Some(Value::LongValue(*value)),
         MetricValue::Boolean(value) => metric.value = Some(Value::BooleanValue(*value)),
         MetricValue::Text(value) => metric.value = Some(Value::StringValue(value.clone())),
         MetricValue::Null => metric.is_null = Some(true),

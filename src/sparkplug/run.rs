@@ -10,17 +10,19 @@
 //! historical NDATA, so no raise or clear goes unseen. A reload that changes only the metric
 //! set is a rebirth in the same session; one that changes the session (broker, TLS, identity,
 //! Sparkplug ids) ends it with NDEATH and starts the next, as a certificate renewal does.
+//! The node's own health (plain mode's health topic) is in its `Node Info/…` metrics.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 
-use super::{host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics};
+use super::{host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics, NODE_INFO};
 use crate::alerts::{AlertEvent, SavedState, Transition};
 use crate::config::{Changes, ValidConfig};
 use crate::identity::Identity;
@@ -50,7 +52,46 @@ struct Edge {
     host_seen: u64,
     /// Alert changes while no birth stood: sent as historical NDATA after the next birth.
     missed: Vec<(String, bool, u64)>,
+}
+
+/// What the node counts about itself across sessions and reloads, for its `Node Info/…`
+/// metrics (plain mode's health topic) and the Stopped line.
+struct Stats {
+    started: Instant,
     sent: u64,
+    connects: u64,
+    /// The reason of the last failed connect; kept after a success.
+    last_error: String,
+    queue_full: Arc<AtomicU64>,
+    sensor_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Stats {
+    /// Sets the node's `Node Info/…` metrics to what they are now.
+    fn refresh(&self, node: &mut Node) {
+        let (rss_bytes, cpu_time_ms) = crate::health::process_usage();
+        let read_errors = self
+            .sensor_errors
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .sum();
+        // In the order of NODE_INFO.
+        let values = [
+            MetricValue::UInt(self.started.elapsed().as_secs()),
+            MetricValue::UInt(rss_bytes),
+            MetricValue::UInt(cpu_time_ms),
+            MetricValue::UInt(self.sent),
+            MetricValue::UInt(self.queue_full.load(Ordering::Relaxed)),
+            MetricValue::UInt(self.connects.saturating_sub(1)),
+            MetricValue::UInt(read_errors),
+            MetricValue::Text(self.last_error.clone()),
+        ];
+        let now = crate::model::now_ms();
+        for ((name, _), value) in NODE_INFO.iter().zip(values) {
+            node.set(name, value, now);
+        }
+    }
 }
 
 impl Edge {
@@ -87,24 +128,24 @@ impl Edge {
             host: None,
             host_seen: 0,
             missed: Vec::new(),
-            sent: 0,
         })
     }
 
     /// Publishes NBIRTH when it may: connected, a reading taken, the primary host online.
-    fn try_birth(&mut self) {
+    fn try_birth(&mut self, stats: &mut Stats) {
         let host_online = self.host.is_some_and(|host| host.online);
         if self.born || self.connected_since.is_none() || !host_online || !self.node.has_readings()
         {
             return;
         }
+        stats.refresh(&mut self.node);
         let ts = crate::model::now_ms();
         let payload = self.node.birth(ts);
         if !self.session.publish_bytes(&self.topics.nbirth, payload, 0) {
             return;
         }
         self.born = true;
-        self.sent += 1;
+        stats.sent += 1;
         tracing::info!(topic = %self.topics.nbirth, bd_seq = self.node.bd_seq, "NBIRTH published.");
         if !self.missed.is_empty() {
             let metrics: Vec<_> = self
@@ -118,7 +159,7 @@ impl Edge {
             let count = metrics.len();
             let payload = self.node.data(ts, metrics);
             if self.session.publish_bytes(&self.topics.ndata, payload, 0) {
-                self.sent += 1;
+                stats.sent += 1;
                 tracing::info!(
                     alert_changes = count,
                     "Alert changes made while offline sent as historical NDATA."
@@ -128,7 +169,7 @@ impl Edge {
     }
 
     /// Publishes what changed as NDATA (nothing when nothing did).
-    fn send_changes(&mut self) {
+    fn send_changes(&mut self, stats: &mut Stats) {
         if !self.born {
             return;
         }
@@ -138,7 +179,7 @@ impl Edge {
         }
         let payload = self.node.data(crate::model::now_ms(), metrics);
         if self.session.publish_bytes(&self.topics.ndata, payload, 0) {
-            self.sent += 1;
+            stats.sent += 1;
         }
     }
 
@@ -203,13 +244,20 @@ where
 
     let (readings_tx, mut readings) = mpsc::channel::<Reading>(TELEMETRY_QUEUE);
     let (alert_tx, mut alert_rx) = mpsc::channel::<AlertEvent>(ALERT_QUEUE);
-    let queue_full = Arc::new(AtomicU64::new(0));
+    let mut stats = Stats {
+        started: Instant::now(),
+        sent: 0,
+        connects: 0,
+        last_error: String::new(),
+        queue_full: Arc::new(AtomicU64::new(0)),
+        sensor_errors: Arc::default(),
+    };
     let last_pass_ms = Arc::new(AtomicU64::new(crate::model::now_ms()));
     let outputs = Outputs {
         telemetry: TelemetrySink::Readings(readings_tx),
         alerts: alert_tx,
-        queue_full: Arc::clone(&queue_full),
-        sensor_errors: Arc::default(),
+        queue_full: Arc::clone(&stats.queue_full),
+        sensor_errors: Arc::clone(&stats.sensor_errors),
         last_pass_ms: Arc::clone(&last_pass_ms),
     };
     let mut sampling = Sampling::start(&config, &identity, outputs.clone());
@@ -224,7 +272,10 @@ where
     cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new(&config.config().broker.reconnect);
     let mut connect_log = ConnectLog::default();
-    let mut connects: u64 = 0;
+    let mut health_timer = tokio::time::interval_at(
+        tokio::time::Instant::now() + crate::health::INTERVAL,
+        crate::health::INTERVAL,
+    );
     let mut next_attempt = tokio::time::Instant::now();
     let first_shutdown = shutdown();
     tokio::pin!(first_shutdown);
@@ -233,6 +284,10 @@ where
             biased;
             signal = &mut first_shutdown => break signal,
             _ = watchdog_timer.tick(), if watchdog.is_some() => pet_watchdog(&config, &last_pass_ms),
+            _ = health_timer.tick(), if edge.born => {
+                stats.refresh(&mut edge.node);
+                edge.send_changes(&mut stats);
+            }
             _ = cert_watch.tick(), if edge.key_pair.is_some() => {
                 let Some(store) = edge.key_pair.as_mut() else { continue };
                 if renewed(store, &config, &identity).await {
@@ -327,15 +382,16 @@ where
                             Some(_) => None,
                             None => Some(HostState { online: true, timestamp: 0 }),
                         };
-                        connects += 1;
+                        stats.connects += 1;
                         connect_log.connected();
                         tracing::info!(broker = %connected.server, bd_seq, "Connected.");
                         service::notify(&[NotifyState::Status(&format!("connected to {}", connected.server))]);
-                        edge.try_birth();
+                        edge.try_birth(&mut stats);
                     }
                     Err(err) => {
                         let delay = backoff.next_delay(fastrand::f64());
                         connect_log.failed(&err, &config, edge.session.urls(), delay).await;
+                        stats.last_error.clone_from(&connect_log.last_error);
                         next_attempt = tokio::time::Instant::now() + delay;
                     }
                 }
@@ -368,7 +424,7 @@ where
                     tracing::info!(topic = %message.topic, online = state.online, "Primary host STATE.");
                     if state.online {
                         edge.host = Some(state);
-                        edge.try_birth();
+                        edge.try_birth(&mut stats);
                     } else if edge.born {
                         // The specification's behaviour: NDEATH, disconnect, and come back
                         // (through the backoff) to wait for the host.
@@ -393,10 +449,10 @@ where
                             NodeCommand::Rebirth => {
                                 tracing::info!("Rebirth requested.");
                                 edge.born = false;
-                                edge.try_birth();
+                                edge.try_birth(&mut stats);
                             }
                             NodeCommand::Write { actuator, value } => {
-                                write_actuator(&mut edge, &config, &actuator, value).await;
+                                write_actuator(&mut edge, &mut stats, &config, &actuator, value).await;
                             }
                             NodeCommand::Ignored { metric, why } => {
                                 tracing::warn!(metric = %metric, reason = %why, "NCMD metric ignored.");
@@ -410,7 +466,7 @@ where
                 let raised = event.state == Transition::Raised;
                 if edge.node.set(&name, MetricValue::Boolean(raised), event.ts) {
                     if edge.born {
-                        edge.send_changes();
+                        edge.send_changes(&mut stats);
                     } else {
                         if edge.missed.len() == MISSED_ALERTS {
                             edge.missed.remove(0);
@@ -426,9 +482,9 @@ where
                     edge.born = false;
                 }
                 if edge.born {
-                    edge.send_changes();
+                    edge.send_changes(&mut stats);
                 } else {
-                    edge.try_birth();
+                    edge.try_birth(&mut stats);
                 }
             }
         }
@@ -443,9 +499,9 @@ where
         signal = shutdown() => tracing::warn!(signal, "Second signal: stopping without waiting."),
     }
     tracing::info!(
-        sent = edge.sent,
-        dropped = queue_full.load(Ordering::Relaxed),
-        connects,
+        sent = stats.sent,
+        dropped = stats.queue_full.load(Ordering::Relaxed),
+        connects = stats.connects,
         "Stopped."
     );
     if sampling.thread.is_finished() {
@@ -456,7 +512,13 @@ where
 
 /// An NCMD write to `Actuators/<name>`: through the same allow-list as plain commands; the
 /// value the file holds afterwards is reported in NDATA either way.
-async fn write_actuator(edge: &mut Edge, config: &ValidConfig, name: &str, value: String) {
+async fn write_actuator(
+    edge: &mut Edge,
+    stats: &mut Stats,
+    config: &ValidConfig,
+    name: &str,
+    value: String,
+) {
     let Some(actuator) = config
         .config()
         .actuators
@@ -487,5 +549,5 @@ async fn write_actuator(edge: &mut Edge, config: &ValidConfig, name: &str, value
     }
     let metric = format!("{}{}", super::ACTUATORS, name);
     edge.node.set(&metric, now, crate::model::now_ms());
-    edge.send_changes();
+    edge.send_changes(stats);
 }

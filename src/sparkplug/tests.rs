@@ -205,6 +205,33 @@ fn birth_declares_every_metric_with_name_alias_datatype_and_timestamp() {
         metric(&birth, "Time Synced").value,
         Some(Value::BooleanValue(true))
     );
+    for (name, datatype) in NODE_INFO {
+        assert_eq!(
+            metric(&birth, name).datatype,
+            Some(datatype as u32),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        metric(&birth, "Node Info/Reconnects").value,
+        Some(Value::LongValue(0))
+    );
+}
+
+#[test]
+fn node_info_changes_go_out_by_exception_as_uint64() {
+    let mut node = Node::new(&config(""));
+    node.observe(&reading(1000, 48.0, None));
+    let birth = decode(&node.birth(1000));
+    let alias = metric(&birth, "Node Info/Messages Sent").alias;
+    assert!(node.changes().is_empty());
+    node.set("Node Info/Messages Sent", MetricValue::UInt(42), 2000);
+    node.set("Node Info/Reconnects", MetricValue::UInt(0), 2000);
+    let changes = node.changes();
+    assert_eq!(changes.len(), 1, "only what changed: {changes:?}");
+    assert_eq!(changes[0].alias, alias);
+    assert_eq!(changes[0].datatype, Some(DataType::UInt64 as u32));
+    assert_eq!(changes[0].value, Some(Value::LongValue(42)));
 }
 
 #[test]
