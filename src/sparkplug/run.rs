@@ -60,8 +60,8 @@ struct Stats {
     started: Instant,
     sent: u64,
     connects: u64,
-    /// The reason of the last failed connect; kept after a success.
-    last_error: String,
+    /// Connect failures as logged; its last error is kept after a success.
+    connect_log: ConnectLog,
     queue_full: Arc<AtomicU64>,
     sensor_errors: Arc<Mutex<BTreeMap<String, u64>>>,
 }
@@ -85,7 +85,7 @@ impl Stats {
             MetricValue::UInt(self.queue_full.load(Ordering::Relaxed)),
             MetricValue::UInt(self.connects.saturating_sub(1)),
             MetricValue::UInt(read_errors),
-            MetricValue::Text(self.last_error.clone()),
+            MetricValue::Text(self.connect_log.last_error.clone()),
         ];
         let now = crate::model::now_ms();
         for ((name, _), value) in NODE_INFO.iter().zip(values) {
@@ -248,7 +248,7 @@ where
         started: Instant::now(),
         sent: 0,
         connects: 0,
-        last_error: String::new(),
+        connect_log: ConnectLog::default(),
         queue_full: Arc::new(AtomicU64::new(0)),
         sensor_errors: Arc::default(),
     };
@@ -271,7 +271,6 @@ where
     let mut cert_watch = tokio::time::interval(crate::run::CERT_WATCH);
     cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::new(&config.config().broker.reconnect);
-    let mut connect_log = ConnectLog::default();
     let mut health_timer = tokio::time::interval_at(
         tokio::time::Instant::now() + crate::health::INTERVAL,
         crate::health::INTERVAL,
@@ -383,15 +382,14 @@ where
                             None => Some(HostState { online: true, timestamp: 0 }),
                         };
                         stats.connects += 1;
-                        connect_log.connected();
+                        stats.connect_log.connected();
                         tracing::info!(broker = %connected.server, bd_seq, "Connected.");
                         service::notify(&[NotifyState::Status(&format!("connected to {}", connected.server))]);
                         edge.try_birth(&mut stats);
                     }
                     Err(err) => {
                         let delay = backoff.next_delay(fastrand::f64());
-                        connect_log.failed(&err, &config, edge.session.urls(), delay).await;
-                        stats.last_error.clone_from(&connect_log.last_error);
+                        stats.connect_log.failed(&err, &config, edge.session.urls(), delay).await;
                         next_attempt = tokio::time::Instant::now() + delay;
                     }
                 }
