@@ -240,26 +240,23 @@ fn yocto_license(crates: &[Crate]) -> String {
         .join(" & ")
 }
 
-const RECIPE: &str = "yocto/meta-fieldagent/recipes-connectivity/fieldagent/fieldagent_0.1.0.bb";
-
 /// The recipe names the same licences as the .deb, and checksums every licence text.
 fn check_yocto_recipe(root: &Path, crates: &[Crate]) {
-    let recipe = std::fs::read_to_string(root.join(RECIPE)).unwrap();
+    let recipe = crate::yocto::recipe();
+    let path = crate::yocto::recipe_path();
     let license = format!("LICENSE = \"{}\"", yocto_license(crates));
     assert!(
         recipe.lines().any(|l| l == license),
-        "{RECIPE} must say\n{license}"
+        "{path} must say\n{license}"
     );
     for entry in std::fs::read_dir(root.join(LICENSES)).unwrap() {
-        let path = entry.unwrap().path();
-        let output = Command::new("md5sum").arg(&path).output().unwrap();
-        let md5 = String::from_utf8(output.stdout).unwrap();
-        let md5 = md5.split_whitespace().next().unwrap();
-        let name = path.file_name().unwrap().to_str().unwrap();
+        let text = entry.unwrap().path();
+        let md5 = crate::util::md5(&std::fs::read(&text).unwrap());
+        let name = text.file_name().unwrap().to_str().unwrap();
         let chksum = format!("file://{LICENSES}/{name};md5={md5}");
         assert!(
             recipe.contains(&chksum),
-            "{RECIPE}: LIC_FILES_CHKSUM lacks {chksum}"
+            "{path}: LIC_FILES_CHKSUM lacks {chksum}"
         );
     }
 }
@@ -295,15 +292,6 @@ fn deb_copyright_names_every_linked_crate_and_licence() {
         dep5_license("(Apache-2.0 OR MIT) AND BSD-3-Clause"),
         "Apache-2.0 or MIT, and BSD-3-Clause"
     );
-    let generated = generate(root, &crates);
-    let path = root.join(COPYRIGHT);
-    if std::env::var_os("FIELDAGENT_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        shipped == generated,
-        "{COPYRIGHT} is out of date with Cargo.lock; run FIELDAGENT_BLESS=1 cargo test deb_copyright"
-    );
+    crate::util::check_generated(COPYRIGHT, &generate(root, &crates), "deb_copyright");
     check_yocto_recipe(root, &crates);
 }

@@ -189,3 +189,34 @@ pub fn unshare_mount() -> &'static [&'static str] {
         }
     })
 }
+
+/// A file generated from the repository (`relative` to it) must be what `generated` says;
+/// `FIELDAGENT_BLESS=1` writes it first. `bless` is the test filter that regenerates it.
+pub fn check_generated(relative: &str, generated: &str, bless: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if std::env::var_os("FIELDAGENT_BLESS").is_some() {
+        std::fs::write(&path, generated).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        shipped == generated,
+        "{relative} is out of date; run FIELDAGENT_BLESS=1 cargo test {bless}"
+    );
+}
+
+/// The md5 of `bytes` in hex, as md5sum and Yocto's LIC_FILES_CHKSUM write it.
+pub fn md5(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils) runs");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -7,6 +7,20 @@ use std::path::Path;
 
 const INC: &str = "yocto/meta-fieldagent/recipes-connectivity/fieldagent/fieldagent-crates.inc";
 
+/// The recipe, named after the crate's version.
+pub fn recipe_path() -> String {
+    format!(
+        "yocto/meta-fieldagent/recipes-connectivity/fieldagent/fieldagent_{}.bb",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The recipe's text.
+pub fn recipe() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(recipe_path()))
+        .expect("a recipe named after the crate's version")
+}
+
 /// (name, version, sha256) of every crates.io package in Cargo.lock, in its order.
 fn locked_crates(lock: &str) -> Vec<(String, String, String)> {
     let lock: toml::Table = lock.parse().expect("Cargo.lock is TOML");
@@ -57,22 +71,9 @@ fn yocto_crates_inc_matches_cargo_lock() {
         assert_eq!(checksum.len(), 64, "{name} {version}");
         assert!(checksum.bytes().all(|b| b.is_ascii_hexdigit()));
     }
-    let generated = generate(&crates);
-    let path = root.join(INC);
-    if std::env::var_os("FIELDAGENT_BLESS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
-    }
-    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        shipped == generated,
-        "{INC} is out of date with Cargo.lock; run FIELDAGENT_BLESS=1 cargo test yocto_crates"
-    );
+    crate::util::check_generated(INC, &generate(&crates), "yocto_crates");
     // The recipe pulls it in and pins the paho dependencies' build needs.
-    let recipe = std::fs::read_to_string(
-        root.join("yocto/meta-fieldagent/recipes-connectivity/fieldagent")
-            .join(format!("fieldagent_{}.bb", env!("CARGO_PKG_VERSION"))),
-    )
-    .expect("a recipe named after the crate's version");
+    let recipe = recipe();
     for line in [
         "require ${BPN}-crates.inc",
         "inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd",
@@ -106,11 +107,7 @@ fn yocto_srcrev_has_the_lock_file_and_licences_of_the_recipe() {
             return;
         }
     }
-    let recipe = std::fs::read_to_string(
-        root.join("yocto/meta-fieldagent/recipes-connectivity/fieldagent")
-            .join(format!("fieldagent_{}.bb", env!("CARGO_PKG_VERSION"))),
-    )
-    .unwrap();
+    let recipe = recipe();
     let srcrev = recipe
         .lines()
         .find_map(|l| l.strip_prefix("SRCREV = \""))
@@ -136,15 +133,9 @@ fn yocto_srcrev_has_the_lock_file_and_licences_of_the_recipe() {
     for (path, md5) in checksums {
         let bytes = git(&["show", &format!("{srcrev}:{path}")])
             .unwrap_or_else(|| panic!("{path} (LIC_FILES_CHKSUM) is not in SRCREV {srcrev}"));
-        let mut child = std::process::Command::new("md5sum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
-        let sum = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+        let sum = crate::util::md5(&bytes);
         assert!(
-            sum.starts_with(md5),
+            sum == md5,
             "{path} in SRCREV {srcrev} has md5 {sum}, the recipe says {md5}"
         );
     }
