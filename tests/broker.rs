@@ -239,6 +239,11 @@ impl Broker {
     pub fn connections(&self) -> usize {
         self.log().matches("New connection from").count()
     }
+
+    /// How many times the broker accepted `client_id`.
+    pub fn sessions(&self, client_id: &str) -> usize {
+        self.log().matches(&format!(" as {client_id} (")).count()
+    }
 }
 
 impl Drop for Broker {

@@ -199,6 +199,14 @@ sensors:
         );
     }
 
+    /// Rewrites the agent's config with `from` replaced by `to` (for a reload).
+    pub fn edit_config(dir: &TestDir, client_id: &str, from: &str, to: &str) {
+        let path = dir.path().join(format!("{client_id}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from} not in:\n{text}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -9,19 +9,6 @@ use crate::broker::{Broker, BrokerPki, Subscriber};
 use crate::daemon::{online, Agent, Setup};
 use crate::util::TestDir;
 
-/// Rewrites the agent's config with `from` replaced by `to`.
-fn edit(dir: &TestDir, client_id: &str, from: &str, to: &str) {
-    let path = dir.path().join(format!("{client_id}.yaml"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from} not in:\n{text}");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
-}
-
-/// How many times the broker accepted `client_id`.
-fn sessions(broker: &Broker, client_id: &str) -> usize {
-    broker.log().matches(&format!(" as {client_id} (")).count()
-}
-
 #[test]
 fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
     let dir = TestDir::new();
@@ -33,10 +20,10 @@ fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
     let agent = Agent::start_with(&dir, &pki, setup);
     online(&subscriber, "node-h", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("not online; log:\n{}", agent.log()));
-    assert_eq!(sessions(&broker, "node-h"), 1);
+    assert_eq!(broker.sessions("node-h"), 1);
 
     // 48.25 °C is below 60; lowering the threshold to 40 raises the alert, without a reconnect.
-    edit(&dir, "node-h", "above: 60", "above: 40");
+    Agent::edit_config(&dir, "node-h", "above: 60", "above: 40");
     agent.signal(Signal::SIGHUP);
     let raised = subscriber
         .wait_for(Duration::from_secs(10), |m| {
@@ -45,7 +32,7 @@ fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
         .unwrap_or_else(|| panic!("no alert after the reload; log:\n{}", agent.log()));
     assert!(raised.payload.contains(r#""threshold":40.0"#), "{raised:?}");
     assert_eq!(
-        sessions(&broker, "node-h"),
+        broker.sessions("node-h"),
         1,
         "a sampling change reconnected"
     );
@@ -68,7 +55,7 @@ fn a_reload_applies_what_changed_and_refuses_a_broken_config() {
     agent.signal(Signal::SIGHUP);
     online(&subscriber, "node-h", Duration::from_secs(10)).expect("online after the reconnect");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(sessions(&broker, "node-h"), 2, "{}", broker.log());
+    assert_eq!(broker.sessions("node-h"), 2, "{}", broker.log());
     assert!(
         broker.log().contains("as node-h (p2, c0, k2"),
         "the new keepalive: {}",
@@ -107,7 +94,7 @@ fn a_renewed_certificate_is_checked_and_used_after_one_reconnect() {
         "{}",
         agent.log()
     );
-    assert_eq!(sessions(&broker, "node-k"), 1);
+    assert_eq!(broker.sessions("node-k"), 1);
 
     // A proper renewal: checked, copied in, one reconnect with it.
     pki.issue("node-k", "node-k", false);
@@ -120,5 +107,5 @@ fn a_renewed_certificate_is_checked_and_used_after_one_reconnect() {
         "{}",
         agent.log()
     );
-    assert_eq!(sessions(&broker, "node-k"), 2, "{}", broker.log());
+    assert_eq!(broker.sessions("node-k"), 2, "{}", broker.log());
 }

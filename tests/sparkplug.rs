@@ -492,14 +492,6 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
     assert!(history[0]["timestamp"].as_u64() <= history[1]["timestamp"].as_u64());
 }
 
-/// Rewrites the node's config with `from` replaced by `to`.
-fn edit(dir: &TestDir, id: &str, from: &str, to: &str) {
-    let path = dir.path().join(format!("{id}.yaml"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{from} not in:\n{text}");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
-}
-
 #[test]
 fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     let dir = TestDir::new();
@@ -514,7 +506,6 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
     let deaths = Subscriber::start_hex(&broker, &pki, "spBv1.0/+/NDEATH/#");
     let id = "sp-node-8";
-    let sessions = || broker.log().matches(&format!(" as {id} (")).count();
     let (mut setup, _) = setup(&dir, id, &broker, false);
     // A persistent session asked for in the config: Sparkplug overrides it.
     setup.broker_extra =
@@ -553,13 +544,13 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
 
     // A new alert and a sensor less change the metric set, not the session: a rebirth declares
     // it, with the session's bdSeq and no NDEATH.
-    edit(
+    Agent::edit_config(
         &dir,
         id,
         "alerts:\n",
         "alerts:\n  - { name: hot, sensor: cpu_temp, above: 90 }\n",
     );
-    edit(
+    Agent::edit_config(
         &dir,
         id,
         "  - { name: gone, hwmon: { chip: tmp421, input: temp1 } }\n",
@@ -580,17 +571,17 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     assert_eq!(reborn.metric("Sensors/cpu_temp")["value"], 55.0);
     let death = deaths.wait_for(Duration::from_millis(500), |_| true);
     assert!(death.is_none(), "NDEATH on a rebirth: {death:?}");
-    assert_eq!(sessions(), 1, "{}", broker.log());
+    assert_eq!(broker.sessions(id), 1, "{}", broker.log());
 
     // A broker setting changes: NDEATH for this session, NBIRTH with the next bdSeq.
-    edit(&dir, id, "keepalive_s: 2", "keepalive_s: 4");
+    Agent::edit_config(&dir, id, "keepalive_s: 2", "keepalive_s: 4");
     agent.signal(Signal::SIGHUP);
     assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(10)).bd_seq(), 0);
     let new_session = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!((new_session.bd_seq(), new_session.seq()), (1, 0));
     assert_eq!(new_session.metric("Alerts/hot")["value"], false);
     assert_eq!(new_session.metric("Node Info/Reconnects")["value"], 1);
-    assert_eq!(sessions(), 2, "{}", broker.log());
+    assert_eq!(broker.sessions(id), 2, "{}", broker.log());
 
     // A renewed certificate: the same, with the new pair.
     pki.issue(id, id, false);
