@@ -6,8 +6,8 @@
 //! COUNT messages of about 200 bytes on `bench/rate`:
 //! - QoS 0 the way live telemetry goes: straight to Paho (`Session::publish`);
 //! - QoS 1 the way alerts go: each pushed into the outbox in `state_dir` (write + fdatasync)
-//!   and drained by `Delivery` (a window of 10 in flight, leaving the outbox on PUBACK), with
-//!   `broker.drain_rate` as configured (bench/run sets it high).
+//!   and drained with a window of 10 in flight, leaving the outbox on PUBACK (the daemon's store
+//!   and delivery do the same, on the store's thread and the event loop).
 //!
 //!
 //!   publish_rate CONFIG 1 COUNT backlog
@@ -19,9 +19,13 @@
 
 use std::time::{Duration, Instant};
 
-use fieldagent::delivery::Delivery;
 use fieldagent::mqtt::{Profile, Session};
 use fieldagent::outbox::{Kind, Outbox};
+
+/// Messages in flight with their delivery tokens, oldest first.
+fn futures_window() -> std::collections::VecDeque<(u64, paho_mqtt::DeliveryToken)> {
+    std::collections::VecDeque::with_capacity(10)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -48,7 +52,7 @@ fn main() {
             Profile::Plain,
         )
         .expect("session");
-        session.connect().await.expect("connect");
+        session.attempt().run().await.expect("connect");
         let payload = |i: usize| {
             format!(
                 r#"{{"id":"bench:overtemp:{i}","ts":1764143000000,"alert":"overtemp","state":"raised","sensor":"cpu_temp","value":81.25,"threshold":80,"severity":"critical"}}"#
@@ -79,38 +83,37 @@ fn main() {
                 }
             }
         } else {
-            let broker = &config.config().broker;
-            let (outbox, _) = Outbox::open(&config.config().state_dir, count);
-            let (mut delivery, mut done_rx) =
-                Delivery::new(outbox, broker.drain_rate, Duration::from_secs(30));
+            let (mut outbox, _) = Outbox::open(&config.config().state_dir, count);
             let mut pushed = 0;
             if backlog {
                 while pushed < count {
-                    delivery.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
+                    outbox.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
                     pushed += 1;
                 }
                 start = Instant::now();
             }
             let mut delivered = 0;
+            let mut inflight = futures_window();
             while delivered < count {
                 if pushed < count {
-                    delivery.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
+                    outbox.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
                     pushed += 1;
                 }
-                delivery.pump(&session);
-                while let Ok(done) = done_rx.try_recv() {
-                    if delivery.done(done, true) {
-                        delivered += 1;
-                    }
+                while inflight.len() < 10 {
+                    let Some(Ok(message)) = outbox.take_next() else {
+                        break;
+                    };
+                    let token = session
+                        .publish_tracked(&message.topic, message.payload, message.qos)
+                        .expect("connected");
+                    inflight.push_back((message.id, token));
                 }
-                if pushed == count || !delivery.wants_to_send() {
-                    tokio::select! {
-                        Some(done) = done_rx.recv() => {
-                            if delivery.done(done, true) {
-                                delivered += 1;
-                            }
-                        }
-                        () = tokio::time::sleep_until(delivery.ready_at()) => {}
+                let must_wait = pushed == count || inflight.len() == 10;
+                if must_wait {
+                    if let Some((id, token)) = inflight.pop_front() {
+                        token.await.expect("delivered");
+                        outbox.delivered(id);
+                        delivered += 1;
                     }
                 }
             }
@@ -118,7 +121,7 @@ fn main() {
         let elapsed = start.elapsed().as_secs_f64();
         // Let Paho write out what it holds before disconnecting.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        session.disconnect().await;
+        session.closer().disconnect(Duration::from_secs(2)).await;
         println!(
             r#"{{"qos":{qos},"count":{count},"publisher_seconds":{elapsed:.3}}}"#
         );

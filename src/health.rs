@@ -31,6 +31,9 @@ pub struct Health<'a> {
     pub last_connect_error: Option<&'a str>,
     /// Failed reads per sensor value since start.
     pub sensor_errors: &'a BTreeMap<String, u64>,
+    /// False while the outbox is memory-only (state_dir refuses writes); only said then.
+    #[serde(skip_serializing_if = "crate::health::is_true")]
+    pub outbox_durable: bool,
 }
 
 fn is_true(value: &bool) -> bool {
@@ -72,6 +75,7 @@ mod tests {
         let mut errors = BTreeMap::new();
         errors.insert("gone".to_owned(), 3);
         let health = Health {
+            outbox_durable: true,
             ts: 5,
             time_synced: true,
             version: "0.1.0",

@@ -14,8 +14,8 @@
 //! - `model`: plain data shared by all, such as `Sample`.
 //! - `offline`: the `check`, `identity` and `read` commands.
 //! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`.
-//! - `run`: the daemon's sampler thread and event loop; `mqtt`: the Paho session and backoff;
-//!   `telemetry`: payloads; `service`: signals and logging.
+//! - `daemon`: the event loop and the parts around it (sampler, store, commands, connects);
+//!   `mqtt`: the Paho session and backoff; `telemetry`: payloads; `service`: signals and logging.
 
 #![deny(unsafe_code)]
 
@@ -25,8 +25,8 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod dedupe;
-pub mod delivery;
 pub mod health;
 pub mod i2c;
 pub mod identity;
@@ -34,7 +34,6 @@ pub mod model;
 pub mod mqtt;
 pub mod offline;
 pub mod outbox;
-pub mod run;
 pub mod sensors;
 pub mod service;
 pub mod sparkplug;

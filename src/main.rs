@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Run) | None => {
-            fieldagent::run::start(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
+            fieldagent::daemon::start(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

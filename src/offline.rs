@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::config::{self, ConfigError, Finding, Findings, Severity, ValidConfig};
 use crate::identity::{self, IdentityError};
-use crate::model::Sample;
 use crate::sensors::Sensors;
 
 /// Errors of the offline commands. Config and identity errors are config errors (exit 78).
@@ -104,8 +103,7 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
         Err(err) => found.push(Finding::error("identity", err.to_string())),
     }
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
-    let mut sample = Sample::default();
-    sensors.read_all(&mut sample);
+    let sample = sensors.read_all_within(crate::sensors::DEADLINE);
     for (spec, sensor) in config.sensors.iter().zip(sensors.iter()) {
         let key = &spec.key;
         for (value_index, name) in sensor.value_names().iter().enumerate() {
@@ -143,8 +141,7 @@ pub fn read(
 ) -> Result<(), Error> {
     let config = load(path, warn)?;
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
-    let mut sample = Sample::default();
-    sensors.read_all(&mut sample);
+    let sample = sensors.read_all_within(crate::sensors::DEADLINE);
     if json {
         writeln!(out, "{}", sample.to_json())?;
         return Ok(());

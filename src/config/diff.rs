@@ -21,10 +21,11 @@ impl Changes {
             || old.telemetry != new.telemetry
             || old.sysfs_root != new.sysfs_root
             || old.state_dir != new.state_dir;
-        // The queue's bound and drain rate apply without a reconnect.
+        // The queue's bound, the drain rate and the command rate apply without a reconnect.
         let connection = |broker: &super::BrokerConfig| super::BrokerConfig {
             max_queued_messages: 0,
             drain_rate: 0.0,
+            command_rate: 0.0,
             ..broker.clone()
         };
         // Sparkplug deadbands only change what NDATA carries.

@@ -110,6 +110,11 @@ pub struct BrokerConfig {
     /// as many), so a fleet coming back at once does not flatten the broker.
     #[serde(default = "default_drain_rate")]
     pub drain_rate: f64,
+    /// Commands per second the agent takes (a token bucket with a burst of as many); more are
+    /// answered at once with `ok:false`, `"error":"busy"`, so a flood is answered, not queued
+    /// without bound.
+    #[serde(default = "default_command_rate")]
+    pub command_rate: f64,
 }
 
 fn default_keepalive_s() -> u64 {
@@ -126,6 +131,9 @@ fn default_max_queued_messages() -> u64 {
 }
 fn default_drain_rate() -> f64 {
     50.0
+}
+fn default_command_rate() -> f64 {
+    20.0
 }
 
 impl BrokerConfig {

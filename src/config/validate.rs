@@ -273,6 +273,15 @@ fn check_broker(broker: &BrokerConfig, findings: &mut Vec<Finding>) -> Vec<Endpo
             ),
         ));
     }
+    if !(broker.command_rate.is_finite() && broker.command_rate >= 1.0) {
+        findings.push(Finding::error(
+            "broker.command_rate",
+            format!(
+                "expected at least 1 command per second, found {}",
+                broker.command_rate
+            ),
+        ));
+    }
     if broker.max_queued_messages == 0 {
         findings.push(Finding::error(
             "broker.max_queued_messages",

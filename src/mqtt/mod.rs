@@ -29,9 +29,9 @@ pub enum MqttEvent {
 #[derive(Debug)]
 pub struct Incoming {
     pub topic: String,
-    /// The last topic level: the command's name in plain mode.
-    pub name: String,
     pub payload: Vec<u8>,
+    /// Sent with the retain flag: replayed by the broker at every subscribe.
+    pub retained: bool,
 }
 
 /// What the session is for: the plain topics, or a Sparkplug B edge node.
@@ -65,9 +65,14 @@ impl Outgoing {
     }
 }
 
-/// Commands waiting for the event loop. A command arriving when this is full is lost (and
-/// logged): the broker has already had its acknowledgement.
-pub const INCOMING_QUEUE: usize = 64;
+/// Messages waiting for the event loop. When this is full, Paho's receive thread waits (up to
+/// [`INCOMING_WAIT`]) instead of dropping what it has already acknowledged: it reads no more
+/// from the socket meanwhile, so the broker holds the rest (backpressure).
+pub const INCOMING_QUEUE: usize = 256;
+
+/// How long Paho's thread waits for room in the incoming queue before it gives a message up
+/// (the event loop would have to be stuck for that long; it never waits on anything slow).
+pub const INCOMING_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -160,19 +165,26 @@ impl Session {
         });
         client.set_message_callback(move |_, message| {
             let Some(message) = message else { return };
-            let name = message
-                .topic()
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let command = Incoming {
+            let mut command = Incoming {
                 topic: message.topic().to_owned(),
-                name,
                 payload: message.payload().to_vec(),
+                retained: message.retained(),
             };
-            if incoming.try_send(command).is_err() {
-                tracing::error!(topic = %message.topic(), "Command queue full; command lost.");
+            // Waits for room rather than dropping a message Paho has acknowledged.
+            let started = std::time::Instant::now();
+            loop {
+                match incoming.try_send(command) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(mpsc::error::TrySendError::Full(back)) => {
+                        if started.elapsed() >= INCOMING_WAIT {
+                            tracing::error!(topic = %back.topic, "The event loop took no message for 30 s; one is lost.");
+                            return;
+                        }
+                        command = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
             }
         });
 
@@ -282,49 +294,28 @@ impl Session {
         self.will = will;
     }
 
-    /// Connects (trying the URLs in order), subscribes, and in plain mode publishes the retained
-    /// online status.
-    pub async fn connect(&self) -> Result<Connected, MqttError> {
-        let response = self
-            .client
-            .connect(self.options.finalize())
-            .await
-            .map_err(|err| MqttError::Connect {
-                urls: self.urls.clone(),
-                cause: describe(&err),
-            })?;
-        // On every connect: a broker that lost the session has lost the subscription too, and
-        // subscribing again to a kept one changes nothing.
-        for filter in &self.subscriptions {
-            if let Err(err) = self.client.subscribe(filter, 1).await {
-                let _ = self.client.disconnect(None).await;
-                return Err(MqttError::Connect {
-                    urls: self.urls.clone(),
-                    cause: format!("subscribing to {filter} failed: {}", describe(&err)),
-                });
-            }
-        }
-        let connected = match response.connect_response() {
-            Some(response) => Connected {
-                server: self
-                    .written
-                    .iter()
-                    .find(|(uri, _)| *uri == response.server_uri)
-                    .map_or(response.server_uri, |(_, url)| url.clone()),
-                session_present: response.session_present,
+    /// A connect attempt that runs apart from the event loop (it takes up to
+    /// `connect_timeout_s` per URL): owned, so it can be moved into a task.
+    pub fn attempt(&self) -> Attempt {
+        Attempt {
+            client: self.client.clone(),
+            options: self.options.finalize(),
+            subscriptions: self.subscriptions.clone(),
+            urls: self.urls.clone(),
+            written: self.written.clone(),
+            status: match self.profile {
+                Profile::Plain => Some((self.status_topic.clone(), self.boot_id.clone())),
+                Profile::Sparkplug { .. } => None,
             },
-            None => Connected {
-                server: self.urls.clone(),
-                session_present: false,
-            },
-        };
-        if let Profile::Plain = self.profile {
-            let now_ms = crate::model::now_ms();
-            let status = telemetry::online(now_ms, crate::clock::synced(now_ms), &self.boot_id);
-            // Just connected: a failure here is a connection lost at once, which Paho reports.
-            let _ = self.publish(&self.status_topic, status, 1, true);
         }
-        Ok(connected)
+    }
+
+    /// An owned handle that ends this session's connection, for a task.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            client: self.client.clone(),
+            goodbye: self.goodbye(),
+        }
     }
 
     /// Hands a message to Paho, or gives the payload back when there is no connection to send
@@ -378,50 +369,155 @@ impl Session {
         )
     }
 
-    /// Publishes the goodbye (plain: the retained shutdown status; Sparkplug: the NDEATH that
-    /// is also the will), waits up to `wait` for it, and disconnects cleanly so the broker does
-    /// not send the will.
-    pub async fn close(&self, wait: Duration) {
-        if !self.client.is_connected() {
-            return;
-        }
-        let goodbye = match self.profile {
+    /// The goodbye of a clean stop: plain, the retained shutdown status; Sparkplug, the NDEATH
+    /// that is also the will.
+    fn goodbye(&self) -> Outgoing {
+        match self.profile {
             Profile::Plain => {
                 let now_ms = crate::model::now_ms();
-                paho::Message::new_retained(
-                    &self.status_topic,
-                    telemetry::shutdown(now_ms, crate::clock::synced(now_ms)),
-                    1,
-                )
+                Outgoing {
+                    topic: self.status_topic.clone(),
+                    payload: telemetry::shutdown(now_ms, crate::clock::synced(now_ms)).into_bytes(),
+                    qos: 1,
+                    retain: true,
+                }
             }
-            Profile::Sparkplug { .. } => self.will.message(),
-        };
-        let topic = goodbye.topic().to_owned();
-        let delivered = tokio::time::timeout(wait, self.client.publish(goodbye)).await;
-        if !matches!(delivered, Ok(Ok(()))) {
-            tracing::warn!(topic = %topic, "Goodbye message not confirmed in time.");
-        }
-        let options = paho::DisconnectOptionsBuilder::new()
-            .timeout(wait)
-            .finalize();
-        if let Err(err) = self.client.disconnect(options).await {
-            tracing::warn!(error = %err, "Disconnect failed.");
+            Profile::Sparkplug { .. } => self.will.clone(),
         }
     }
 
-    /// Disconnects cleanly without a status, for a reconnect with new settings (the next
-    /// connect publishes the online status again).
-    pub async fn disconnect(&self) {
-        if self.client.is_connected() {
-            let options = paho::DisconnectOptionsBuilder::new()
-                .timeout(Duration::from_secs(2))
-                .finalize();
-            let _ = self.client.disconnect(options).await;
-        }
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
     }
 
     pub fn urls(&self) -> &str {
         &self.urls
+    }
+}
+
+/// A connect attempt, apart from the session: see [`Session::attempt`].
+pub struct Attempt {
+    client: paho::AsyncClient,
+    options: paho::ConnectOptions,
+    subscriptions: Vec<String>,
+    urls: String,
+    written: Vec<(String, String)>,
+    /// Plain mode: the status topic and boot id of the online status.
+    status: Option<(String, String)>,
+}
+
+impl Attempt {
+    /// An owned handle that ends the connection this attempt makes (it may succeed after the
+    /// loop has stopped caring).
+    pub fn closer(&self) -> Closer {
+        Closer {
+            client: self.client.clone(),
+            goodbye: Outgoing {
+                topic: String::new(),
+                payload: Vec::new(),
+                qos: 0,
+                retain: false,
+            },
+        }
+    }
+
+    /// Connects (trying the URLs in order), subscribes, and in plain mode publishes the retained
+    /// online status.
+    pub async fn run(self) -> Result<Connected, MqttError> {
+        let response =
+            self.client
+                .connect(self.options)
+                .await
+                .map_err(|err| MqttError::Connect {
+                    urls: self.urls.clone(),
+                    cause: describe(&err),
+                })?;
+        // On every connect: a broker that lost the session has lost the subscription too, and
+        // subscribing again to a kept one changes nothing.
+        for filter in &self.subscriptions {
+            if let Err(err) = self.client.subscribe(filter, 1).await {
+                let _ = self.client.disconnect(None).await;
+                return Err(MqttError::Connect {
+                    urls: self.urls.clone(),
+                    cause: format!("subscribing to {filter} failed: {}", describe(&err)),
+                });
+            }
+        }
+        let connected = match response.connect_response() {
+            Some(response) => Connected {
+                server: self
+                    .written
+                    .iter()
+                    .find(|(uri, _)| *uri == response.server_uri)
+                    .map_or(response.server_uri, |(_, url)| url.clone()),
+                session_present: response.session_present,
+            },
+            None => Connected {
+                server: self.urls.clone(),
+                session_present: false,
+            },
+        };
+        if let Some((topic, boot_id)) = &self.status {
+            let now_ms = crate::model::now_ms();
+            let status = telemetry::online(now_ms, crate::clock::synced(now_ms), boot_id);
+            // Just connected: a failure here is a connection lost at once, which Paho reports.
+            drop(
+                self.client
+                    .publish(paho::Message::new_retained(topic, status, 1)),
+            );
+        }
+        Ok(connected)
+    }
+}
+
+/// Ends a session's connection from a task: see [`Session::closer`].
+pub struct Closer {
+    client: paho::AsyncClient,
+    goodbye: Outgoing,
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closer")
+            .field("goodbye", &self.goodbye.topic)
+            .finish()
+    }
+}
+
+impl Closer {
+    /// Publishes the goodbye, waits up to `wait` for it, and disconnects cleanly (within about
+    /// `wait` again) so the broker does not send the will.
+    pub async fn close(self, wait: Duration) {
+        if !self.client.is_connected() {
+            return;
+        }
+        let topic = self.goodbye.topic.clone();
+        let delivered =
+            tokio::time::timeout(wait, self.client.publish(self.goodbye.message())).await;
+        if !matches!(delivered, Ok(Ok(()))) {
+            tracing::warn!(topic = %topic, "Goodbye message not confirmed in time.");
+        }
+        self.disconnect(wait).await;
+    }
+
+    /// Disconnects cleanly without a goodbye, for a reconnect with new settings.
+    pub async fn disconnect(self, wait: Duration) {
+        if !self.client.is_connected() {
+            return;
+        }
+        let options = paho::DisconnectOptionsBuilder::new()
+            .timeout(wait)
+            .finalize();
+        match tokio::time::timeout(
+            wait + Duration::from_millis(500),
+            self.client.disconnect(options),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "Disconnect failed."),
+            Err(_) => tracing::warn!("Disconnect not confirmed in time."),
+        }
     }
 }
 

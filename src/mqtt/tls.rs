@@ -251,18 +251,25 @@ impl KeyPairStore {
 
     /// Copies the configured pair in (the key with mode 0600), each file atomically.
     pub fn accept(&mut self) -> io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        for (from, to, mode) in [
-            (&self.source.cert, &self.files.cert, 0o644),
-            (&self.source.key, &self.files.key, 0o600),
-        ] {
-            let bytes = std::fs::read(from)?;
-            let temporary = to.with_extension("new");
-            std::fs::write(&temporary, bytes)?;
-            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
-            std::fs::rename(&temporary, to)?;
-        }
+        copy_pair(&self.source, &self.files)?;
         self.seen = self.stamps();
         Ok(())
     }
+}
+
+/// Copies a certificate and key pair from `source` to `files`, each file atomically, the key
+/// with mode 0600. Blocking: run off the event loop.
+pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (from, to, mode) in [
+        (&source.cert, &files.cert, 0o644),
+        (&source.key, &files.key, 0o600),
+    ] {
+        let bytes = std::fs::read(from)?;
+        let temporary = to.with_extension("new");
+        std::fs::write(&temporary, bytes)?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&temporary, to)?;
+    }
+    Ok(())
 }

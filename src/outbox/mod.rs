@@ -27,6 +27,9 @@ use record::{Record, HEADER};
 pub const FILE: &str = "outbox.log";
 /// Below this many bytes of dead records the file is not compacted.
 const COMPACT_MIN_DEAD: u64 = 64 * 1024;
+/// After a failed write the disk is tried again at the next push this long after the failure
+/// (and by the store's timer): a disk that was full for a moment takes messages again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A message taken for sending (`take_next`); `Outbox::delivered(id)` ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +114,10 @@ pub struct Outbox {
     /// Interned topics: a handful of distinct ones for thousands of messages.
     topics: Vec<Arc<str>>,
     scratch: Vec<u8>,
+    /// Records were written since the last `fdatasync` (`push_deferred`).
+    unsynced: bool,
+    /// When the disk last refused a write, while memory-only: the next retry is `RETRY` later.
+    failed_at: Option<std::time::Instant>,
 }
 
 impl Outbox {
@@ -129,6 +136,8 @@ impl Outbox {
             bound: bound.max(1),
             topics: Vec::new(),
             scratch: Vec::new(),
+            unsynced: false,
+            failed_at: None,
         };
         let mut recovery = Recovery::default();
         let bytes = match std::fs::read(&outbox.path) {
@@ -136,6 +145,7 @@ impl Outbox {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(err) => {
                 recovery.unusable = Some(format!("cannot read {}: {err}", outbox.path.display()));
+                outbox.failed_at = Some(std::time::Instant::now());
                 return (outbox, recovery);
             }
         };
@@ -177,6 +187,7 @@ impl Outbox {
                         "{} is damaged at {reason} and cannot be moved aside: {err}",
                         outbox.path.display()
                     ));
+                    outbox.failed_at = Some(std::time::Instant::now());
                     return (outbox, recovery);
                 }
             }
@@ -218,6 +229,7 @@ impl Outbox {
         };
         if let Err(err) = result {
             recovery.unusable = Some(format!("cannot write {}: {err}", outbox.path.display()));
+            outbox.failed_at = Some(std::time::Instant::now());
         }
         (outbox, recovery)
     }
@@ -234,6 +246,11 @@ impl Outbox {
     /// Queued (not in flight) of one kind.
     pub fn queued(&self, kind: Kind) -> usize {
         self.queues[kind as usize].len()
+    }
+
+    /// Queued and in flight of one kind.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.queues[kind as usize].len() + self.inflight.iter().filter(|e| e.kind == kind).count()
     }
 
     pub fn inflight(&self) -> usize {
@@ -265,6 +282,69 @@ impl Outbox {
         payload: &[u8],
         limit: Option<usize>,
     ) -> Pushed {
+        self.push_with(kind, qos, topic, payload, limit, true)
+    }
+
+    /// As [`Outbox::push`], without the `fdatasync`: the caller calls [`Outbox::sync`] once for
+    /// a group of messages (group commit) before any of them counts as stored.
+    pub fn push_deferred(
+        &mut self,
+        kind: Kind,
+        qos: u8,
+        topic: &str,
+        payload: &[u8],
+        limit: Option<usize>,
+    ) -> Pushed {
+        self.push_with(kind, qos, topic, payload, limit, false)
+    }
+
+    /// Makes every record written so far durable (one `fdatasync`). A failure turns the outbox
+    /// memory-only, as a failed write does.
+    pub fn sync(&mut self) {
+        if !std::mem::take(&mut self.unsynced) || !self.writable {
+            return;
+        }
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        if let Err(err) = file.sync_data() {
+            self.fail(&err);
+        }
+    }
+
+    /// While memory-only: tries the disk again when `RETRY` has passed since the last failure,
+    /// writing every queued message to a new file. True when the outbox is durable afterwards.
+    pub fn retry_disk(&mut self) -> bool {
+        if self.writable {
+            return true;
+        }
+        if self.failed_at.is_some_and(|at| at.elapsed() < RETRY) {
+            return false;
+        }
+        match self.rewrite() {
+            Ok(()) => {
+                self.failed_at = None;
+                tracing::info!(path = %self.path.display(), queued = self.len(), "Outbox: state_dir takes writes again; queued messages are on disk.");
+                true
+            }
+            Err(err) => {
+                tracing::debug!(path = %self.path.display(), error = %err, "Outbox: state_dir still refuses writes.");
+                self.failed_at = Some(std::time::Instant::now());
+                false
+            }
+        }
+    }
+
+    fn push_with(
+        &mut self,
+        kind: Kind,
+        qos: u8,
+        topic: &str,
+        payload: &[u8],
+        limit: Option<usize>,
+        sync: bool,
+    ) -> Pushed {
+        self.retry_disk();
         let mut dropped = Vec::new();
         if let Some(limit) = limit {
             while self.queued(kind) >= limit.max(1) {
@@ -283,7 +363,7 @@ impl Outbox {
         let id = self.next_id;
         self.next_id += 1;
         let topic = self.intern(topic);
-        let body = self.append_message(id, kind, qos, &topic, payload);
+        let body = self.append_message(id, kind, qos, &topic, payload, sync);
         let entry = Entry {
             id,
             kind,
@@ -420,6 +500,7 @@ impl Outbox {
         qos: u8,
         topic: &str,
         payload: &[u8],
+        sync: bool,
     ) -> Body {
         let record = Record::Message {
             id,
@@ -428,7 +509,11 @@ impl Outbox {
             topic,
             payload,
         };
-        match self.write(&record, true) {
+        let written = self.write(&record, sync);
+        if written.is_some() && !sync {
+            self.unsynced = true;
+        }
+        match written {
             Some(start) => Body::Disk {
                 offset: start + record::payload_offset(topic) as u64,
                 len: payload.len() as u32,
@@ -465,12 +550,14 @@ impl Outbox {
 
     /// The disk refused a write: new messages stay in memory from now on, said once.
     fn fail(&mut self, err: &std::io::Error) {
+        self.failed_at = Some(std::time::Instant::now());
         if self.writable {
             self.writable = false;
             tracing::error!(
                 path = %self.path.display(),
                 error = %err,
-                "Outbox: cannot write to state_dir; queued messages are kept in memory only (lost on restart) until the agent restarts."
+                retry_s = RETRY.as_secs(),
+                "Outbox: cannot write to state_dir; queued messages are kept in memory only (lost on restart) until the disk takes writes again."
             );
         }
     }
@@ -541,6 +628,7 @@ impl Outbox {
         }
         self.file = Some(file);
         self.writable = true;
+        self.unsynced = false;
         self.file_len = offset;
         self.live_bytes = offset - HEADER.len() as u64;
         Ok(())

@@ -4,6 +4,7 @@
 //! by renaming a new one over them, and a kept descriptor would read the old one forever.
 
 use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use super::{SensorError, Source};
@@ -30,7 +31,20 @@ impl FileSource {
             path: self.path.clone(),
             source,
         };
-        let file = std::fs::File::open(&self.path).map_err(read_error)?;
+        // Non-blocking, and only a regular file: opening a FIFO with no writer would block the
+        // sampler until one appears.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&self.path)
+            .map_err(read_error)?;
+        let file_type = file.metadata().map_err(read_error)?.file_type();
+        if !file_type.is_file() {
+            return Err(read_error(std::io::Error::other(format!(
+                "not a regular file but {}",
+                describe_type(file_type)
+            ))));
+        }
         self.buf.clear();
         file.take(MAX_BYTES as u64)
             .read_to_end(&mut self.buf)
@@ -57,6 +71,23 @@ impl Source for FileSource {
 
     fn unit(&self, _index: usize) -> Option<&'static str> {
         None
+    }
+}
+
+/// A file type in words, for the error of a `file:` sensor that is not a regular file.
+fn describe_type(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 

@@ -23,6 +23,10 @@ use crate::model::Sample;
 
 pub use sysfs::hwmon_kind;
 
+/// How long one sensor's read may take before it counts as stuck: an error for that pass (and
+/// `sensor_fault`), never a delay for the other sensors.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why one sensor could not be read. The message names the path or device, the cause and, where
 /// it helps, what was read.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum SensorError {
     },
     #[error("i2c bus {bus} addr {addr:#04x}: {reason}")]
     I2c { bus: u32, addr: u16, reason: String },
+    #[error("{what}: no answer within {deadline_s} s; not read again until that read returns")]
+    Timeout { what: String, deadline_s: f64 },
 }
 
 /// What every kind of sensor source provides.
@@ -170,6 +176,8 @@ fn round(value: f64) -> f64 {
 /// Every configured sensor, read in config order.
 pub struct Sensors {
     sensors: Vec<Sensor>,
+    /// For a sensor made anew after its read was abandoned.
+    sysfs_root: PathBuf,
 }
 
 impl Sensors {
@@ -188,6 +196,7 @@ impl Sensors {
                 .iter()
                 .map(|spec| Sensor::with_buses(spec.clone(), sysfs_root, open_bus))
                 .collect(),
+            sysfs_root: sysfs_root.to_owned(),
         }
     }
 
@@ -199,6 +208,83 @@ impl Sensors {
         for sensor in &mut self.sensors {
             sensor.read_into(sample);
         }
+    }
+
+    /// Reads every sensor, each on a thread of its own, waiting at most `deadline` for each:
+    /// a sensor whose read blocks (a hung NFS path, a FIFO without a writer) becomes a
+    /// `Timeout` error and the others are read all the same. For `read`, `check` and the
+    /// remote `read` command, which run once; the daemon's sampler isolates a stuck sensor
+    /// without a thread per read.
+    pub fn read_all_within(&mut self, deadline: std::time::Duration) -> Sample {
+        let mut sample = Sample {
+            ts_ms: crate::model::now_ms(),
+            ..Sample::default()
+        };
+        let pending: Vec<_> = std::mem::take(&mut self.sensors)
+            .into_iter()
+            .map(|mut sensor| {
+                let spec = sensor.spec.clone();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("read".to_owned())
+                        .spawn(move || {
+                            let mut part = Sample::default();
+                            sensor.read_into(&mut part);
+                            let _ = tx.send((sensor, part));
+                        });
+                (spec, spawned.ok().map(|_| rx))
+            })
+            .collect();
+        let until = std::time::Instant::now() + deadline;
+        for (spec, rx) in pending {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            match rx.map(|rx| rx.recv_timeout(wait)) {
+                Some(Ok((sensor, part))) => {
+                    sample.values.extend(part.values);
+                    sample.errors.extend(part.errors);
+                    self.sensors.push(sensor);
+                }
+                _ => {
+                    // The stuck read keeps its sensor; a new one stands in for names and units.
+                    let sensor = Sensor::new(spec, &self.sysfs_root);
+                    for name in &sensor.names {
+                        sample.errors.push((
+                            Arc::clone(name),
+                            SensorError::Timeout {
+                                what: sensor.describe(),
+                                deadline_s: deadline.as_secs_f64(),
+                            },
+                        ));
+                    }
+                    self.sensors.push(sensor);
+                }
+            }
+        }
+        sample
+    }
+
+    /// Reads sensor `index` into `sample`.
+    pub fn read_one(&mut self, index: usize, sample: &mut Sample) {
+        self.sensors[index].read_into(sample);
+    }
+
+    /// Appends a `Timeout` error for each value of sensor `index`, without reading it.
+    pub fn skip_stuck(&self, index: usize, deadline: std::time::Duration, sample: &mut Sample) {
+        let sensor = &self.sensors[index];
+        for name in &sensor.names {
+            sample.errors.push((
+                Arc::clone(name),
+                SensorError::Timeout {
+                    what: sensor.describe(),
+                    deadline_s: deadline.as_secs_f64(),
+                },
+            ));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sensors.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Sensor> {

@@ -1,0 +1,360 @@
+//! Remote commands, off the event loop. The loop only parses (pure) and queues; execution runs
+//! on the blocking pool, one command at a time per actuator in arrival order, different
+//! actuators side by side, each with a deadline. The answer comes back as an event and goes
+//! into the outbox like any message.
+//!
+//! Every command Paho acknowledged is answered: executed, refused with a reason, `"busy"` when
+//! more arrive than the agent takes (`broker.command_rate`, or too many waiting for one
+//! actuator), `"timed out"` when an actuator does not return within [`DEADLINE`], or, when the
+//! agent stops first, refused as not executed. None vanishes.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::delivery::TokenBucket;
+use super::Event;
+use crate::commands::{self, Action, Command, Response};
+use crate::config::{ActuatorConfig, SensorSpec};
+use crate::dedupe::Dedupe;
+use crate::model::Sample;
+use crate::sensors::Sensors;
+
+/// Commands waiting for one actuator at most; more are answered busy.
+pub const MAX_WAITING: usize = 8;
+
+/// How long one command may run before it is answered as timed out.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What execution needs, apart from the loop.
+#[derive(Clone)]
+pub struct Context {
+    pub started: Instant,
+    pub specs: Vec<SensorSpec>,
+    pub sysfs_root: PathBuf,
+    pub ledger: Arc<Mutex<Dedupe>>,
+}
+
+/// The commands waiting and running, per actuator (or built-in).
+pub struct Commands {
+    waiting: HashMap<String, VecDeque<Command>>,
+    /// The command running per actuator: (id, name).
+    running: HashMap<String, (String, String)>,
+    bucket: TokenBucket,
+}
+
+impl Commands {
+    pub fn new(rate: f64) -> Commands {
+        Commands {
+            waiting: HashMap::new(),
+            running: HashMap::new(),
+            bucket: TokenBucket::new(rate, tokio::time::Instant::now()),
+        }
+    }
+
+    pub fn set_rate(&mut self, rate: f64) {
+        self.bucket = TokenBucket::new(rate, tokio::time::Instant::now());
+    }
+
+    /// A message on `{prefix}/commands/{name}`: an answer at once (refused, busy), or `None`
+    /// when it was queued.
+    pub fn arrive(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        retained: bool,
+        actuators: &[ActuatorConfig],
+    ) -> Option<Response> {
+        let command = match commands::parse(name, payload, actuators) {
+            Ok(command) => command,
+            Err(refusal) => return Some(refusal),
+        };
+        if retained {
+            // A retained command is replayed at every subscribe: running it would repeat an old
+            // order at each reconnect.
+            return Some(Response::refused(
+                Some(&command.id),
+                &command.name,
+                "refused: the command was published with the retain flag (replayed at every subscribe); publish commands without it",
+            ));
+        }
+        if !self.bucket.take(tokio::time::Instant::now()) {
+            return Some(busy(
+                &command,
+                "more than broker.command_rate commands per second",
+            ));
+        }
+        let queue = self.waiting.entry(command.name.clone()).or_default();
+        if queue.len() >= MAX_WAITING {
+            return Some(busy(
+                &command,
+                "too many commands waiting for this actuator",
+            ));
+        }
+        queue.push_back(command);
+        None
+    }
+
+    /// The commands that can start now: the first waiting of every actuator that runs nothing.
+    pub fn ready(&mut self) -> Vec<Command> {
+        let mut ready = Vec::new();
+        for (key, queue) in &mut self.waiting {
+            if self.running.contains_key(key) {
+                continue;
+            }
+            if let Some(command) = queue.pop_front() {
+                self.running
+                    .insert(key.clone(), (command.id.clone(), command.name.clone()));
+                ready.push(command);
+            }
+        }
+        self.waiting.retain(|_, queue| !queue.is_empty());
+        ready
+    }
+
+    /// The actuator `key` is free again.
+    pub fn finished(&mut self, key: &str) {
+        self.running.remove(key);
+    }
+
+    /// Whether anything waits or runs.
+    pub fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// The agent stops: an answer for every command that waits (not executed) and every one
+    /// that still runs (its outcome unknown; the ledger says so too).
+    pub fn stop(&mut self) -> Vec<Response> {
+        let mut answers = Vec::new();
+        for (_, queue) in self.waiting.drain() {
+            for command in queue {
+                answers.push(Response::refused(
+                    Some(&command.id),
+                    &command.name,
+                    "the agent stopped before running it; not executed",
+                ));
+            }
+        }
+        for (_, (id, name)) in self.running.drain() {
+            answers.push(Response::refused(
+                Some(&id),
+                &name,
+                "the agent stopped while running it; its outcome is unknown",
+            ));
+        }
+        answers
+    }
+}
+
+fn busy(command: &Command, why: &str) -> Response {
+    let mut response = Response::refused(Some(&command.id), &command.name, "busy");
+    response.data.insert(
+        "reason".to_owned(),
+        format!("{why}; send it again later").into(),
+    );
+    response
+}
+
+/// Runs `command` on the blocking pool with a deadline; the answer comes back as
+/// `Event::Answered`, and, when it timed out, `Event::Finished` once the job has returned.
+pub fn spawn(command: Command, context: Context, events: mpsc::Sender<Event>) {
+    tokio::spawn(async move {
+        let key = command.name.clone();
+        let id = command.id.clone();
+        let mut job = tokio::task::spawn_blocking(move || answer(&command, &context));
+        match tokio::time::timeout(DEADLINE, &mut job).await {
+            Ok(result) => {
+                let (response, record) = result.unwrap_or_else(|_| {
+                    (
+                        Response::refused(Some(&id), &key, "internal error while executing"),
+                        false,
+                    )
+                });
+                let _ = events
+                    .send(Event::Answered {
+                        key,
+                        response,
+                        record,
+                        finished: true,
+                    })
+                    .await;
+            }
+            Err(_) => {
+                let response = Response::refused(
+                    Some(&id),
+                    &key,
+                    format!(
+                        "timed out: no result within {} s; the actuator may be stuck and the outcome is unknown",
+                        DEADLINE.as_secs()
+                    ),
+                );
+                let _ = events
+                    .send(Event::Answered {
+                        key: key.clone(),
+                        response,
+                        record: true,
+                        finished: false,
+                    })
+                    .await;
+                let _ = job.await;
+                let _ = events.send(Event::Finished { key }).await;
+            }
+        }
+    });
+}
+
+/// Answers one command: a duplicate (the original answer, marked), expired, or executed. The id
+/// is saved as executed before the action runs, so a restart never runs it twice; the answer
+/// itself is recorded by the store once it is in the outbox. The flag says whether to record it.
+fn answer(command: &Command, context: &Context) -> (Response, bool) {
+    {
+        let mut ledger = context
+            .ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(previous) = ledger.get(&command.id) {
+            let mut response = previous.clone();
+            response.duplicate = true;
+            return (response, false);
+        }
+        let now_ms = crate::model::now_ms();
+        if let Some(expires) = command.expires_ts {
+            if now_ms > expires {
+                let response = Response::refused(
+                    Some(&command.id),
+                    &command.name,
+                    format!(
+                        "expired: expires_ts {expires} is {} s in the past; not executed",
+                        (now_ms - expires) / 1000
+                    ),
+                );
+                return (response, false);
+            }
+        }
+        let interrupted = Response::refused(
+            Some(&command.id),
+            &command.name,
+            "the agent stopped while running it; not run again",
+        );
+        if let Err(err) = ledger.record(&command.id, &interrupted) {
+            tracing::error!(error = %err, "Cannot save executed command ids; a restart could run this command again.");
+        }
+    }
+    (execute(command, context), true)
+}
+
+fn execute(command: &Command, context: &Context) -> Response {
+    let mut response = Response::ok(&command.id, &command.name);
+    match &command.action {
+        Action::Ping => {
+            response.data.insert(
+                "uptime_s".to_owned(),
+                context.started.elapsed().as_secs().into(),
+            );
+            response
+                .data
+                .insert("version".to_owned(), env!("CARGO_PKG_VERSION").into());
+        }
+        Action::Read => {
+            let mut sensors = Sensors::new(&context.specs, &context.sysfs_root);
+            let sample: Sample = sensors.read_all_within(crate::sensors::DEADLINE);
+            let reading: serde_json::Value =
+                serde_json::from_str(&sample.to_json()).expect("read --json output is JSON");
+            if let serde_json::Value::Object(map) = reading {
+                response.data.extend(map);
+            }
+        }
+        Action::Write { file, value } => {
+            if let Err(reason) = commands::write(file, value) {
+                return Response::refused(Some(&command.id), &command.name, reason);
+            }
+            response
+                .data
+                .insert("value".to_owned(), value.clone().into());
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actuators() -> Vec<ActuatorConfig> {
+        vec![ActuatorConfig {
+            name: "fan".to_owned(),
+            file: "/nonexistent/fan".into(),
+            values: vec!["0".to_owned(), "1".to_owned()],
+        }]
+    }
+
+    fn payload(id: usize) -> Vec<u8> {
+        format!(r#"{{"id":"c{id}","value":"1"}}"#).into_bytes()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_at_a_time_per_actuator_busy_beyond_the_queue_and_the_rate() {
+        let mut commands = Commands::new(100.0);
+        let mut answers = Vec::new();
+        for id in 0..20 {
+            if let Some(answer) = commands.arrive("fan", &payload(id), false, &actuators()) {
+                answers.push(answer);
+            }
+        }
+        assert_eq!(
+            answers.len(),
+            20 - MAX_WAITING,
+            "the rest are answered busy"
+        );
+        assert!(answers
+            .iter()
+            .all(|a| !a.ok && a.error.as_deref() == Some("busy")));
+        let first = commands.ready();
+        assert_eq!(first.len(), 1, "one per actuator");
+        assert_eq!(first[0].id, "c0");
+        assert!(commands.ready().is_empty(), "fan still runs");
+        commands.finished("fan");
+        assert_eq!(commands.ready()[0].id, "c1", "in arrival order");
+        let stopped = commands.stop();
+        assert_eq!(
+            stopped.len(),
+            MAX_WAITING - 1,
+            "6 waiting and 1 running answered"
+        );
+        assert!(commands.idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_answers_busy_and_refills() {
+        let mut commands = Commands::new(2.0);
+        let busy = (0..5)
+            .filter_map(|id| {
+                let key = format!("k{id}");
+                let actuators = vec![ActuatorConfig {
+                    name: key.clone(),
+                    file: "/nonexistent".into(),
+                    values: vec!["1".to_owned()],
+                }];
+                commands.arrive(&key, &payload(id), false, &actuators)
+            })
+            .count();
+        assert_eq!(busy, 3, "a burst of 2, then busy");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(commands
+            .arrive("fan", &payload(9), false, &actuators())
+            .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retained_command_is_refused() {
+        let mut commands = Commands::new(10.0);
+        let answer = commands
+            .arrive("fan", &payload(1), true, &actuators())
+            .expect("answered at once");
+        assert!(answer.error.unwrap().contains("retain"));
+        assert!(commands.idle());
+    }
+}

@@ -1,0 +1,230 @@
+//! Delivering the outbox over the session: at most [`WINDOW`] messages in flight, at a bounded
+//! rate (a token bucket), alerts and responses before telemetry, each kind in order. The store
+//! holds the messages; this side only asks it for the next ones (`Take`), hands them to Paho and
+//! reports each confirmation back. A message leaves the outbox only when Paho reports the broker
+//! has it.
+//!
+//! Each connection has a generation. After a reconnect the store puts everything in flight back
+//! (its requests are handled in order, so every earlier `Take` is covered); answers that belong
+//! to an older generation no longer count against the window.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::store::{Request, StoreHandle, Taken};
+use super::Event;
+use crate::mqtt::Session;
+use crate::outbox::Kind;
+
+/// Messages handed to Paho and not yet confirmed, at most. Paho keeps them in memory and the
+/// broker's inflight window is usually 20 (mosquitto's `max_inflight_messages`).
+pub const WINDOW: usize = 10;
+
+/// Publishes per second on average with bursts of up to `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            burst: rate.max(1.0),
+            tokens: rate.max(1.0),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whole tokens there now.
+    fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens as usize
+    }
+
+    /// When the next token is there.
+    pub fn next(&self) -> Instant {
+        if self.tokens >= 1.0 {
+            self.at
+        } else {
+            self.at + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+}
+
+pub struct Delivery {
+    bucket: TokenBucket,
+    /// Handed to Paho on the current connection and not yet answered.
+    inflight: usize,
+    /// A `Take` is on its way to the store.
+    taking: bool,
+    /// The current connection's number.
+    generation: u64,
+    /// Queued in the store and not in flight, as last reported.
+    pub queued: usize,
+    /// Telemetry dropped since a telemetry message last went out: the next one says how many.
+    pub telemetry_gap: u64,
+    /// A message not confirmed within this is sent again (the connection looked alive but the
+    /// answer never came).
+    ack_timeout: Duration,
+}
+
+impl Delivery {
+    pub fn new(rate: f64, ack_timeout: Duration) -> Delivery {
+        Delivery {
+            bucket: TokenBucket::new(rate, Instant::now()),
+            inflight: 0,
+            taking: false,
+            generation: 0,
+            queued: 0,
+            telemetry_gap: 0,
+            ack_timeout,
+        }
+    }
+
+    pub fn set_rate(&mut self, rate: f64) {
+        self.bucket = TokenBucket::new(rate, Instant::now());
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// A new connection: what was in flight goes again.
+    pub fn connected(&mut self, generation: u64, store: &StoreHandle) {
+        self.generation = generation;
+        self.inflight = 0;
+        self.taking = false;
+        store.send(Request::RequeueInflight);
+    }
+
+    /// Whether to ask the store for more (when the bucket allows): something is queued, the
+    /// window has room and no request is on its way.
+    pub fn wants_to_send(&self) -> bool {
+        !self.taking && self.inflight < WINDOW && self.queued > 0
+    }
+
+    /// When the bucket allows the next publish.
+    pub fn ready_at(&self) -> Instant {
+        self.bucket.next()
+    }
+
+    /// Asks the store for as many as the window and the bucket allow.
+    pub fn request(&mut self, store: &StoreHandle) {
+        let room = WINDOW - self.inflight;
+        let tokens = self.bucket.available(Instant::now());
+        let max = room.min(tokens).min(self.queued);
+        if max == 0 {
+            return;
+        }
+        if store.send(Request::Take {
+            max,
+            generation: self.generation,
+        }) {
+            self.taking = true;
+        }
+    }
+
+    /// The store's answer: hands the messages to Paho, each confirmation awaited on a task of
+    /// its own that reports `Event::Delivered`.
+    pub fn taken(
+        &mut self,
+        generation: u64,
+        messages: Vec<Taken>,
+        session: &Session,
+        store: &StoreHandle,
+        events: &mpsc::Sender<Event>,
+    ) {
+        if generation != self.generation {
+            // The reconnect that made it old has put these back already.
+            return;
+        }
+        self.taking = false;
+        for Taken { message, alert } in messages {
+            let _ = self.bucket.take(Instant::now());
+            let mut payload = message.payload;
+            if message.kind == Kind::Telemetry && self.telemetry_gap > 0 {
+                payload = crate::telemetry::with_dropped(payload, self.telemetry_gap);
+                self.telemetry_gap = 0;
+            }
+            let Some(token) = session.publish_tracked(&message.topic, payload, message.qos) else {
+                // Gone again: it goes at the next connect.
+                store.send(Request::Requeue(message.id));
+                continue;
+            };
+            if let Some((name, pass_start_us)) = alert {
+                // From the start of the sampling pass that made it to the publish call.
+                tracing::debug!(
+                    alert = %name,
+                    latency_us = crate::model::now_us().saturating_sub(pass_start_us),
+                    "Alert handed to Paho."
+                );
+            }
+            self.inflight += 1;
+            let events = events.clone();
+            let id = message.id;
+            let wait = self.ack_timeout;
+            tokio::spawn(async move {
+                let ok = matches!(tokio::time::timeout(wait, token).await, Ok(Ok(_)));
+                let _ = events.send(Event::Delivered { generation, id, ok }).await;
+            });
+        }
+    }
+
+    /// Paho's answer for one message: done, or it goes again. True when it was delivered.
+    pub fn delivered(&mut self, generation: u64, id: u64, ok: bool, store: &StoreHandle) -> bool {
+        let current = generation == self.generation;
+        if current {
+            self.inflight = self.inflight.saturating_sub(1);
+        }
+        if ok {
+            store.send(Request::Delivered(id));
+        } else if current {
+            // Refused or unanswered on a connection that is up: send it again now. (An older
+            // connection's messages went back at the reconnect.)
+            store.send(Request::Requeue(id));
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, start);
+        let burst = (0..100).take_while(|_| bucket.take(start)).count();
+        assert_eq!(burst, 10);
+        assert_eq!(bucket.next(), start + Duration::from_millis(100));
+        let later = start + Duration::from_secs(2);
+        let sent = (0..100).take_while(|_| bucket.take(later)).count();
+        assert_eq!(sent, 10, "refilled to the burst, not beyond");
+        let a_bit_later = later + Duration::from_millis(250);
+        let sent = (0..100).take_while(|_| bucket.take(a_bit_later)).count();
+        assert_eq!(sent, 2);
+    }
+}

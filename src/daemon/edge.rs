@@ -1,0 +1,463 @@
+//! Sparkplug B 3.0 mode: the daemon as an edge node, with Sparkplug's session rules.
+//!
+//! Each connect takes the next bdSeq (saved first), registers NDEATH with it as the will, and
+//! subscribes to NCMD (and the primary host's STATE). NBIRTH goes out once a reading exists and,
+//! with `primary_host_id`, only while that host's STATE says online; a host that goes offline
+//! after our birth gets NDEATH and a disconnect, and the node comes back through the backoff.
+//! NDATA carries only what changed beyond its deadband. Sparkplug is state-based: what changes
+//! while no birth stands is in the next NBIRTH, and alert changes of that time follow it as
+//! historical NDATA, so no raise or clear goes unseen. A reload that changes only the metric set
+//! is a rebirth in the same session; one that changes the session (broker, TLS, identity,
+//! Sparkplug ids) ends it with NDEATH and starts the next, as a certificate renewal does. The
+//! node's own health (plain mode's health topic) is in its `Node Info/…` metrics.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{Core, Event};
+use crate::alerts::{AlertEvent, SavedState, Transition};
+use crate::config::ValidConfig;
+use crate::identity::Identity;
+use crate::mqtt::{Connected, Incoming, Outgoing};
+use crate::sparkplug::{
+    host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics, ACTUATORS, NODE_INFO,
+};
+
+/// Alert changes kept while no birth stands; older ones are dropped (and counted in the log).
+const MISSED_ALERTS: usize = 1000;
+
+/// How long an NCMD actuator write may take.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+pub(crate) struct Edge {
+    topics: Topics,
+    node: Node,
+    /// An NBIRTH stands in this MQTT session.
+    born: bool,
+    /// The primary host's latest STATE in this session; always online without a primary host.
+    host: Option<HostState>,
+    /// The newest STATE timestamp seen in this session: an older one is stale and ignored.
+    /// Forgotten at every new session, so one far-future STATE cannot block births for good.
+    host_seen: u64,
+    /// Alert changes while no birth stood: sent as historical NDATA after the next birth.
+    missed: Vec<(String, bool, u64)>,
+}
+
+impl Edge {
+    pub fn new(config: &ValidConfig, identity: &Identity, alerts: &SavedState) -> Edge {
+        Edge {
+            topics: topics(config, identity),
+            node: node(config, alerts),
+            born: false,
+            host: None,
+            host_seen: 0,
+            missed: Vec::new(),
+        }
+    }
+
+    /// NCMD and, with a primary host, its STATE: subscribed on every connect.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut subscriptions = vec![self.topics.ncmd.clone()];
+        subscriptions.extend(self.topics.state.clone());
+        subscriptions
+    }
+
+    /// As [`Edge::subscriptions`], for a config not yet running.
+    pub fn subscriptions_for(config: &ValidConfig, identity: &Identity) -> Vec<String> {
+        let topics = topics(config, identity);
+        let mut subscriptions = vec![topics.ncmd];
+        subscriptions.extend(topics.state);
+        subscriptions
+    }
+
+    pub fn node_topic(&self) -> &str {
+        &self.topics.nbirth
+    }
+
+    pub fn ndeath_topic(&self) -> String {
+        self.topics.ndeath.clone()
+    }
+
+    /// The bdSeq of the current (or last) session.
+    pub fn bd_seq(&self) -> u64 {
+        self.node.bd_seq
+    }
+
+    /// A reload: the new metric set is declared by a rebirth in this session, or, when the
+    /// session changed, by the birth of the next one.
+    pub fn reconfigure(
+        &mut self,
+        config: &ValidConfig,
+        identity: &Identity,
+        alerts: &SavedState,
+        session_changed: bool,
+    ) {
+        let bd_seq = self.node.bd_seq;
+        self.node = node(config, alerts);
+        self.node.bd_seq = bd_seq;
+        self.topics = topics(config, identity);
+        self.born = false;
+        if session_changed {
+            self.ended();
+            tracing::info!("Reloaded; starting a new Sparkplug session.");
+        } else {
+            tracing::info!("Reloaded; a new NBIRTH will declare the changed metrics.");
+        }
+    }
+
+    pub fn on_connected(&mut self, core: &mut Core, connected: &Connected, bd_seq: Option<u64>) {
+        // The session's NDEATH (its will, set before the attempt) is also the goodbye of a clean
+        // stop.
+        let bd_seq = bd_seq.unwrap_or((self.node.bd_seq + 1) % 256);
+        self.node.bd_seq = bd_seq;
+        self.born = false;
+        self.host_seen = 0;
+        self.host = match self.topics.state {
+            Some(_) => None,
+            None => Some(HostState {
+                online: true,
+                timestamp: 0,
+            }),
+        };
+        tracing::info!(broker = %connected.server, bd_seq, "Connected.");
+        self.try_birth(core);
+    }
+
+    /// The session ended (lost, or closed by us): the next one needs a new birth.
+    pub fn ended(&mut self) {
+        self.born = false;
+        self.host = None;
+        self.host_seen = 0;
+    }
+
+    pub fn on_pass(&mut self, core: &mut Core, reading: Reading) {
+        if self.node.observe(&reading) && self.born {
+            tracing::info!("A new sensor value appeared; rebirth to declare it.");
+            self.born = false;
+        }
+        if self.born {
+            self.send_changes(core);
+        } else {
+            self.try_birth(core);
+        }
+    }
+
+    pub fn on_alert(&mut self, core: &mut Core, event: AlertEvent) {
+        let name = format!("Alerts/{}", event.alert);
+        let raised = event.state == Transition::Raised;
+        if !self.node.set(&name, MetricValue::Boolean(raised), event.ts) {
+            return;
+        }
+        if self.born {
+            self.send_changes(core);
+            return;
+        }
+        if self.missed.len() == MISSED_ALERTS {
+            self.missed.remove(0);
+            tracing::warn!(alert = %event.alert, "Too many alert changes while offline; the oldest is only in the next NBIRTH's state.");
+        }
+        self.missed.push((name, raised, event.ts));
+    }
+
+    pub fn health_tick(&mut self, core: &mut Core) {
+        if self.born {
+            refresh(core, &mut self.node);
+            self.send_changes(core);
+        }
+    }
+
+    pub fn on_incoming(&mut self, core: &mut Core, message: Incoming) {
+        if self.topics.state.as_deref() == Some(message.topic.as_str()) {
+            self.on_state(core, &message);
+        } else if message.topic == self.topics.ncmd {
+            let commands = match self.node.commands(&message.payload) {
+                Ok(commands) => commands,
+                Err(why) => {
+                    tracing::warn!(topic = %message.topic, error = %why, "NCMD ignored.");
+                    return;
+                }
+            };
+            for command in commands {
+                match command {
+                    NodeCommand::Rebirth => {
+                        tracing::info!("Rebirth requested.");
+                        self.born = false;
+                        self.try_birth(core);
+                    }
+                    NodeCommand::Write { actuator, value } => write(core, &actuator, value),
+                    NodeCommand::Ignored { metric, why } => {
+                        tracing::warn!(metric = %metric, reason = %why, "NCMD metric ignored.");
+                    }
+                }
+            }
+        } else {
+            tracing::warn!(topic = %message.topic.escape_debug(), "Message on a topic the node did not subscribe to; ignored.");
+        }
+    }
+
+    fn on_state(&mut self, core: &mut Core, message: &Incoming) {
+        let state = match host_state(&message.payload) {
+            Ok(state) => state,
+            Err(why) => {
+                tracing::warn!(topic = %message.topic, error = %why, "STATE ignored.");
+                return;
+            }
+        };
+        if state.timestamp < self.host_seen {
+            tracing::debug!(topic = %message.topic, "Stale STATE ignored.");
+            return;
+        }
+        self.host_seen = state.timestamp;
+        tracing::info!(topic = %message.topic, online = state.online, "Primary host STATE.");
+        if state.online {
+            self.host = Some(state);
+            self.try_birth(core);
+        } else if self.born {
+            // The specification's behaviour: NDEATH, disconnect, and come back (through the
+            // backoff) to wait for the host.
+            self.ended();
+            core.close_session(true);
+            let delay = core.link.backoff_delay(fastrand::f64());
+            tracing::warn!(
+                retry_in_s = delay.as_secs_f64(),
+                "Primary host offline: NDEATH published, disconnecting."
+            );
+            core.reconnect_after = Some(delay);
+        } else {
+            self.host = Some(state);
+        }
+    }
+
+    /// An NCMD write ended: the value the actuator holds now goes out in NDATA.
+    pub fn on_written(
+        &mut self,
+        core: &mut Core,
+        actuator: &str,
+        result: Result<String, String>,
+        value: MetricValue,
+    ) {
+        match result {
+            Ok(written) => {
+                tracing::info!(actuator = %actuator, value = %written, "Actuator written (NCMD).")
+            }
+            Err(why) => {
+                tracing::warn!(actuator = %actuator, reason = %why, "Actuator write failed.")
+            }
+        }
+        self.node.set(
+            &format!("{ACTUATORS}{actuator}"),
+            value,
+            crate::model::now_ms(),
+        );
+        self.send_changes(core);
+    }
+
+    /// Publishes NBIRTH when it may: connected, a reading taken, the primary host online.
+    fn try_birth(&mut self, core: &mut Core) {
+        let host_online = self.host.is_some_and(|host| host.online);
+        if self.born || !core.link.is_up() || !host_online || !self.node.has_readings() {
+            return;
+        }
+        refresh(core, &mut self.node);
+        let ts = crate::model::now_ms();
+        let payload = self.node.birth(ts);
+        if !core.session.publish_bytes(&self.topics.nbirth, payload, 0) {
+            return;
+        }
+        self.born = true;
+        core.counters.sent += 1;
+        tracing::info!(topic = %self.topics.nbirth, bd_seq = self.node.bd_seq, "NBIRTH published.");
+        if self.missed.is_empty() {
+            return;
+        }
+        let metrics: Vec<_> = self
+            .missed
+            .drain(..)
+            .filter_map(|(name, raised, ts)| {
+                self.node
+                    .historical(&name, MetricValue::Boolean(raised), ts)
+            })
+            .collect();
+        let count = metrics.len();
+        let payload = self.node.data(ts, metrics);
+        if core.session.publish_bytes(&self.topics.ndata, payload, 0) {
+            core.counters.sent += 1;
+            tracing::info!(
+                alert_changes = count,
+                "Alert changes made while offline sent as historical NDATA."
+            );
+        }
+    }
+
+    /// Publishes what changed as NDATA (nothing when nothing did).
+    fn send_changes(&mut self, core: &mut Core) {
+        if !self.born {
+            return;
+        }
+        let metrics = self.node.changes();
+        if metrics.is_empty() {
+            return;
+        }
+        let payload = self.node.data(crate::model::now_ms(), metrics);
+        if core.session.publish_bytes(&self.topics.ndata, payload, 0) {
+            core.counters.sent += 1;
+        }
+    }
+}
+
+fn topics(config: &ValidConfig, identity: &Identity) -> Topics {
+    let sparkplug = config
+        .config()
+        .sparkplug
+        .as_ref()
+        .expect("Sparkplug mode runs only with a sparkplug: section");
+    Topics::new(sparkplug, &identity.client_id)
+}
+
+/// The node's metrics for `config`, with the alert states the sampler starts from and the
+/// actuators' current values, so the next birth is true.
+fn node(config: &ValidConfig, alerts: &SavedState) -> Node {
+    let mut node = Node::new(config);
+    let now = crate::model::now_ms();
+    for (name, raised) in &alerts.raised {
+        node.set(
+            &format!("Alerts/{name}"),
+            MetricValue::Boolean(*raised),
+            now,
+        );
+    }
+    for actuator in &config.config().actuators {
+        node.set(
+            &format!("{ACTUATORS}{}", actuator.name),
+            actuator_value(&actuator.file),
+            now,
+        );
+    }
+    node
+}
+
+/// Sets the node's `Node Info/…` metrics to what they are now.
+fn refresh(core: &Core, node: &mut Node) {
+    let (rss_bytes, cpu_time_ms) = crate::health::process_usage();
+    let read_errors = core
+        .stats
+        .sensor_errors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .values()
+        .sum();
+    // In the order of NODE_INFO.
+    let values = [
+        MetricValue::UInt(core.started.elapsed().as_secs()),
+        MetricValue::UInt(rss_bytes),
+        MetricValue::UInt(cpu_time_ms),
+        MetricValue::UInt(core.counters.sent),
+        MetricValue::UInt(
+            core.stats
+                .queue_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        MetricValue::UInt(core.link.connects.saturating_sub(1)),
+        MetricValue::UInt(read_errors),
+        MetricValue::Text(core.connect_log.last_error.clone()),
+    ];
+    let now = crate::model::now_ms();
+    for ((name, _), value) in NODE_INFO.iter().zip(values) {
+        node.set(name, value, now);
+    }
+}
+
+/// The NDEATH that is the will (and the goodbye) of the session with `bd_seq`.
+pub fn will(topic: String, bd_seq: u64) -> Outgoing {
+    Outgoing {
+        topic,
+        payload: crate::sparkplug::death(bd_seq),
+        qos: 1,
+        retain: false,
+    }
+}
+
+/// The bdSeq of the next session, saved first on the blocking pool; if that fails, the one after
+/// `last` (never 0 by accident).
+pub async fn next_bd_seq(state_dir: PathBuf, last: u64) -> u64 {
+    match tokio::task::spawn_blocking(move || crate::sparkplug::next_bd_seq(&state_dir)).await {
+        Ok(bd_seq) => bd_seq,
+        Err(err) => {
+            let bd_seq = (last + 1) % 256;
+            tracing::error!(error = %err, bd_seq, "Cannot read the next Sparkplug bdSeq; taking the one after the last session's.");
+            bd_seq
+        }
+    }
+}
+
+/// An actuator's current value as a metric: its file's text, or null when unreadable. Opened
+/// non-blocking, so a FIFO cannot hold up the caller.
+fn actuator_value(file: &std::path::Path) -> MetricValue {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .and_then(|mut handle| handle.read_to_string(&mut text));
+    match read {
+        Ok(_) => MetricValue::Text(text.trim().to_owned()),
+        Err(_) => MetricValue::Null,
+    }
+}
+
+/// An NCMD write to `Actuators/<name>`: through the same allow-list as plain commands, on the
+/// blocking pool with a deadline; the value the file holds afterwards comes back as
+/// `Event::Written`.
+fn write(core: &Core, name: &str, value: String) {
+    let Some(actuator) = core
+        .config
+        .config()
+        .actuators
+        .iter()
+        .find(|a| a.name == name)
+        .cloned()
+    else {
+        tracing::warn!(actuator = %name, "NCMD write to an unknown actuator ignored.");
+        return;
+    };
+    let value = match crate::commands::allowed_value(&actuator, Some(value)) {
+        Ok(value) => value,
+        Err(why) => {
+            tracing::warn!(actuator = %name, reason = %why, "NCMD write refused.");
+            return;
+        }
+    };
+    let events = core.events.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let file = actuator.file;
+        let started = Instant::now();
+        let job = tokio::task::spawn_blocking(move || {
+            let result = crate::commands::write(&file, &value).map(|()| value);
+            (result, actuator_value(&file))
+        });
+        let (result, value) = match tokio::time::timeout(WRITE_DEADLINE, job).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(_)) => (
+                Err("internal error while writing".to_owned()),
+                MetricValue::Null,
+            ),
+            Err(_) => (
+                Err(format!(
+                    "no answer within {} s",
+                    started.elapsed().as_secs()
+                )),
+                MetricValue::Null,
+            ),
+        };
+        let _ = events
+            .send(Event::Written {
+                actuator: name,
+                result,
+                value,
+            })
+            .await;
+    });
+}

@@ -1,0 +1,233 @@
+//! Plain mode: the `{prefix}/…` topics. Telemetry at QoS 0 goes straight to Paho while online;
+//! alerts, command responses and telemetry at QoS >= 1 or kept while offline go through the
+//! outbox (the store) and drain from it at `broker.drain_rate`; health is published on every
+//! connect and every minute, retained.
+//!
+//! The device starts offline happily: until the first connect attempt has ended, the latest
+//! sample waits for it; after that, up to `telemetry.buffer_while_offline` telemetry messages
+//! are kept while offline and the rest are dropped and counted.
+
+use std::sync::Arc;
+
+use super::delivery::{Delivery, WINDOW};
+use super::store::{Request, Taken};
+use super::Core;
+use crate::config::ValidConfig;
+use crate::identity::Identity;
+use crate::mqtt::Connected;
+use crate::outbox::{Dropped, Kind};
+
+/// Numbers from the config used on every message.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `telemetry.qos`.
+    qos: u8,
+    /// `telemetry.buffer_while_offline`, bounded by `broker.max_queued_messages`.
+    keep_offline: usize,
+}
+
+impl Limits {
+    fn of(config: &ValidConfig) -> Limits {
+        let config = config.config();
+        Limits {
+            qos: config.telemetry.qos,
+            keep_offline: config
+                .telemetry
+                .buffer_while_offline
+                .min(config.broker.max_queued_messages) as usize,
+        }
+    }
+}
+
+/// The topics of one device.
+struct Topics {
+    /// `{prefix}/commands/`: a command's topic is this and its name, nothing else.
+    commands: String,
+    alerts: Arc<str>,
+    telemetry: Arc<str>,
+    responses: Arc<str>,
+    health: String,
+}
+
+impl Topics {
+    fn new(config: &ValidConfig, identity: &Identity) -> Topics {
+        let prefix = config.topic_prefix(&identity.client_id);
+        Topics {
+            commands: format!("{prefix}/commands/"),
+            alerts: Arc::from(format!("{prefix}/alerts")),
+            telemetry: Arc::from(format!("{prefix}/telemetry")),
+            responses: Arc::from(format!("{prefix}/responses")),
+            health: format!("{prefix}/health"),
+        }
+    }
+}
+
+pub(crate) struct Plain {
+    pub delivery: Delivery,
+    limits: Limits,
+    topics: Topics,
+    /// The latest sample made before the first connect attempt ended (the agent is starting,
+    /// not offline): it waits for that connect even without an offline buffer.
+    first_sample: Option<String>,
+    /// False until the first connect attempt has ended.
+    attempted: bool,
+}
+
+impl Plain {
+    pub fn new(config: &ValidConfig, identity: &Identity) -> Plain {
+        let broker = &config.config().broker;
+        // A confirmation that has not come after four keepalives means the message goes again.
+        let ack_timeout = std::time::Duration::from_secs((4 * broker.keepalive_s).max(30));
+        Plain {
+            delivery: Delivery::new(broker.drain_rate, ack_timeout),
+            limits: Limits::of(config),
+            topics: Topics::new(config, identity),
+            first_sample: None,
+            attempted: false,
+        }
+    }
+
+    pub fn reconfigure(&mut self, config: &ValidConfig, identity: &Identity) {
+        self.limits = Limits::of(config);
+        self.topics = Topics::new(config, identity);
+        self.delivery.set_rate(config.config().broker.drain_rate);
+    }
+
+    pub fn alerts_topic(&self) -> Arc<str> {
+        Arc::clone(&self.topics.alerts)
+    }
+
+    pub fn responses_topic(&self) -> Arc<str> {
+        Arc::clone(&self.topics.responses)
+    }
+
+    /// The command's name when `topic` is exactly `{prefix}/commands/{name}`.
+    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let name = topic.strip_prefix(self.topics.commands.as_str())?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// A connect attempt ended without a connection.
+    pub fn attempted(&mut self) {
+        self.attempted = true;
+    }
+
+    pub fn on_connected(&mut self, core: &mut Core, connected: &Connected) {
+        self.attempted = true;
+        // Nothing sent on an earlier connection is trusted to have arrived: what was in flight
+        // goes again (at-least-once; ids stay the same).
+        self.delivery.connected(core.link.connects, &core.store);
+        if let Some(payload) = self.first_sample.take() {
+            self.send_live(core, payload);
+        }
+        self.publish_health(core);
+        tracing::info!(
+            broker = %connected.server,
+            session_present = connected.session_present,
+            queued = core.outbox.per_kind.iter().sum::<usize>(),
+            dropped = core.counters.dropped,
+            "Connected."
+        );
+    }
+
+    /// One sampling pass's telemetry.
+    pub fn on_pass(&mut self, core: &mut Core, payload: String) {
+        let full = core
+            .stats
+            .queue_full
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.delivery.telemetry_gap += full;
+        core.counters.dropped += full;
+        let online = core.link.is_up();
+        if online && self.limits.qos == 0 {
+            // Live QoS 0 telemetry is not written to disk; it goes at once, beside any backlog
+            // (live data is not starved by a drain).
+            self.send_live(core, payload);
+        } else if online || self.limits.keep_offline > 0 {
+            // QoS >= 1, or kept while offline: through the outbox, bounded by
+            // telemetry.buffer_while_offline (and a window's worth while online).
+            let keep = if online {
+                self.limits.keep_offline.max(WINDOW)
+            } else {
+                self.limits.keep_offline
+            };
+            core.store.send(Request::Push {
+                kind: Kind::Telemetry,
+                qos: self.limits.qos,
+                topic: Arc::clone(&self.topics.telemetry),
+                payload: payload.into_bytes(),
+                limit: Some(keep),
+            });
+        } else if !self.attempted {
+            if self.first_sample.replace(payload).is_some() {
+                self.dropped_telemetry(core);
+            }
+        } else {
+            self.dropped_telemetry(core);
+        }
+    }
+
+    fn dropped_telemetry(&mut self, core: &mut Core) {
+        core.counters.dropped += 1;
+        self.delivery.telemetry_gap += 1;
+    }
+
+    /// QoS 0 telemetry straight to Paho, saying how many were dropped since the last one.
+    fn send_live(&mut self, core: &mut Core, payload: String) {
+        let payload = match self.delivery.telemetry_gap {
+            0 => payload,
+            gap => String::from_utf8(crate::telemetry::with_dropped(payload.into_bytes(), gap))
+                .expect("ASCII added to UTF-8 stays UTF-8"),
+        };
+        match core
+            .session
+            .publish(&self.topics.telemetry, payload, 0, false)
+        {
+            Ok(()) => {
+                core.counters.sent += 1;
+                self.delivery.telemetry_gap = 0;
+            }
+            Err(_) => self.dropped_telemetry(core),
+        }
+    }
+
+    /// The store's answer to a `Take`.
+    pub fn taken(
+        &mut self,
+        core: &mut Core,
+        generation: u64,
+        messages: Vec<Taken>,
+        lost: &[Dropped],
+    ) {
+        self.delivery.telemetry_gap +=
+            lost.iter().filter(|d| d.kind == Kind::Telemetry).count() as u64;
+        self.delivery.taken(
+            generation,
+            messages,
+            &core.session,
+            &core.store,
+            &core.events,
+        );
+    }
+
+    pub fn delivered(&mut self, core: &mut Core, generation: u64, id: u64, ok: bool) {
+        if self.delivery.delivered(generation, id, ok, &core.store) {
+            core.counters.sent += 1;
+        }
+    }
+
+    /// `{prefix}/health`, retained, so a dashboard that starts late sees the last one.
+    pub fn publish_health(&mut self, core: &mut Core) {
+        if !core.link.is_up() {
+            return;
+        }
+        let payload = super::status::health(core);
+        if core
+            .session
+            .publish(&self.topics.health, payload, 0, true)
+            .is_ok()
+        {
+            core.counters.sent += 1;
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The sampler: reads every sensor each `telemetry.interval_s` on a thread of its own (reads
+//! block), evaluates the alert rules on the same sample, hands alert events to the store and
+//! telemetry to the event loop.
+//!
+//! A stuck part stops only itself. The thread says which sensor it is reading and since when;
+//! the event loop looks at that every [`CHECK`]. A read that has taken longer than
+//! [`crate::sensors::DEADLINE`] retires the thread (it exits when the read returns, without
+//! evaluating or sending anything) and starts another in its place, which reports the stuck
+//! sensor as a `Timeout` error (and so `sensor_fault`) until the first thread's read returns.
+//! The other sensors go on being read, and the watchdog goes on being petted: a wedged sensor is
+//! not a reason to restart the agent into the same wedge.
+//!
+//! The alert rules and their state live in one [`AlertBook`] shared by every sampler thread of
+//! the daemon's life, reloads included; a thread evaluates only while the book's generation is
+//! its own, so two threads never make events from the same state.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::store::{Request, StoreHandle};
+use super::Event;
+use crate::alerts::{AlertEvent, Alerts, SavedState};
+use crate::config::ValidConfig;
+use crate::model::Sample;
+use crate::sensors::{Sensors, DEADLINE};
+use crate::sparkplug::Reading;
+
+/// How often the event loop looks for a stuck read.
+pub const CHECK: Duration = Duration::from_secs(1);
+
+/// Telemetry between the sampler and the event loop. Full means the loop is behind; the sampler
+/// then drops the newest and counts it.
+pub const TELEMETRY_QUEUE: usize = 8;
+
+/// The alert state in `state_dir`.
+pub const ALERTS_FILE: &str = "alerts.json";
+
+/// What one sampling pass hands the event loop.
+#[derive(Debug)]
+pub enum Pass {
+    /// Plain mode: the telemetry payload.
+    Json(String),
+    /// Sparkplug mode: the values and the names of failing sensors.
+    Reading(Reading),
+}
+
+/// Where alert events go.
+#[derive(Clone)]
+pub enum AlertSink {
+    /// Plain mode: into the outbox on `topic`, then the state is saved (the store does both).
+    Outbox { topic: Arc<str> },
+    /// Sparkplug mode: to the event loop (state-based; the next birth carries the state), the
+    /// state saved by the store.
+    Loop(mpsc::Sender<Event>),
+}
+
+/// The alert rules and their state, shared by every sampler thread of the daemon.
+pub struct AlertBook {
+    alerts: Alerts,
+    /// Raised by every new sampler thread; an older thread that sees a newer one exits.
+    generation: u64,
+    path: PathBuf,
+}
+
+impl AlertBook {
+    /// The rules of `config` with the state saved in `state_dir`.
+    pub fn load(config: &ValidConfig, client_id: &str) -> AlertBook {
+        let path = config.config().state_dir.join(ALERTS_FILE);
+        let saved: SavedState = crate::state::load(&path);
+        AlertBook {
+            alerts: Alerts::new(client_id, &config.config().alerts, saved),
+            generation: 0,
+            path,
+        }
+    }
+
+    /// The state as it stands (what the next birth should say, in Sparkplug mode).
+    pub fn state(&self) -> &SavedState {
+        self.alerts.state()
+    }
+}
+
+/// Counters the sampler keeps for health, across threads and reloads.
+#[derive(Default)]
+pub struct SamplerStats {
+    /// Telemetry dropped because the event loop's queue was full.
+    pub queue_full: AtomicU64,
+    /// Failed reads per sensor value since start.
+    pub sensor_errors: Mutex<BTreeMap<String, u64>>,
+    /// Value names failing in the last pass, for `status`.
+    pub failing: Mutex<Vec<String>>,
+}
+
+/// Where one thread stands, written by it and read by the event loop.
+struct Progress {
+    /// The sensor being read, plus one; 0 between reads.
+    reading: AtomicUsize,
+    /// When that read started (Unix ms).
+    since_ms: AtomicU64,
+    /// When the last pass ended (Unix ms).
+    last_pass_ms: AtomicU64,
+    /// Set by the loop: exit after the current read.
+    retired: AtomicBool,
+}
+
+/// What a sampler thread needs, shared with its replacements.
+#[derive(Clone)]
+struct Setup {
+    config: ValidConfig,
+    book: Arc<Mutex<AlertBook>>,
+    stats: Arc<SamplerStats>,
+    store: StoreHandle,
+    alerts: AlertSink,
+    passes: mpsc::Sender<Pass>,
+    json: bool,
+    /// Sensors whose read never returned, by index: skipped with a `Timeout` error.
+    stuck: Arc<Mutex<HashSet<usize>>>,
+}
+
+/// The running sampler: its current thread and how to stop it.
+pub struct Sampler {
+    setup: Setup,
+    progress: Arc<Progress>,
+    stop: std_mpsc::Sender<()>,
+}
+
+impl Sampler {
+    /// Starts sampling `config` with the rules and state of `book`.
+    pub fn start(
+        config: &ValidConfig,
+        book: Arc<Mutex<AlertBook>>,
+        stats: Arc<SamplerStats>,
+        store: StoreHandle,
+        alerts: AlertSink,
+        passes: mpsc::Sender<Pass>,
+    ) -> Sampler {
+        let json = matches!(alerts, AlertSink::Outbox { .. });
+        let setup = Setup {
+            config: config.clone(),
+            book,
+            stats,
+            store,
+            alerts,
+            passes,
+            json,
+            stuck: Arc::default(),
+        };
+        let (progress, stop) = spawn(setup.clone());
+        Sampler {
+            setup,
+            progress,
+            stop,
+        }
+    }
+
+    /// When the last pass ended (Unix ms): the watchdog is petted only while this moves.
+    pub fn last_pass_ms(&self) -> u64 {
+        self.progress.last_pass_ms.load(Ordering::Relaxed)
+    }
+
+    /// Replaces a thread stuck in one read for longer than the deadline. Called by the event
+    /// loop every [`CHECK`]; does nothing while reads return in time.
+    pub fn check(&mut self) {
+        let reading = self.progress.reading.load(Ordering::Relaxed);
+        if reading == 0 {
+            return;
+        }
+        let since = self.progress.since_ms.load(Ordering::Relaxed);
+        let now = crate::model::now_ms();
+        if now.saturating_sub(since) < DEADLINE.as_millis() as u64 {
+            return;
+        }
+        let index = reading - 1;
+        let name = self
+            .setup
+            .config
+            .sensors
+            .get(index)
+            .map_or("?", |spec| spec.name.as_str());
+        tracing::error!(sensor = %name, deadline_s = DEADLINE.as_secs_f64(), "Sensor read stuck; sampling goes on without it until the read returns.");
+        self.setup
+            .stuck
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(index);
+        self.progress.retired.store(true, Ordering::Relaxed);
+        let (progress, stop) = spawn(self.setup.clone());
+        self.progress = progress;
+        self.stop = stop;
+    }
+
+    /// Stops sampling: the thread ends at its next wait (a read stuck in the kernel is not
+    /// waited for; it exits when the read returns).
+    pub fn stop(&mut self) {
+        self.progress.retired.store(true, Ordering::Relaxed);
+        // Dropping the sender wakes the thread from its wait between passes.
+        self.stop = std_mpsc::channel().0;
+    }
+}
+
+/// Starts one sampler thread; a new generation of the alert book is its.
+fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<()>) {
+    let (stop, stopped) = std_mpsc::channel::<()>();
+    let progress = Arc::new(Progress {
+        reading: AtomicUsize::new(0),
+        since_ms: AtomicU64::new(0),
+        last_pass_ms: AtomicU64::new(crate::model::now_ms()),
+        retired: AtomicBool::new(false),
+    });
+    let generation = {
+        let mut book = setup
+            .book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        book.generation += 1;
+        book.generation
+    };
+    let thread_progress = Arc::clone(&progress);
+    std::thread::Builder::new()
+        .name("sampler".to_owned())
+        .spawn(move || sample(setup, thread_progress, generation, stopped))
+        .expect("the sampler thread can be spawned");
+    (progress, stop)
+}
+
+/// The body of one sampler thread.
+fn sample(setup: Setup, progress: Arc<Progress>, generation: u64, stop: std_mpsc::Receiver<()>) {
+    let config = setup.config.config();
+    let interval = Duration::from_secs_f64(config.telemetry.interval_s);
+    let mut sensors = Sensors::new(&setup.config.sensors, &config.sysfs_root);
+    let mut sample = Sample::default();
+    let mut failing: Vec<Arc<str>> = Vec::new();
+    let mut seq: u64 = 0;
+    let mut next = Instant::now();
+    // The sensors this thread found stuck itself (its reads returned late): freed when it ends.
+    let mut mine: Option<usize> = None;
+    loop {
+        let pass_start_us = crate::model::now_us();
+        sample.values.clear();
+        sample.errors.clear();
+        sample.ts_ms = crate::model::now_ms();
+        for index in 0..sensors.len() {
+            let stuck = setup
+                .stuck
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .contains(&index);
+            if stuck {
+                sensors.skip_stuck(index, DEADLINE, &mut sample);
+                continue;
+            }
+            progress
+                .since_ms
+                .store(crate::model::now_ms(), Ordering::Relaxed);
+            progress.reading.store(index + 1, Ordering::Relaxed);
+            sensors.read_one(index, &mut sample);
+            progress.reading.store(0, Ordering::Relaxed);
+            if progress.retired.load(Ordering::Relaxed) {
+                mine = Some(index);
+                break;
+            }
+        }
+        if progress.retired.load(Ordering::Relaxed) {
+            break;
+        }
+        let synced = crate::clock::synced(sample.ts_ms);
+        if !evaluate(&setup, generation, &sample, synced, pass_start_us) {
+            break;
+        }
+        log_sensor_changes(&sample, &mut failing);
+        count_errors(&setup.stats, &sample);
+        progress
+            .last_pass_ms
+            .store(crate::model::now_ms(), Ordering::Relaxed);
+        let pass = if setup.json {
+            Pass::Json(crate::telemetry::telemetry(&sample, seq, synced))
+        } else {
+            Pass::Reading(Reading {
+                ts_ms: sample.ts_ms,
+                synced,
+                values: sample.values.clone(),
+                failing: sample
+                    .errors
+                    .iter()
+                    .map(|(name, _)| Arc::clone(name))
+                    .collect(),
+            })
+        };
+        seq += 1;
+        match setup.passes.try_send(pass) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                setup.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+        next += interval;
+        let now = Instant::now();
+        if next < now {
+            // A slow pass skips ticks rather than bursting.
+            next = now;
+        }
+        match stop.recv_timeout(next - now) {
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            _ => break,
+        }
+    }
+    // A read that came back after the deadline: that sensor is read again from now on.
+    if let Some(index) = mine {
+        let freed = setup
+            .stuck
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&index);
+        if freed {
+            tracing::info!(
+                sensor = index,
+                "A stuck sensor read returned; it is read again."
+            );
+        }
+    }
+}
+
+/// Evaluates the rules on `sample` and hands the events on; false when this thread is no longer
+/// the book's (a newer one runs) or nothing takes events any more.
+fn evaluate(
+    setup: &Setup,
+    generation: u64,
+    sample: &Sample,
+    synced: bool,
+    pass_start_us: u64,
+) -> bool {
+    let mut book = setup
+        .book
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if book.generation != generation {
+        return false;
+    }
+    let mut events = book.alerts.evaluate(sample, sample.ts_ms, synced);
+    if events.is_empty() {
+        return true;
+    }
+    for event in &mut events {
+        event.pass_start_us = pass_start_us;
+        log_event(event);
+    }
+    let state = book.alerts.state().clone();
+    let path = book.path.clone();
+    // Handed over while the book is held, so the order of events is the order of passes.
+    match &setup.alerts {
+        AlertSink::Outbox { topic } => setup.store.send(Request::Alerts {
+            topic: Arc::clone(topic),
+            events,
+            state,
+            path,
+        }),
+        AlertSink::Loop(events_tx) => {
+            let saved = setup.store.send(Request::SaveState { state, path });
+            saved
+                && events
+                    .into_iter()
+                    .all(|event| events_tx.blocking_send(Event::Alert(event)).is_ok())
+        }
+    }
+}
+
+/// One line per alert event, at the priority its severity asks for: a critical alert is an
+/// error in the journal, a warning a warning.
+fn log_event(event: &AlertEvent) {
+    match event.severity {
+        "critical" => {
+            tracing::error!(alert = %event.alert, sensor = %event.sensor, state = ?event.state, id = %event.id, "Alert.")
+        }
+        "warning" => {
+            tracing::warn!(alert = %event.alert, sensor = %event.sensor, state = ?event.state, id = %event.id, "Alert.")
+        }
+        _ => {
+            tracing::info!(alert = %event.alert, sensor = %event.sensor, state = ?event.state, id = %event.id, "Alert.")
+        }
+    }
+}
+
+fn count_errors(stats: &SamplerStats, sample: &Sample) {
+    let mut failing = stats
+        .failing
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    failing.clear();
+    failing.extend(sample.errors.iter().map(|(name, _)| name.to_string()));
+    drop(failing);
+    if sample.errors.is_empty() {
+        return;
+    }
+    let mut counts = stats
+        .sensor_errors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (name, _) in &sample.errors {
+        // No allocation per pass once a sensor's count exists.
+        match counts.get_mut(&**name) {
+            Some(count) => *count += 1,
+            None => {
+                counts.insert(name.to_string(), 1);
+            }
+        }
+    }
+}
+
+/// Logs a sensor once when it starts failing (with the error) and once when it reads again,
+/// not on every pass; the counts per pass go to the health topic.
+fn log_sensor_changes(sample: &Sample, failing: &mut Vec<Arc<str>>) {
+    for (name, err) in &sample.errors {
+        if !failing.contains(name) {
+            tracing::warn!(sensor = %name, error = %err, "Sensor failing.");
+            failing.push(Arc::clone(name));
+        }
+    }
+    failing.retain(|name| {
+        let still = sample.errors.iter().any(|(failed, _)| failed == name);
+        if !still {
+            tracing::info!(sensor = %name, "Sensor reads again.");
+        }
+        still
+    });
+}
+
+impl AlertBook {
+    /// New rules from a reload, keeping the state of those that stay.
+    pub fn reconfigure(&mut self, config: &ValidConfig, client_id: &str) {
+        let state = self.alerts.state().clone();
+        self.alerts = Alerts::new(client_id, &config.config().alerts, state);
+        self.path = config.config().state_dir.join(ALERTS_FILE);
+    }
+}
