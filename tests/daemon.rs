@@ -41,6 +41,8 @@ pub(crate) struct Setup {
     /// The state directory as a tmpfs of this many KiB (in a private mount namespace): a disk
     /// that fills up.
     pub state_tmpfs_kib: Option<u32>,
+    /// `broker.connect_timeout_s`.
+    pub connect_timeout_s: u64,
 }
 
 impl Setup {
@@ -60,6 +62,7 @@ impl Setup {
             journal: None,
             sensors_extra: String::new(),
             state_tmpfs_kib: None,
+            connect_timeout_s: 3,
         }
     }
 }
@@ -87,7 +90,7 @@ impl Agent {
             r#"broker:
   urls: [{urls}]
   keepalive_s: {keepalive_s}
-  connect_timeout_s: 3
+  connect_timeout_s: {connect_timeout_s}
   reconnect: {reconnect}
   tls: {{ ca_file: {ca}, cert_file: {cert}, key_file: {key}{tls_extra} }}
 {extra}
@@ -107,6 +110,7 @@ sensors:
             reconnect = setup.reconnect,
             telemetry = setup.telemetry,
             keepalive_s = setup.keepalive_s,
+            connect_timeout_s = setup.connect_timeout_s,
             tls_extra = setup.tls_extra,
             top_extra = setup.top_extra,
             sensors_extra = setup.sensors_extra,

@@ -5,6 +5,7 @@ mod util;
 mod yocto;
 
 mod alerts;
+mod centre;
 mod certs;
 mod cli;
 mod commands;
