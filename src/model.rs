@@ -1,12 +1,13 @@
-//! Plain data shared by the whole agent: what one sampling pass produced.
+//! Plain data shared by the whole agent: what one sampling pass produced, and why a sensor
+//! could not be read. It uses nothing else of the crate.
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::ser::Serializer;
 use serde::Serialize;
-
-use crate::sensors::SensorError;
 
 /// One pass over every sensor: the values that were read and the errors of those that were not,
 /// both in config order.
@@ -48,6 +49,36 @@ impl Serialize for Ordered<'_, SensorError> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(name, err)| (&**name, err.to_string())))
     }
+}
+
+/// Why one sensor could not be read. The message names the path or device, the cause and, where
+/// it helps, what was read.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("no {what} with {key} \"{wanted}\" under {}", dir.display())]
+    NotFound {
+        what: &'static str,
+        key: &'static str,
+        wanted: String,
+        dir: PathBuf,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: expected a number, found \"{found}\"", path.display())]
+    NotANumber { path: PathBuf, found: String },
+    #[error("{metric}: {reason}")]
+    System {
+        metric: &'static str,
+        reason: String,
+    },
+    #[error("i2c bus {bus} addr {addr:#04x}: {reason}")]
+    I2c { bus: u32, addr: u16, reason: String },
+    #[error("{what}: no answer within {deadline_s} s; not read again until that read returns")]
+    Timeout { what: String, deadline_s: f64 },
 }
 
 /// Unix time in milliseconds.

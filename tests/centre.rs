@@ -13,13 +13,9 @@ use nix::sys::signal::Signal;
 
 use crate::broker::{publish, Broker, BrokerPki, Subscriber};
 use crate::daemon::{Agent, Setup};
+use crate::outbox::set_level;
 use crate::proxy::{Mode, Proxy};
 use crate::util::{fake_sysfs, TestDir};
-
-fn set_level(dir: &TestDir, value: u32) {
-    dir.write("level.tmp", format!("{value}\n"));
-    std::fs::rename(dir.path().join("level.tmp"), dir.path().join("level")).unwrap();
-}
 
 /// A setup with a file sensor `level` (starting at 0) and the rule `hot: level above 50`.
 fn with_level(dir: &TestDir, id: &str, broker: &Broker) -> Setup {
@@ -322,7 +318,10 @@ fn the_outbox_goes_back_to_disk_when_the_disk_has_room() {
     std::fs::remove_file(&filler).unwrap();
     agent.expect_log("state_dir takes writes again", Duration::from_secs(25));
     set_level(&dir, 0);
-    agent.expect_log("alert=hot40 sensor=level state=Cleared", Duration::from_secs(10));
+    agent.expect_log(
+        "alert=hot40 sensor=level state=Cleared",
+        Duration::from_secs(10),
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut outbox = String::new();
     while Instant::now() < deadline {
@@ -340,5 +339,9 @@ fn the_outbox_goes_back_to_disk_when_the_disk_has_room() {
     );
     let saved = std::fs::read_to_string(format!("{state}/alerts.json")).unwrap();
     assert!(!saved.contains(r#""hot40""#), "saved as cleared: {saved}");
-    assert_eq!(outbox.matches(r#""state":"cleared""#).count(), 40, "{outbox:?}");
+    assert_eq!(
+        outbox.matches(r#""state":"cleared""#).count(),
+        40,
+        "{outbox:?}"
+    );
 }

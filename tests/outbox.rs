@@ -35,7 +35,8 @@ fn setup(dir: &TestDir, id: &str, broker: &Broker, proxy: &Proxy, rules: usize) 
     setup
 }
 
-fn set_level(dir: &TestDir, value: u32) {
+/// Writes the file sensor `level` the way a bridge would: a new file renamed over the old.
+pub(crate) fn set_level(dir: &TestDir, value: u32) {
     dir.write("level.tmp", format!("{value}\n"));
     std::fs::rename(dir.path().join("level.tmp"), dir.path().join("level")).unwrap();
 }

@@ -8,6 +8,8 @@
 //! The structs mirror the YAML keys exactly; every field has the default the SPEC gives. Only this
 //! module names `serde_yaml`.
 
+mod components;
+pub use components::{ADS1115_GAINS, ADS1115_RATES};
 mod diff;
 mod finding;
 mod load;
@@ -21,10 +23,7 @@ use serde::Deserialize;
 pub use diff::Changes;
 pub use finding::{Finding, Findings, Severity};
 pub use load::{inspect, load, load_str, ConfigError};
-pub use validate::{
-    validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig, ADS1115_GAINS,
-    ADS1115_RATES,
-};
+pub use validate::{validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig};
 
 /// Where the daemon and the offline commands look for the config when neither `--config` nor
 /// `FIELDAGENT_CONFIG` says otherwise.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::delivery::TokenBucket;
-use super::Event;
+use super::event::Event;
 use crate::commands::{self, Action, Command, Response};
 use crate::config::{ActuatorConfig, SensorSpec};
 use crate::dedupe::Dedupe;

@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::store::{Request, StoreHandle, Taken};
-use super::Event;
+use super::event::Event;
+use super::event::Taken;
+use super::store::{Request, StoreHandle};
 use crate::mqtt::Session;
 use crate::outbox::Kind;
 

@@ -15,7 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{Core, Event};
+use super::event::Event;
+use super::Core;
 use crate::alerts::{AlertEvent, SavedState, Transition};
 use crate::config::ValidConfig;
 use crate::identity::Identity;

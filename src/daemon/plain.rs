@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use super::delivery::{Delivery, WINDOW};
-use super::store::{Request, Taken};
+use super::event::Taken;
+use super::store::Request;
 use super::Core;
 use crate::config::ValidConfig;
 use crate::identity::Identity;

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::event::Event;
 use super::store::{Request, StoreHandle};
-use super::Event;
 use crate::alerts::{AlertEvent, Alerts, SavedState};
 use crate::config::ValidConfig;
 use crate::model::Sample;

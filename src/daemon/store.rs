@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::Event;
+use super::event::{Event, Report, StoreEvent, Taken};
 use crate::alerts::{AlertEvent, SavedState};
 use crate::commands::Response;
 use crate::dedupe::Dedupe;
-use crate::outbox::{Dropped, Kind, Outbox, Outgoing};
+use crate::outbox::{Dropped, Kind, Outbox};
 
 /// What the store is asked to do, in order.
 #[derive(Debug)]
@@ -68,45 +68,6 @@ pub enum Request {
     SetBound(usize),
     /// Finish what came before and end the thread.
     Stop,
-}
-
-/// What the store reports to the event loop.
-#[derive(Debug)]
-pub enum StoreEvent {
-    /// After every batch of requests.
-    Report(Report),
-    /// The answer to a `Take`.
-    Taken {
-        generation: u64,
-        messages: Vec<Taken>,
-        /// Queued messages whose payload could not be read back.
-        lost: Vec<Dropped>,
-    },
-    /// The thread has ended after a `Stop`; everything before it is on disk.
-    Stopped,
-}
-
-/// A message taken for sending, with what the loop logs about an alert.
-#[derive(Debug)]
-pub struct Taken {
-    pub message: Outgoing,
-    /// For an alert made in this run: its name and when its sampling pass started (Unix µs).
-    pub alert: Option<(String, u64)>,
-}
-
-/// The outbox as it stands after a batch.
-#[derive(Debug, Default, Clone)]
-pub struct Report {
-    /// Queued and not in flight.
-    pub queued: usize,
-    /// Queued per kind (alerts, responses, telemetry), in flight included.
-    pub per_kind: [usize; 3],
-    /// False while the outbox is memory-only.
-    pub durable: bool,
-    /// Pushed out by the bound in this batch.
-    pub dropped: Vec<Dropped>,
-    /// When the oldest queued message was stored (Unix ms), if any is queued.
-    pub oldest_ms: Option<u64>,
 }
 
 /// The loop's end of the store.

@@ -13,7 +13,6 @@ mod i2c;
 mod sysfs;
 mod system;
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,35 +26,7 @@ pub use sysfs::hwmon_kind;
 /// `sensor_fault`), never a delay for the other sensors.
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Why one sensor could not be read. The message names the path or device, the cause and, where
-/// it helps, what was read.
-#[derive(Debug, thiserror::Error)]
-pub enum SensorError {
-    #[error("no {what} with {key} \"{wanted}\" under {}", dir.display())]
-    NotFound {
-        what: &'static str,
-        key: &'static str,
-        wanted: String,
-        dir: PathBuf,
-    },
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{}: expected a number, found \"{found}\"", path.display())]
-    NotANumber { path: PathBuf, found: String },
-    #[error("{metric}: {reason}")]
-    System {
-        metric: &'static str,
-        reason: String,
-    },
-    #[error("i2c bus {bus} addr {addr:#04x}: {reason}")]
-    I2c { bus: u32, addr: u16, reason: String },
-    #[error("{what}: no answer within {deadline_s} s; not read again until that read returns")]
-    Timeout { what: String, deadline_s: f64 },
-}
+pub use crate::model::SensorError;
 
 /// What every kind of sensor source provides.
 pub(crate) trait Source: Send {
@@ -146,6 +117,19 @@ impl Sensor {
 
     pub fn describe(&self) -> String {
         self.source.describe()
+    }
+
+    /// Appends a `Timeout` error for each of its values: its read did not return in time.
+    fn timed_out(&self, deadline: std::time::Duration, sample: &mut Sample) {
+        for name in &self.names {
+            sample.errors.push((
+                Arc::clone(name),
+                SensorError::Timeout {
+                    what: self.describe(),
+                    deadline_s: deadline.as_secs_f64(),
+                },
+            ));
+        }
     }
 
     /// Reads once and appends each value or error to `sample`.
@@ -248,15 +232,7 @@ impl Sensors {
                 _ => {
                     // The stuck read keeps its sensor; a new one stands in for names and units.
                     let sensor = Sensor::new(spec, &self.sysfs_root);
-                    for name in &sensor.names {
-                        sample.errors.push((
-                            Arc::clone(name),
-                            SensorError::Timeout {
-                                what: sensor.describe(),
-                                deadline_s: deadline.as_secs_f64(),
-                            },
-                        ));
-                    }
+                    sensor.timed_out(deadline, &mut sample);
                     self.sensors.push(sensor);
                 }
             }
@@ -271,16 +247,7 @@ impl Sensors {
 
     /// Appends a `Timeout` error for each value of sensor `index`, without reading it.
     pub fn skip_stuck(&self, index: usize, deadline: std::time::Duration, sample: &mut Sample) {
-        let sensor = &self.sensors[index];
-        for name in &sensor.names {
-            sample.errors.push((
-                Arc::clone(name),
-                SensorError::Timeout {
-                    what: sensor.describe(),
-                    deadline_s: deadline.as_secs_f64(),
-                },
-            ));
-        }
+        self.sensors[index].timed_out(deadline, sample);
     }
 
     pub fn len(&self) -> usize {

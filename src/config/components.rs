@@ -1,0 +1,522 @@
+//! Checks of the config's components: sensors (with their sources and I2C chips), alerts,
+//! actuators and the Sparkplug section. Part of validation (see `validate`): every finding at
+//! once, no I/O.
+
+use std::collections::HashSet;
+
+use super::finding::Finding;
+use super::validate::{
+    check_absolute, check_qos, substitute, unknown_placeholder, validate_topic_id, SensorSource,
+    SensorSpec,
+};
+use super::{
+    ActuatorConfig, AlertConfig, Config, I2cChip, I2cConfig, SensorConfig, SparkplugConfig,
+};
+
+/// Names end up in JSON keys, topics (actuators) and Sparkplug metric names; `.` separates a
+/// sensor from its quantity.
+fn check_name(key: &str, name: &str, findings: &mut Vec<Finding>) -> bool {
+    let bad = name.chars().find(|c| {
+        matches!(c, '.' | '/' | '+' | '#' | '"' | '\\') || c.is_whitespace() || c.is_control()
+    });
+    let message = if name.is_empty() {
+        "expected a name, found an empty one".to_owned()
+    } else if name.len() > 64 {
+        format!("expected at most 64 bytes, found {}", name.len())
+    } else if let Some(bad) = bad {
+        format!(
+            "expected letters, digits, '_' or '-', found {bad:?} in \"{}\"",
+            name.escape_debug()
+        )
+    } else {
+        return true;
+    };
+    findings.push(Finding::error(key, message));
+    false
+}
+
+fn check_unique<'a>(
+    seen: &mut HashSet<&'a str>,
+    key: &str,
+    what: &str,
+    name: &'a str,
+    findings: &mut Vec<Finding>,
+) {
+    if !seen.insert(name) {
+        findings.push(Finding::error(
+            key,
+            format!("expected a unique {what} name, found \"{name}\" twice"),
+        ));
+    }
+}
+
+/// The file index of the `position`th parsed entry of a list.
+fn file_index(indices: &[usize], position: usize) -> usize {
+    indices.get(position).copied().unwrap_or(position)
+}
+
+pub(super) fn check_sensors(
+    sensors: &[SensorConfig],
+    indices: &[usize],
+    findings: &mut Vec<Finding>,
+) -> Vec<SensorSpec> {
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(sensors.len());
+    for (position, sensor) in sensors.iter().enumerate() {
+        let key = format!("sensors[{}]", file_index(indices, position));
+        if check_name(&format!("{key}.name"), &sensor.name, findings) {
+            check_unique(
+                &mut seen,
+                &format!("{key}.name"),
+                "sensor",
+                &sensor.name,
+                findings,
+            );
+        }
+        for (field, value) in [("scale", sensor.scale), ("offset", sensor.offset)] {
+            if let Some(value) = value {
+                if !value.is_finite() {
+                    findings.push(Finding::error(
+                        format!("{key}.{field}"),
+                        format!("expected a finite number, found {value}"),
+                    ));
+                }
+            }
+        }
+        if sensor.scale == Some(0.0) {
+            findings.push(Finding::warning(
+                format!("{key}.scale"),
+                "0 turns every reading into the offset",
+            ));
+        }
+        if let Some(source) = sensor_source(&key, sensor, findings) {
+            specs.push(SensorSpec {
+                key: key.clone(),
+                name: sensor.name.clone(),
+                scale: sensor.scale.unwrap_or(1.0),
+                offset: sensor.offset.unwrap_or(0.0),
+                unit: sensor.unit.clone(),
+                source,
+            });
+        }
+    }
+    specs
+}
+
+const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, i2c, system";
+
+fn sensor_source(
+    key: &str,
+    sensor: &SensorConfig,
+    findings: &mut Vec<Finding>,
+) -> Option<SensorSource> {
+    let present: Vec<&str> = [
+        ("thermal_zone", sensor.thermal_zone.is_some()),
+        ("hwmon", sensor.hwmon.is_some()),
+        ("iio", sensor.iio.is_some()),
+        ("file", sensor.file.is_some()),
+        ("i2c", sensor.i2c.is_some()),
+        ("system", sensor.system.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if present.len() != 1 {
+        let found = if present.is_empty() {
+            "none".to_owned()
+        } else {
+            present.join(" and ")
+        };
+        findings.push(Finding::error(
+            key,
+            format!("expected exactly one source key ({SOURCE_KEYS}), found {found}"),
+        ));
+        return None;
+    }
+    if let Some(zone) = &sensor.thermal_zone {
+        if zone.zone_type.trim().is_empty() {
+            findings.push(Finding::error(
+                format!("{key}.thermal_zone.type"),
+                "expected a zone type such as cpu-thermal, found an empty one",
+            ));
+        }
+        return Some(SensorSource::ThermalZone {
+            zone_type: zone.zone_type.clone(),
+        });
+    }
+    if let Some(hwmon) = &sensor.hwmon {
+        if hwmon.chip.trim().is_empty() || hwmon.chip.contains('/') {
+            findings.push(Finding::error(
+                format!("{key}.hwmon.chip"),
+                format!(
+                    "expected a chip name as in hwmonN/name, such as lm75, found \"{}\"",
+                    hwmon.chip
+                ),
+            ));
+        }
+        if crate::sensors::hwmon_kind(&hwmon.input).is_none() {
+            findings.push(Finding::error(
+                format!("{key}.hwmon.input"),
+                format!(
+                    "expected temp<N>, in<N>, curr<N>, power<N>, humidity<N> or fan<N>, found \"{}\"",
+                    hwmon.input
+                ),
+            ));
+        }
+        return Some(SensorSource::Hwmon {
+            chip: hwmon.chip.clone(),
+            input: hwmon.input.clone(),
+        });
+    }
+    if let Some(iio) = &sensor.iio {
+        if iio.device.trim().is_empty() || iio.device.contains('/') {
+            findings.push(Finding::error(
+                format!("{key}.iio.device"),
+                format!(
+                    "expected a device name as in iio:deviceN/name, found \"{}\"",
+                    iio.device
+                ),
+            ));
+        }
+        let channel_ok = iio.channel.starts_with("in_")
+            && iio.channel.len() > 3
+            && iio
+                .channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !channel_ok {
+            findings.push(Finding::error(
+                format!("{key}.iio.channel"),
+                format!(
+                    "expected a channel such as in_voltage0 or in_temp, found \"{}\"",
+                    iio.channel
+                ),
+            ));
+        }
+        return Some(SensorSource::Iio {
+            device: iio.device.clone(),
+            channel: iio.channel.clone(),
+        });
+    }
+    if let Some(file) = &sensor.file {
+        check_absolute(&format!("{key}.file"), file, findings);
+        return Some(SensorSource::File(file.clone()));
+    }
+    if let Some(i2c) = &sensor.i2c {
+        check_i2c(&format!("{key}.i2c"), i2c, findings);
+        return Some(SensorSource::I2c(i2c.clone()));
+    }
+    let metrics = sensor.system.clone().unwrap_or_default();
+    if metrics.is_empty() {
+        findings.push(Finding::error(
+            format!("{key}.system"),
+            "expected at least one of cpu_percent, mem_used_percent, load1, load5, load15, \
+             disk_used_percent, uptime_s, found none",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (index, metric) in metrics.iter().enumerate() {
+        if !seen.insert(*metric) {
+            findings.push(Finding::error(
+                format!("{key}.system[{index}]"),
+                format!("expected each metric once, found {} again", metric.as_str()),
+            ));
+        }
+    }
+    Some(SensorSource::System(metrics))
+}
+
+/// ADS1115 full-scale ranges (PGA settings), in volts, from the datasheet's table 8.
+pub const ADS1115_GAINS: [f64; 6] = [6.144, 4.096, 2.048, 1.024, 0.512, 0.256];
+/// ADS1115 data rates in samples per second, from the datasheet's table 8.
+pub const ADS1115_RATES: [u32; 8] = [8, 16, 32, 64, 128, 250, 475, 860];
+
+fn check_i2c(key: &str, i2c: &I2cConfig, findings: &mut Vec<Finding>) {
+    if !(0x03..=0x77).contains(&i2c.address) {
+        findings.push(Finding::error(
+            format!("{key}.address"),
+            format!(
+                "expected a 7-bit address 0x03..=0x77, found {:#04x}",
+                i2c.address
+            ),
+        ));
+    }
+    let chip = i2c.chip.as_str();
+    let only_for = |field: &str, set: bool, owner: I2cChip, findings: &mut Vec<Finding>| {
+        if set && i2c.chip != owner {
+            findings.push(Finding::error(
+                format!("{key}.{field}"),
+                format!(
+                    "only for chip {}, found it with chip {chip}",
+                    owner.as_str()
+                ),
+            ));
+        }
+    };
+    only_for("channel", i2c.channel.is_some(), I2cChip::Ads1115, findings);
+    only_for("gain", i2c.gain.is_some(), I2cChip::Ads1115, findings);
+    only_for(
+        "data_rate",
+        i2c.data_rate.is_some(),
+        I2cChip::Ads1115,
+        findings,
+    );
+    only_for("register", i2c.register.is_some(), I2cChip::Raw, findings);
+    only_for("length", i2c.length.is_some(), I2cChip::Raw, findings);
+    only_for("endian", i2c.endian.is_some(), I2cChip::Raw, findings);
+    only_for("signed", i2c.signed.is_some(), I2cChip::Raw, findings);
+    if let Some(channel) = i2c.channel {
+        if channel > 3 {
+            findings.push(Finding::error(
+                format!("{key}.channel"),
+                format!("expected a single-ended input 0..=3, found {channel}"),
+            ));
+        }
+    }
+    if let Some(gain) = i2c.gain {
+        if !ADS1115_GAINS.contains(&gain) {
+            findings.push(Finding::error(
+                format!("{key}.gain"),
+                format!("expected one of 6.144, 4.096, 2.048, 1.024, 0.512, 0.256 (volts full scale), found {gain}"),
+            ));
+        }
+    }
+    if let Some(rate) = i2c.data_rate {
+        if !ADS1115_RATES.contains(&rate) {
+            findings.push(Finding::error(
+                format!("{key}.data_rate"),
+                format!(
+                    "expected one of 8, 16, 32, 64, 128, 250, 475, 860 (samples/s), found {rate}"
+                ),
+            ));
+        }
+    }
+    if i2c.chip == I2cChip::Raw {
+        if i2c.register.is_none() {
+            findings.push(Finding::error(
+                format!("{key}.register"),
+                "required for chip raw, found nothing",
+            ));
+        }
+        match i2c.length {
+            None => findings.push(Finding::error(
+                format!("{key}.length"),
+                "required for chip raw (1..=4 bytes), found nothing",
+            )),
+            Some(length) if !(1..=4).contains(&length) => findings.push(Finding::error(
+                format!("{key}.length"),
+                format!("expected 1..=4 bytes, found {length}"),
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+pub(super) fn check_alerts(
+    alerts: &[AlertConfig],
+    indices: &[usize],
+    quantities: &HashSet<String>,
+    partial_sensors: &HashSet<&str>,
+    findings: &mut Vec<Finding>,
+) {
+    let mut seen = HashSet::new();
+    for (position, alert) in alerts.iter().enumerate() {
+        let key = format!("alerts[{}]", file_index(indices, position));
+        if check_name(&format!("{key}.name"), &alert.name, findings) {
+            if alert.name == "sensor_fault" {
+                findings.push(Finding::error(
+                    format!("{key}.name"),
+                    "\"sensor_fault\" is the built-in alert for failing sensors; choose another name",
+                ));
+            }
+            check_unique(
+                &mut seen,
+                &format!("{key}.name"),
+                "alert",
+                &alert.name,
+                findings,
+            );
+        }
+        let base = alert.sensor.split('.').next().unwrap_or_default();
+        if !quantities.contains(&alert.sensor) && !partial_sensors.contains(base) {
+            let multi: Vec<&str> = quantities
+                .iter()
+                .filter(|q| q.starts_with(&format!("{}.", alert.sensor)))
+                .map(String::as_str)
+                .collect();
+            let message = if multi.is_empty() {
+                format!(
+                    "expected the name of a configured sensor, found \"{}\"",
+                    alert.sensor
+                )
+            } else {
+                let mut multi = multi;
+                multi.sort_unstable();
+                format!(
+                    "sensor \"{}\" has several quantities; expected one of {}",
+                    alert.sensor,
+                    multi.join(", ")
+                )
+            };
+            findings.push(Finding::error(format!("{key}.sensor"), message));
+        }
+        let conditions = [
+            ("above", alert.above),
+            ("below", alert.below),
+            ("equals", alert.equals),
+        ];
+        let set: Vec<&str> = conditions
+            .iter()
+            .filter_map(|(name, value)| value.map(|_| *name))
+            .collect();
+        if set.len() != 1 {
+            let found = if set.is_empty() {
+                "none".to_owned()
+            } else {
+                set.join(" and ")
+            };
+            findings.push(Finding::error(
+                &key,
+                format!("expected exactly one of above, below, equals, found {found}"),
+            ));
+        }
+        for (field, value) in conditions.into_iter().chain([
+            ("clear_below", alert.clear_below),
+            ("clear_above", alert.clear_above),
+        ]) {
+            if let Some(value) = value {
+                if !value.is_finite() {
+                    findings.push(Finding::error(
+                        format!("{key}.{field}"),
+                        format!("expected a finite number, found {value}"),
+                    ));
+                }
+            }
+        }
+        match (alert.clear_below, alert.above) {
+            (Some(_), None) => findings.push(Finding::error(
+                format!("{key}.clear_below"),
+                "only with above:, found it without",
+            )),
+            (Some(clear), Some(above)) if clear > above => findings.push(Finding::error(
+                format!("{key}.clear_below"),
+                format!("expected at most above ({above}), found {clear}"),
+            )),
+            _ => {}
+        }
+        match (alert.clear_above, alert.below) {
+            (Some(_), None) => findings.push(Finding::error(
+                format!("{key}.clear_above"),
+                "only with below:, found it without",
+            )),
+            (Some(clear), Some(below)) if clear < below => findings.push(Finding::error(
+                format!("{key}.clear_above"),
+                format!("expected at least below ({below}), found {clear}"),
+            )),
+            _ => {}
+        }
+        if !(alert.for_s.is_finite() && alert.for_s >= 0.0) {
+            findings.push(Finding::error(
+                format!("{key}.for_s"),
+                format!("expected 0 or more seconds, found {}", alert.for_s),
+            ));
+        }
+        check_qos(&format!("{key}.qos"), alert.qos, 1, findings);
+    }
+}
+
+/// Command names that are built in and cannot be actuators.
+pub const BUILTIN_COMMANDS: [&str; 2] = ["ping", "read"];
+
+pub(super) fn check_actuators(
+    actuators: &[ActuatorConfig],
+    indices: &[usize],
+    findings: &mut Vec<Finding>,
+) {
+    let mut seen = HashSet::new();
+    for (position, actuator) in actuators.iter().enumerate() {
+        let key = format!("actuators[{}]", file_index(indices, position));
+        if check_name(&format!("{key}.name"), &actuator.name, findings) {
+            if BUILTIN_COMMANDS.contains(&actuator.name.as_str()) {
+                findings.push(Finding::error(
+                    format!("{key}.name"),
+                    format!(
+                        "\"{}\" is a built-in command; choose another name",
+                        actuator.name
+                    ),
+                ));
+            }
+            check_unique(
+                &mut seen,
+                &format!("{key}.name"),
+                "actuator",
+                &actuator.name,
+                findings,
+            );
+        }
+        check_absolute(&format!("{key}.file"), &actuator.file, findings);
+        if actuator.values.is_empty() {
+            findings.push(Finding::error(
+                format!("{key}.values"),
+                "expected at least one allowed value, found none",
+            ));
+        }
+        let mut values = HashSet::new();
+        for (value_index, value) in actuator.values.iter().enumerate() {
+            if !values.insert(value.as_str()) {
+                findings.push(Finding::error(
+                    format!("{key}.values[{value_index}]"),
+                    format!("expected each value once, found \"{value}\" again"),
+                ));
+            }
+        }
+    }
+}
+
+pub(super) fn check_sparkplug(
+    sparkplug: &SparkplugConfig,
+    config: &Config,
+    sensors: &[SensorSpec],
+    findings: &mut Vec<Finding>,
+) {
+    for (key, value) in [
+        ("sparkplug.group_id", &sparkplug.group_id),
+        ("sparkplug.edge_node_id", &sparkplug.edge_node_id),
+    ] {
+        if let Some(placeholder) = unknown_placeholder(value) {
+            findings.push(Finding::error(
+                key,
+                format!("expected only the placeholder {{client_id}}, found \"{placeholder}\""),
+            ));
+        } else if let Err(why) = validate_topic_id(&substitute(value, "x"), 128) {
+            findings.push(Finding::error(key, why));
+        }
+    }
+    if let Some(host) = &sparkplug.primary_host_id {
+        if let Err(why) = validate_topic_id(host, 128) {
+            findings.push(Finding::error("sparkplug.primary_host_id", why));
+        }
+    }
+    for (name, deadband) in &sparkplug.deadband {
+        let key = format!("sparkplug.deadband.{name}");
+        let base = name.split('.').next().unwrap_or_default();
+        if !sensors.iter().any(|s| s.name == base) {
+            findings.push(Finding::error(
+                &key,
+                format!("expected the name of a configured sensor, found \"{name}\""),
+            ));
+        }
+        if !(deadband.is_finite() && *deadband >= 0.0) {
+            findings.push(Finding::error(
+                &key,
+                format!("expected 0 or more, found {deadband}"),
+            ));
+        }
+    }
+    if !config.broker.clean_session {
+        findings.push(Finding::note(
+            "broker.clean_session",
+            "overridden: Sparkplug B 3.0 requires Clean Session true for edge nodes",
+        ));
+    }
+}

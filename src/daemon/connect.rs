@@ -1,0 +1,184 @@
+//! Connecting: each attempt runs as a task (a connect takes up to `connect_timeout_s` per URL,
+//! and the TLS diagnosis of a refusal is one more handshake), its end comes back as
+//! `Event::Connect`, and the pure [`super::link::Link`] says what it means.
+
+use std::time::{Duration, Instant};
+
+use super::event::{Event, Failed};
+use super::link::Outcome;
+use super::{edge, status, Daemon, Mode};
+use crate::config::Scheme;
+use crate::mqtt::{tls, Closer, Connected};
+
+/// What failed connects said: each distinct cause is diagnosed once (a probe is one more
+/// handshake) and logged once per outage, not once per attempt.
+#[derive(Debug, Default)]
+pub struct ConnectLog {
+    seen_errors: Vec<String>,
+    last_diagnosis: Option<String>,
+    last_logged: String,
+    /// The reason of the last failed connect, for health; kept after a success.
+    pub last_error: String,
+}
+
+impl ConnectLog {
+    /// A connect succeeded: the next outage is logged afresh.
+    pub(super) fn connected(&mut self) {
+        self.seen_errors.clear();
+        self.last_logged.clear();
+    }
+
+    /// Whether a failure with this cause is new in this outage (and so worth a diagnosis).
+    pub(super) fn is_new(&self, cause: &str) -> bool {
+        !self.seen_errors.iter().any(|seen| seen == cause)
+    }
+
+    /// A connect failed; the next attempt is in `delay`. Returns the reason as logged.
+    pub(super) fn failed(&mut self, failed: &Failed, urls: &str, delay: Duration) -> String {
+        let cause = failed.error.to_string();
+        if self.is_new(&cause) {
+            self.last_diagnosis = failed.diagnosis.clone();
+            self.seen_errors.push(cause.clone());
+        }
+        let reason = self.last_diagnosis.clone().unwrap_or(cause);
+        if reason != self.last_logged {
+            tracing::warn!(broker = %urls, reason = %reason, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
+            self.last_logged = reason.clone();
+            self.last_error = reason.clone();
+        } else {
+            tracing::debug!(error = %failed.error, retry_in_s = delay.as_secs_f64(), "Cannot connect.");
+        }
+        reason
+    }
+}
+
+impl Daemon {
+    /// Starts a connect attempt; its end comes back as `Event::Connect`. In Sparkplug mode the
+    /// next bdSeq is saved first (fsynced, on the blocking pool), so a crash never reuses one
+    /// whose NDEATH may still be delivered; the attempt starts when it is (`Event::BdSeq`).
+    pub(super) fn connect(&mut self) {
+        let Some(attempt) = self.core.link.due(Instant::now()) else {
+            return;
+        };
+        let Mode::Sparkplug(edge) = &self.mode else {
+            return self.start_attempt(attempt, None);
+        };
+        let state_dir = self.core.config.config().state_dir.clone();
+        let last = edge.bd_seq();
+        let events = self.core.events.clone();
+        tokio::spawn(async move {
+            let bd_seq = edge::next_bd_seq(state_dir, last).await;
+            let _ = events.send(Event::BdSeq { attempt, bd_seq }).await;
+        });
+    }
+
+    pub(super) fn start_attempt(&mut self, attempt_number: u64, bd_seq: Option<u64>) {
+        if let (Mode::Sparkplug(edge), Some(bd_seq)) = (&self.mode, bd_seq) {
+            self.core
+                .session
+                .set_will(edge::will(edge.ndeath_topic(), bd_seq));
+        }
+        let attempt = self.core.session.attempt();
+        let closer = attempt.closer();
+        let events = self.core.events.clone();
+        let diagnose = self.diagnosis_input();
+        let seen: Vec<String> = self.core.connect_log.seen_errors.clone();
+        tokio::spawn(async move {
+            let result = match attempt.run().await {
+                Ok(connected) => Ok(connected),
+                Err(error) => {
+                    let cause = error.to_string();
+                    let diagnosis = match diagnose {
+                        Some((endpoint, settings, timeout)) if !seen.contains(&cause) => {
+                            tokio::task::spawn_blocking(move || {
+                                tls::diagnose(&endpoint, &settings, timeout)
+                            })
+                            .await
+                            .ok()
+                            .flatten()
+                        }
+                        _ => None,
+                    };
+                    Err(Failed { error, diagnosis })
+                }
+            };
+            let _ = events
+                .send(Event::Connect {
+                    attempt: attempt_number,
+                    result,
+                    closer,
+                    bd_seq,
+                })
+                .await;
+        });
+    }
+
+    /// What a TLS diagnosis needs: the first TLS endpoint, the TLS settings and the timeout.
+    pub(super) fn diagnosis_input(
+        &self,
+    ) -> Option<(crate::config::Endpoint, crate::config::TlsConfig, Duration)> {
+        let config = &self.core.config;
+        let endpoint = config
+            .endpoints
+            .iter()
+            .find(|e| e.scheme == Scheme::Tls)?
+            .clone();
+        Some((
+            endpoint,
+            config.config().broker.tls.clone(),
+            config.config().broker.connect_timeout(),
+        ))
+    }
+
+    pub(super) fn on_connect(
+        &mut self,
+        attempt: u64,
+        result: Result<Connected, Failed>,
+        closer: Closer,
+        bd_seq: Option<u64>,
+    ) {
+        let now = Instant::now();
+        match result {
+            Ok(connected) => match self.core.link.connected(attempt, now) {
+                Outcome::Up => {
+                    self.core.connect_log.connected();
+                    self.core.server = Some((connected.server.clone(), crate::model::now_ms()));
+                    match &mut self.mode {
+                        Mode::Plain(plain) => plain.on_connected(&mut self.core, &connected),
+                        Mode::Sparkplug(edge) => {
+                            edge.on_connected(&mut self.core, &connected, bd_seq)
+                        }
+                    }
+                    status::notify(&self.core);
+                }
+                _ => {
+                    // Made obsolete by a reload or renewal while it ran.
+                    tokio::spawn(closer.disconnect(Duration::from_secs(2)));
+                }
+            },
+            Err(failed) => {
+                if let Mode::Plain(plain) = &mut self.mode {
+                    plain.attempted();
+                }
+                if let Outcome::Retry(delay) = self.core.link.failed(attempt, now, fastrand::f64())
+                {
+                    let urls = self.core.session.urls().to_owned();
+                    let reason = self.core.connect_log.failed(&failed, &urls, delay);
+                    status::offline(&reason, delay);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_lost(&mut self) {
+        let Some(delay) = self.core.link.lost(Instant::now(), fastrand::f64()) else {
+            return;
+        };
+        self.core.server = None;
+        if let Mode::Sparkplug(edge) = &mut self.mode {
+            edge.ended();
+        }
+        tracing::warn!(broker = %self.core.session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
+        status::offline("connection lost", delay);
+    }
+}

@@ -1,0 +1,101 @@
+//! The closed set of events the daemon's loop dispatches: what the parts around it report. It
+//! imports nothing of the daemon, so every part can name it without a circle.
+
+use crate::alerts::AlertEvent;
+use crate::commands::Response;
+use crate::config::ValidConfig;
+use crate::identity::Identity;
+use crate::mqtt::{Closer, Connected, MqttError};
+use crate::outbox::{Dropped, Outgoing};
+use crate::sparkplug::MetricValue;
+
+/// Results of the work that runs apart from the loop, and what the store reports. Paho's
+/// connection-lost signal, incoming messages and the sampler's passes have channels of their
+/// own (each with its own rule when full).
+#[derive(Debug)]
+pub enum Event {
+    /// The store finished a batch, or answered a `Take`.
+    Store(StoreEvent),
+    /// A connect attempt ended; `closer` ends the connection it made if it is no longer wanted.
+    Connect {
+        attempt: u64,
+        result: Result<Connected, Failed>,
+        closer: Closer,
+        /// Sparkplug: the bdSeq of this session (its NDEATH is the will).
+        bd_seq: Option<u64>,
+    },
+    /// Sparkplug: the bdSeq of connect attempt `attempt` is saved; the attempt may start.
+    BdSeq { attempt: u64, bd_seq: u64 },
+    /// Paho's answer for one outbox message.
+    Delivered { generation: u64, id: u64, ok: bool },
+    /// A command's answer; `record` when it ran (the ledger keeps its answer); `finished` when
+    /// its actuator is free again (false after a timeout: `Finished` follows).
+    Answered {
+        key: String,
+        response: Response,
+        record: bool,
+        finished: bool,
+    },
+    /// A timed-out command's job has returned.
+    Finished { key: String },
+    /// Sparkplug: an alert raised or cleared (plain mode's go through the store).
+    Alert(AlertEvent),
+    /// A reload's new config and identity, or why it was refused.
+    Reloaded(Box<Result<(ValidConfig, Identity), String>>),
+    /// A certificate renewal was checked and copied in, or refused.
+    Renewed(Result<(), String>),
+    /// A session we ended has disconnected: the next connect may start.
+    SessionClosed,
+    /// Sparkplug: an NCMD write ended; `value` is what the actuator holds now.
+    Written {
+        actuator: String,
+        result: Result<String, String>,
+        value: MetricValue,
+    },
+}
+
+/// Why a connect attempt failed, with the diagnosis of a TLS refusal when one was made.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: MqttError,
+    pub diagnosis: Option<String>,
+}
+
+/// What the store reports to the event loop.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// After every batch of requests.
+    Report(Report),
+    /// The answer to a `Take`.
+    Taken {
+        generation: u64,
+        messages: Vec<Taken>,
+        /// Queued messages whose payload could not be read back.
+        lost: Vec<Dropped>,
+    },
+    /// The thread has ended after a `Stop`; everything before it is on disk.
+    Stopped,
+}
+
+/// A message taken for sending, with what the loop logs about an alert.
+#[derive(Debug)]
+pub struct Taken {
+    pub message: Outgoing,
+    /// For an alert made in this run: its name and when its sampling pass started (Unix µs).
+    pub alert: Option<(String, u64)>,
+}
+
+/// The outbox as it stands after a batch.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Queued and not in flight.
+    pub queued: usize,
+    /// Queued per kind (alerts, responses, telemetry), in flight included.
+    pub per_kind: [usize; 3],
+    /// False while the outbox is memory-only.
+    pub durable: bool,
+    /// Pushed out by the bound in this batch.
+    pub dropped: Vec<Dropped>,
+    /// When the oldest queued message was stored (Unix ms), if any is queued.
+    pub oldest_ms: Option<u64>,
+}
