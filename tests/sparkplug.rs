@@ -403,6 +403,35 @@ fn birth_waits_for_the_primary_host_and_dies_when_it_goes_offline() {
     assert_eq!(rebirth.bd_seq(), birth.bd_seq() + 1);
 }
 
+/// Issue 18: a primary host once sent a STATE from a clock far in the future; every later STATE
+/// looked stale, for good. The newest timestamp is forgotten at each new session, so the retained
+/// STATE the next session gets counts again.
+#[test]
+fn a_far_future_state_blocks_births_only_until_the_next_session() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
+    let (setup, _) = setup(&dir, "sp-node-9", &broker, true);
+    let agent = Agent::start_with(&dir, &pki, setup);
+    agent.expect_log("Connected.", Duration::from_secs(10));
+    retain_state(&broker, &pki, true, 4_102_444_800_000);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(5));
+    // The host's clock is put right: in this session its STATE looks older and is ignored.
+    retain_state(&broker, &pki, true, 3000);
+    agent.expect_log("Stale STATE ignored", Duration::from_secs(5));
+    // The connection is taken over once (a client with the node's ID), so the node starts a new
+    // session and gets the retained STATE again.
+    let status = pki
+        .client_cn("mosquitto_sub", &broker, "sp-node-9-kicker", "sp-node-9")
+        .args(["-i", "sp-node-9", "-t", "nothing", "-W", "1"])
+        .status()
+        .unwrap();
+    assert!(!status.success(), "mosquitto_sub ends by its timeout");
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(15));
+    assert_eq!(rebirth.bd_seq(), birth.bd_seq() + 1, "a new session");
+}
+
 #[test]
 fn the_shipped_acl_lets_an_edge_node_speak_for_itself_only() {
     use crate::fleet_broker::{publish_as, shipped_broker, OPERATOR};

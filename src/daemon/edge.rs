@@ -206,7 +206,7 @@ impl Edge {
             }
         };
         if state.timestamp < self.host_seen {
-            tracing::debug!(topic = %message.topic, "Stale STATE ignored.");
+            tracing::info!(topic = %message.topic, timestamp = state.timestamp, newest = self.host_seen, "Stale STATE ignored (older than one seen in this session).");
             return;
         }
         self.host_seen = state.timestamp;
