@@ -113,14 +113,15 @@ impl Edge {
         let bd_seq = bd_seq.unwrap_or((self.node.bd_seq + 1) % 256);
         self.node.bd_seq = bd_seq;
         self.born = false;
-        self.host_seen = 0;
-        self.host = match self.topics.state {
-            Some(_) => None,
-            None => Some(HostState {
+        // The primary host's STATE of this session may already be here: the retained one is
+        // delivered at the subscribe, which can be before this event. What the last session saw
+        // was forgotten when it ended (`ended`).
+        if self.topics.state.is_none() {
+            self.host = Some(HostState {
                 online: true,
                 timestamp: 0,
-            }),
-        };
+            });
+        }
         tracing::info!(broker = %connected.server, bd_seq, "Connected.");
         self.try_birth(core);
     }
