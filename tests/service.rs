@@ -235,3 +235,33 @@ fn journal_stream_of_another_file_keeps_stderr() {
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
 }
+
+/// Issue 18: STATUS= stayed "sampling; connecting" for ever on a device that could not connect.
+/// Each failed connect says why and when the next attempt is.
+#[test]
+fn status_says_why_the_device_is_offline() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let proxy = crate::proxy::Proxy::start(broker.port, crate::proxy::Mode::Refuse);
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut setup = Setup::new("node-n2", &broker);
+    setup.urls = vec![proxy.url()];
+    setup.env = vec![("NOTIFY_SOCKET".to_owned(), path.display().to_string())];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let offline = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.starts_with("STATUS=offline: ") && l.contains("; retrying in "))
+    };
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !offline(&lines) && Instant::now() < deadline {
+        collect(&socket, &mut lines, "STATUS=", Duration::from_millis(200));
+    }
+    assert!(offline(&lines), "{lines:?}\n{}", agent.log());
+}

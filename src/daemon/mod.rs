@@ -290,8 +290,6 @@ where
     ]);
     let watchdog = service::watchdog();
     let mut watchdog_timer = tokio::time::interval(watchdog.map_or(FOREVER, |w| w / 2));
-    let mut sampler_check = tokio::time::interval(sampler::CHECK);
-    sampler_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_timer = tokio::time::interval_at(
         tokio::time::Instant::now() + crate::health::INTERVAL,
         crate::health::INTERVAL,
@@ -304,6 +302,7 @@ where
     let signal = loop {
         let next_attempt = daemon.core.link.next_attempt();
         let pump_at = daemon.pump_at();
+        let check_at = daemon.sampler.check_at();
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
@@ -314,7 +313,7 @@ where
             () = sleep_until(pump_at), if pump_at.is_some() => daemon.pump(),
             Some(message) = incoming.recv() => daemon.on_incoming(message),
             Some(pass) = passes.recv() => daemon.on_pass(pass),
-            _ = sampler_check.tick() => daemon.sampler.check(),
+            () = sleep_until(Some(check_at)) => daemon.sampler.check(),
             _ = health_timer.tick() => daemon.health_tick(),
             _ = cert_watch.tick(), if daemon.key_pair.is_some() && !daemon.renewing => daemon.watch_certificate(),
             Some(()) = next_hangup(&mut hangups) => daemon.reload(),
@@ -569,6 +568,7 @@ impl Daemon {
     }
 
     pub(super) fn on_pass(&mut self, pass: Pass) {
+        self.sampler.passed();
         match (&mut self.mode, pass) {
             (Mode::Plain(plain), Pass::Json(payload)) => plain.on_pass(&mut self.core, payload),
             (Mode::Sparkplug(edge), Pass::Reading(reading)) => {

@@ -31,8 +31,9 @@ use crate::model::Sample;
 use crate::sensors::{Sensors, DEADLINE};
 use crate::sparkplug::Reading;
 
-/// How often the event loop looks for a stuck read.
-pub const CHECK: Duration = Duration::from_secs(1);
+/// How often the event loop looks for a stuck read once passes are late; while they come on
+/// time it does not look at all (no wakeup of its own).
+const CHECK: Duration = Duration::from_secs(1);
 
 /// Telemetry between the sampler and the event loop. Full means the loop is behind; the sampler
 /// then drops the newest and counts it.
@@ -128,6 +129,8 @@ pub struct Sampler {
     setup: Setup,
     progress: Arc<Progress>,
     stop: std_mpsc::Sender<()>,
+    /// When the event loop should look for a stuck read: pushed on by every pass that arrives.
+    check_at: Instant,
 }
 
 impl Sampler {
@@ -152,11 +155,25 @@ impl Sampler {
             stuck: Arc::default(),
         };
         let (progress, stop) = spawn(setup.clone());
-        Sampler {
+        let mut sampler = Sampler {
             setup,
             progress,
             stop,
-        }
+            check_at: Instant::now(),
+        };
+        sampler.passed();
+        sampler
+    }
+
+    /// A pass arrived: no need to look for a stuck read before one could be late.
+    pub fn passed(&mut self) {
+        let interval = Duration::from_secs_f64(self.setup.config.config().telemetry.interval_s);
+        self.check_at = Instant::now() + interval + DEADLINE;
+    }
+
+    /// When to call [`Sampler::check`].
+    pub fn check_at(&self) -> Instant {
+        self.check_at
     }
 
     /// When the last pass ended (Unix ms): the watchdog is petted only while this moves.
@@ -165,8 +182,9 @@ impl Sampler {
     }
 
     /// Replaces a thread stuck in one read for longer than the deadline. Called by the event
-    /// loop every [`CHECK`]; does nothing while reads return in time.
+    /// loop at [`Sampler::check_at`], then every [`CHECK`] until passes come again.
     pub fn check(&mut self) {
+        self.check_at = Instant::now() + CHECK;
         let reading = self.progress.reading.load(Ordering::Relaxed);
         if reading == 0 {
             return;
