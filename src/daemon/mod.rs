@@ -54,8 +54,8 @@ use store::{Request, StoreHandle};
 /// last writes and the disconnect all fit in it.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
-/// How often the certificate and key files are looked at for a renewal.
-const CERT_WATCH: Duration = Duration::from_secs(5);
+/// How often the loop looks for a stuck sensor read and a renewed certificate.
+const HOUSEKEEPING: Duration = sampler::CHECK;
 
 /// Counters of the daemon's life, for health, STATUS= and the Stopped line.
 #[derive(Debug, Default)]
@@ -294,15 +294,15 @@ where
         tokio::time::Instant::now() + crate::health::INTERVAL,
         crate::health::INTERVAL,
     );
-    let mut cert_watch = tokio::time::interval(CERT_WATCH);
-    cert_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the slow checks: a stuck sensor read, a renewed certificate.
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangups = daemon.reload_from.as_ref().map(|_| service::hangups());
     let first_shutdown = shutdown();
     tokio::pin!(first_shutdown);
     let signal = loop {
         let next_attempt = daemon.core.link.next_attempt();
         let pump_at = daemon.pump_at();
-        let check_at = daemon.sampler.check_at();
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
@@ -313,9 +313,8 @@ where
             () = sleep_until(pump_at), if pump_at.is_some() => daemon.pump(),
             Some(message) = incoming.recv() => daemon.on_incoming(message),
             Some(pass) = passes.recv() => daemon.on_pass(pass),
-            () = sleep_until(Some(check_at)) => daemon.sampler.check(),
             _ = health_timer.tick() => daemon.health_tick(),
-            _ = cert_watch.tick(), if daemon.key_pair.is_some() && !daemon.renewing => daemon.watch_certificate(),
+            _ = housekeeping.tick() => daemon.housekeeping(),
             Some(()) = next_hangup(&mut hangups) => daemon.reload(),
         }
     };
@@ -568,7 +567,6 @@ impl Daemon {
     }
 
     pub(super) fn on_pass(&mut self, pass: Pass) {
-        self.sampler.passed();
         match (&mut self.mode, pass) {
             (Mode::Plain(plain), Pass::Json(payload)) => plain.on_pass(&mut self.core, payload),
             (Mode::Sparkplug(edge), Pass::Reading(reading)) => {
@@ -585,6 +583,15 @@ impl Daemon {
             Mode::Sparkplug(edge) => edge.health_tick(&mut self.core),
         }
         status::notify(&self.core);
+    }
+
+    /// Every `HOUSEKEEPING`: a sensor read stuck past its deadline is isolated, and a renewed
+    /// certificate is checked.
+    fn housekeeping(&mut self) {
+        self.sampler.check();
+        if !self.renewing {
+            self.watch_certificate();
+        }
     }
 
     /// Pets the systemd watchdog, but only while sampling is alive: a wedged sampler lets

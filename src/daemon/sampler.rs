@@ -3,7 +3,7 @@
 //! telemetry to the event loop.
 //!
 //! A stuck part stops only itself. The thread says which sensor it is reading and since when;
-//! the event loop looks at that every [`CHECK`]. A read that has taken longer than
+//! the event loop looks at that every [`CHECK`] (5 s). A read that has taken longer than
 //! [`crate::sensors::DEADLINE`] retires the thread (it exits when the read returns, without
 //! evaluating or sending anything) and starts another in its place, which reports the stuck
 //! sensor as a `Timeout` error (and so `sensor_fault`) until the first thread's read returns.
@@ -31,9 +31,9 @@ use crate::model::Sample;
 use crate::sensors::{Sensors, DEADLINE};
 use crate::sparkplug::Reading;
 
-/// How often the event loop looks for a stuck read once passes are late; while they come on
-/// time it does not look at all (no wakeup of its own).
-const CHECK: Duration = Duration::from_secs(1);
+/// How often the event loop looks for a stuck read: on its housekeeping tick, which it has
+/// anyway (a timer of its own would cost wakeups all the time for a rare event).
+pub const CHECK: Duration = Duration::from_secs(5);
 
 /// Telemetry between the sampler and the event loop. Full means the loop is behind; the sampler
 /// then drops the newest and counts it.
@@ -129,8 +129,6 @@ pub struct Sampler {
     setup: Setup,
     progress: Arc<Progress>,
     stop: std_mpsc::Sender<()>,
-    /// When the event loop should look for a stuck read: pushed on by every pass that arrives.
-    check_at: Instant,
 }
 
 impl Sampler {
@@ -155,25 +153,11 @@ impl Sampler {
             stuck: Arc::default(),
         };
         let (progress, stop) = spawn(setup.clone());
-        let mut sampler = Sampler {
+        Sampler {
             setup,
             progress,
             stop,
-            check_at: Instant::now(),
-        };
-        sampler.passed();
-        sampler
-    }
-
-    /// A pass arrived: no need to look for a stuck read before one could be late.
-    pub fn passed(&mut self) {
-        let interval = Duration::from_secs_f64(self.setup.config.config().telemetry.interval_s);
-        self.check_at = Instant::now() + interval + DEADLINE;
-    }
-
-    /// When to call [`Sampler::check`].
-    pub fn check_at(&self) -> Instant {
-        self.check_at
+        }
     }
 
     /// When the last pass ended (Unix ms): the watchdog is petted only while this moves.
@@ -182,9 +166,8 @@ impl Sampler {
     }
 
     /// Replaces a thread stuck in one read for longer than the deadline. Called by the event
-    /// loop at [`Sampler::check_at`], then every [`CHECK`] until passes come again.
+    /// loop every [`CHECK`]; does nothing while reads return in time.
     pub fn check(&mut self) {
-        self.check_at = Instant::now() + CHECK;
         let reading = self.progress.reading.load(Ordering::Relaxed);
         if reading == 0 {
             return;
