@@ -14,6 +14,9 @@ FIELDAGENT_APT_PACKAGES=(build-essential cmake pkg-config libssl-dev openssl ca-
 # The cargo-deb that builds the .deb; 3.8.0 builds with Rust 1.85 (Debian 12's rustc-web).
 CARGO_DEB_VERSION=3.8.0
 
+# The rumqttd the interop tests run against (tests/interop.rs).
+RUMQTTD_VERSION=0.20.0
+
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 apt_install() {
@@ -66,6 +69,20 @@ ensure_test_tools() {
   if [ ! -d tests/sparkplug/node_modules/sparkplug-payload ]; then
     say "npm ci in tests/sparkplug (Eclipse Tahu's sparkplug-payload)"
     (cd tests/sparkplug && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+  # The brokers of the interop tests (tests/interop.rs): aedes from npm, rumqttd from crates.io,
+  # built once into target/interop/ (about 3 minutes).
+  if [ ! -d tests/brokers/node_modules/aedes ]; then
+    say "npm ci in tests/brokers (aedes)"
+    (cd tests/brokers && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+  # Not --locked: the lock file of rumqttd 0.20.0 pins metrics 0.22.1, which today's Rust
+  # refuses to compile (rust-lang/rust#141402); the newest compatible versions build.
+  # verify-client-cert makes it require and check client certificates.
+  if [ ! -x target/interop/rumqttd/bin/rumqttd ]; then
+    say "cargo install rumqttd $RUMQTTD_VERSION into target/interop (once)"
+    cargo install --quiet "rumqttd@$RUMQTTD_VERSION" --features verify-client-cert \
+      --root target/interop/rumqttd
   fi
 }
 

@@ -53,10 +53,22 @@ impl BrokerPki {
         let (cert, key) = self.issue(file, cn, false);
         // Line-buffered stdout (stdbuf execs the program, so the PID is its own): a reader sees
         // each line, messages and `-d` protocol lines alike, when it is printed.
+        let host = if broker.strict_sni {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
         let mut command = Command::new("stdbuf");
         command
             .args(["-oL", program])
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-h", host, "-p", &broker.port.to_string()]);
+        if broker.strict_sni {
+            command.arg("--insecure");
+        }
+        if broker.mqtt5 {
+            command.args(["-V", "mqttv5"]);
+        }
+        command
             .arg("--cafile")
             .arg(&self.ca)
             .arg("--cert")
@@ -99,11 +111,17 @@ impl BrokerPki {
     }
 }
 
-/// A running mosquitto; killed by PID when dropped.
+/// A running broker (mosquitto, or another implementation from `interop`); killed by PID when
+/// dropped.
 pub struct Broker {
     pub port: u16,
     child: Child,
     log: PathBuf,
+    /// The test's clients (mosquitto_sub, mosquitto_pub) speak MQTT 5 to it.
+    pub mqtt5: bool,
+    /// It refuses an IP literal in SNI (RFC 6066), which libmosquitto sends: the test's clients
+    /// reach it as `localhost` and skip the host name check (the agent connects by address).
+    pub strict_sni: bool,
 }
 
 /// A port nothing listens on, never the same twice in this test run (tests run in parallel, and
@@ -185,12 +203,31 @@ impl Broker {
         let child = command
             .spawn()
             .expect("mosquitto is installed (scripts/test installs it)");
-        let broker = Broker { port, child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        Broker::listening(port, child, log, false, false)
+    }
+
+    /// A broker process `child` (another implementation than mosquitto) once it listens on
+    /// `port`; it logs to `log`.
+    pub fn listening(
+        port: u16,
+        child: Child,
+        log: PathBuf,
+        mqtt5: bool,
+        strict_sni: bool,
+    ) -> Broker {
+        let broker = Broker {
+            port,
+            child,
+            log,
+            mqtt5,
+            strict_sni,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
+                "the broker did not listen on {port}: {}",
+                broker.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

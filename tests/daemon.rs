@@ -597,7 +597,12 @@ fn refused_connections_back_off_and_say_why_once() {
     let mut setup = Setup::new("node-old", &broker);
     setup.cert = Some(pki.issue_valid("node-old", "node-old", false, -1));
     let agent = Agent::start_with(&dir, &pki, setup);
-    assert_refused(&agent, &broker, "alert certificate expired");
+    // The broker ended the handshake with an alert: the diagnosis says the broker refused it.
+    assert_refused(
+        &agent,
+        &broker,
+        "the broker refused the TLS handshake (sslv3 alert certificate expired)",
+    );
     assert!(agent.log().contains("expired on"), "{}", agent.log());
     drop(agent);
 
@@ -634,6 +639,14 @@ fn refused_connections_back_off_and_say_why_once() {
     );
     // The password never reaches the log.
     assert!(!agent.log().contains("wrong"), "{}", agent.log());
+    // The diagnosis after the refusal shook hands with the same certificate as the connect: a
+    // broker that requires one saw no client without it (issue 24).
+    let log = broker.log();
+    assert!(log.contains("New connection from"), "{log}");
+    assert!(
+        !log.contains("peer did not return a certificate"),
+        "a handshake without the client certificate:\n{log}"
+    );
 }
 
 #[test]

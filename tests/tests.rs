@@ -14,6 +14,7 @@ mod copyright;
 mod daemon;
 mod fleet_broker;
 mod identity;
+mod interop;
 mod outbox;
 mod packaging;
 mod proxy;

@@ -123,11 +123,13 @@ impl Daemon {
             .iter()
             .find(|e| e.scheme == Scheme::Tls)?
             .clone();
-        Some((
-            endpoint,
-            config.config().broker.tls.clone(),
-            config.config().broker.connect_timeout(),
-        ))
+        // The pair the connect used: the agent's own copies when it keeps them.
+        let mut tls = config.config().broker.tls.clone();
+        if let Some(store) = &self.key_pair {
+            tls.cert_file = Some(store.files.cert.clone());
+            tls.key_file = Some(store.files.key.clone());
+        }
+        Some((endpoint, tls, config.config().broker.connect_timeout()))
     }
 
     pub(super) fn on_connect(

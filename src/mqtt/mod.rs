@@ -122,6 +122,8 @@ pub struct Session {
     /// Subscribed on every connect: `{prefix}/commands/+`, or Sparkplug's NCMD and STATE.
     subscriptions: Vec<String>,
     boot_id: String,
+    /// `broker.protocol` is "5".
+    mqtt5: bool,
 }
 
 /// Paho's URI for an endpoint: it knows `ssl://` and `tcp://`.
@@ -285,6 +287,7 @@ impl Session {
             responses_topic: format!("{prefix}/responses"),
             subscriptions,
             boot_id: boot_id(),
+            mqtt5: broker.protocol == Protocol::V5,
         })
     }
 
@@ -307,6 +310,7 @@ impl Session {
                 Profile::Plain => Some((self.status_topic.clone(), self.boot_id.clone())),
                 Profile::Sparkplug { .. } => None,
             },
+            mqtt5: self.mqtt5,
         }
     }
 
@@ -404,6 +408,8 @@ pub struct Attempt {
     written: Vec<(String, String)>,
     /// Plain mode: the status topic and boot id of the online status.
     status: Option<(String, String)>,
+    /// The attempt speaks MQTT 5 (for the words of a refusal).
+    mqtt5: bool,
 }
 
 impl Attempt {
@@ -430,7 +436,7 @@ impl Attempt {
                 .await
                 .map_err(|err| MqttError::Connect {
                     urls: self.urls.clone(),
-                    cause: describe(&err),
+                    cause: describe_connect(&err, self.mqtt5),
                 })?;
         // On every connect: a broker that lost the session has lost the subscription too, and
         // subscribing again to a kept one changes nothing.
@@ -526,6 +532,25 @@ fn describe(err: &paho::Error) -> String {
     match err {
         paho::Error::ConnectReturn(code) => format!("the broker refused the connection: {code}"),
         other => other.to_string(),
+    }
+}
+
+/// A failed connect in words, naming a refused protocol version and suggesting the other: a
+/// 3.1.1-only broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK (code 1) or by closing,
+/// which Paho reports as "General failure".
+fn describe_connect(err: &paho::Error, mqtt5: bool) -> String {
+    let text = describe(err);
+    let refused = matches!(
+        err,
+        paho::Error::ConnectReturn(paho::ConnectReturnCode::UnacceptableProtocolVersion)
+            | paho::Error::ReasonCode(paho::ReasonCode::UnsupportedProtocolVersion, _)
+    );
+    if mqtt5 && (refused || matches!(err, paho::Error::Failure)) {
+        format!("{text}: the broker refused MQTT 5 or closed the connection at the CONNECT; if it speaks only MQTT 3.1.1, set broker.protocol: \"3.1.1\"")
+    } else if refused {
+        format!("{text}: the broker refused MQTT 3.1.1; if it speaks only MQTT 5, set broker.protocol: \"5\"")
+    } else {
+        text
     }
 }
 

@@ -65,11 +65,14 @@ pub fn enforce_floor(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
 pub fn diagnose(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Option<String> {
     let min = tls.min_version;
     // First the version, with no floor at all.
+    // With the same client certificate as the real connect: a broker that requires one would
+    // log every diagnosis as a client that presented none.
     let probe = handshake(endpoint, timeout, |builder| {
         builder.set_min_proto_version(Some(SslVersion::TLS1)).ok()?;
         // Security level 0 lets OpenSSL 3 speak TLS 1.0 and 1.1 at all.
         builder.set_security_level(0);
         builder.set_cipher_list("ALL:@SECLEVEL=0").ok()?;
+        present_certificate(builder, tls)?;
         builder.set_verify(SslVerifyMode::NONE);
         Some(false)
     });
@@ -95,14 +98,7 @@ pub fn diagnose(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Opti
         if let Some(ca) = &tls.ca_file {
             builder.set_ca_file(ca).ok()?;
         }
-        if let Some(cert) = &tls.cert_file {
-            builder.set_certificate_chain_file(cert).ok()?;
-        }
-        if let Some(key) = &tls.key_file {
-            builder
-                .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
-                .ok()?;
-        }
+        present_certificate(builder, tls)?;
         builder.set_verify(SslVerifyMode::PEER);
         Some(tls.verify_hostname)
     });
@@ -112,6 +108,39 @@ pub fn diagnose(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Opti
             "TLS handshake with {} failed: {}",
             endpoint.url, failed.reason
         )),
+    }
+}
+
+/// The device certificate and key of `tls`, when configured, for a probe handshake.
+fn present_certificate(
+    builder: &mut openssl::ssl::SslConnectorBuilder,
+    tls: &TlsConfig,
+) -> Option<()> {
+    if let Some(cert) = &tls.cert_file {
+        builder.set_certificate_chain_file(cert).ok()?;
+    }
+    if let Some(key) = &tls.key_file {
+        builder
+            .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+            .ok()?;
+    }
+    Some(())
+}
+
+/// A TLS alert the broker sent, from OpenSSL's error text (`…:sslv3 alert bad certificate:…`).
+fn received_alert(error: &str) -> Option<&str> {
+    error
+        .split(':')
+        .find(|part| part.contains(" alert ") || part.starts_with("alert "))
+        .map(str::trim)
+}
+
+/// OpenSSL's error in words: when the broker ended the handshake with an alert (it refused our
+/// certificate, our protocol version or something else it names), that is what it says.
+fn refusal(error: String) -> String {
+    match received_alert(&error) {
+        Some(alert) => format!("the broker refused the TLS handshake ({alert})"),
+        None => error,
     }
 }
 
@@ -161,7 +190,7 @@ fn handshake(
             match tls.ssl_read(&mut byte) {
                 Err(err) if err.ssl_error().is_some() => Err(Failed {
                     version: Some(tls.ssl().version_str().to_owned()),
-                    reason: err.to_string(),
+                    reason: refusal(err.to_string()),
                 }),
                 _ => Ok(tls.ssl().version_str().to_owned()),
             }
@@ -171,7 +200,7 @@ fn handshake(
             let reason = if verify.as_raw() != 0 {
                 format!("the broker's certificate: {}", verify.error_string())
             } else {
-                mid.error().to_string()
+                refusal(mid.error().to_string())
             };
             Err(Failed {
                 version: Some(mid.ssl().version_str().to_owned()),
@@ -272,4 +301,29 @@ pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> 
         std::fs::rename(&temporary, to)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn an_alert_from_the_broker_is_named_as_its_refusal() {
+        for (error, expected) in [
+            (
+                "error:0A000415:SSL routines:ssl3_read_bytes:sslv3 alert certificate expired:../ssl/record/rec_layer_s3.c:1601:SSL alert number 45",
+                "the broker refused the TLS handshake (sslv3 alert certificate expired)",
+            ),
+            (
+                "error:0A00045C:SSL routines:ssl3_read_bytes:tlsv13 alert certificate required:../ssl/record/rec_layer_s3.c:1601:SSL alert number 116",
+                "the broker refused the TLS handshake (tlsv13 alert certificate required)",
+            ),
+            (
+                "error:0A000126:SSL routines::unexpected eof while reading",
+                "error:0A000126:SSL routines::unexpected eof while reading",
+            ),
+        ] {
+            assert_eq!(refusal(error.to_owned()), expected);
+        }
+    }
 }

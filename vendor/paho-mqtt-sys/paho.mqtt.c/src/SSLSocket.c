@@ -40,6 +40,9 @@
 #include "Heap.h"
 
 #include <string.h>
+#if !defined(_WIN32) && !defined(_WIN64)
+#include <arpa/inet.h> /* fieldagent: inet_pton, to send no SNI for an IP literal */
+#endif
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/crypto.h>
@@ -752,8 +755,16 @@ int SSLSocket_setSocketForSSL(networkHandles* net, MQTTClient_SSLOptions* opts,
 		hostname_plus_null = malloc(hostname_len + 1u );
 		if (hostname_plus_null)
 		{
+			/* fieldagent: no SNI for an IP literal. RFC 6066 section 3 forbids literal IPv4 and
+			 * IPv6 addresses in "HostName", and servers that follow it (rustls-based brokers such
+			 * as rumqttd) refuse the handshake. The address is still checked against the
+			 * certificate's IP SANs by the hostname verification, which does not use SNI. */
+			struct in6_addr fieldagent_ip;
 			MQTTStrncpy(hostname_plus_null, hostname, hostname_len + 1u);
-			if ((rc = SSL_set_tlsext_host_name(net->ssl, hostname_plus_null)) != 1) {
+			if (inet_pton(AF_INET, hostname_plus_null, &fieldagent_ip) == 1 ||
+				inet_pton(AF_INET6, hostname_plus_null, &fieldagent_ip) == 1)
+				rc = 1;
+			else if ((rc = SSL_set_tlsext_host_name(net->ssl, hostname_plus_null)) != 1) {
 				if (opts->struct_version >= 3)
 					SSLSocket_error("SSL_set_tlsext_host_name", NULL, net->socket, rc, opts->ssl_error_cb, opts->ssl_error_context);
 				else
