@@ -192,3 +192,37 @@ fn a_command_sent_while_the_agent_is_down_runs_when_it_is_back() {
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(device.gpio(), "1");
 }
+
+/// Issue 24: a retained message is replayed at every subscribe; as a command it would repeat an
+/// old order at each reconnect (and to every new device on that topic). A delivery with the
+/// retain flag is refused with a reason and nothing is written. (A subscriber that is already
+/// there when it is published gets it without the flag, as MQTT says: that one is a live command.)
+#[test]
+fn a_retained_command_is_refused_not_run() {
+    let device = Device::new();
+    let status = device
+        .pki
+        .client("mosquitto_pub", &device.broker, "operator")
+        .args([
+            "-t",
+            "devices/node-c/commands/fan",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            r#"{"id":"r1","value":"1"}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The agent subscribes after it was retained: the broker replays it with the flag.
+    let _agent = device.start();
+    let answer = device.response();
+    assert_eq!(answer["id"], "r1", "{answer}");
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("retain"),
+        "{answer}"
+    );
+    assert_eq!(device.gpio(), "0", "a retained command ran");
+}

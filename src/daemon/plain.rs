@@ -232,3 +232,31 @@ impl Plain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn only_the_command_topic_itself_names_a_command() {
+        let yaml = "broker: { urls: [\"mqtts://a:8883\"], tls: { ca_file: /ca } }\nidentity: { client_id: dev1 }\n";
+        let (config, _) = crate::config::load_str(yaml, Path::new("c.yaml")).unwrap();
+        let identity = crate::identity::resolve(config.config()).unwrap();
+        let plain = Plain::new(&config, &identity);
+        for (topic, expected) in [
+            ("devices/dev1/commands/fan", Some("fan")),
+            ("devices/dev1/commands/ping", Some("ping")),
+            // Issue 24: a broker delivered a retained message from another topic; its last
+            // level named an actuator.
+            ("devices/dev1/settings/fan", None),
+            ("devices/dev2/commands/fan", None),
+            ("devices/dev1/commands/", None),
+            ("devices/dev1/commands/fan/extra", None),
+            ("other/devices/dev1/commands/fan", None),
+        ] {
+            assert_eq!(plain.command_name(topic), expected, "{topic}");
+        }
+    }
+}
