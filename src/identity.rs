@@ -52,6 +52,13 @@ pub enum IdentityError {
     Unfit { origin: String, reason: String },
     #[error("cannot read certificate {}: {reason}", path.display())]
     Certificate { path: PathBuf, reason: String },
+    /// A literal client ID that is not the CN of the device's own certificate.
+    #[error("identity.client_id \"{client_id}\" is not the CN \"{cn}\" of {}: the broker binds sessions to the certificate, so this device would take over another's; use client_id: auto, or set identity.match_certificate: false if the broker identifies devices some other way", path.display())]
+    NotTheCertificate {
+        client_id: String,
+        cn: String,
+        path: PathBuf,
+    },
     /// No source gave anything; each tried source says why.
     #[error("no client ID: {}; set identity.client_id or provide one of these", tried.join("; "))]
     NoSource { tried: Vec<String> },
@@ -63,6 +70,16 @@ pub fn resolve(config: &Config) -> Result<Identity, IdentityError> {
     if identity.client_id != "auto" {
         let client_id = identity.client_id.clone();
         check_id(&client_id, "identity.client_id")?;
+        if let (true, Some(path)) = (identity.match_certificate, &config.broker.tls.cert_file) {
+            let cn = certificate_cn(path)?.unwrap_or_default();
+            if cn != client_id {
+                return Err(IdentityError::NotTheCertificate {
+                    client_id,
+                    cn,
+                    path: path.clone(),
+                });
+            }
+        }
         return Ok(Identity {
             client_id,
             origin: Origin::Configured,

@@ -141,6 +141,31 @@ fn identity_refuses_a_cn_with_a_slash() {
     );
 }
 
+/// Issue 20: a literal client ID other than the certificate's CN is refused with exit 78, by
+/// `identity`, `check` and `run` alike.
+#[test]
+fn a_client_id_that_is_not_the_certificates_cn_is_refused() {
+    let dir = TestDir::new();
+    let pki = pki(&dir, "pki", CertSpec::default());
+    let config = dir.config(&format!(
+        "broker:\n  urls: [\"mqtts://127.0.0.1\"]\n  tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\nidentity: {{ client_id: someone-else }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\n",
+        pki.ca.display(),
+        pki.cert.display(),
+        pki.key.display()
+    ));
+    fake_sysfs(&dir);
+    for command in ["identity", "check", "run"] {
+        let output = fieldagent(&["--config", config.to_str().unwrap(), command]);
+        let said = format!("{}{}", stdout(&output), stderr(&output));
+        assert_eq!(output.status.code(), Some(78), "{command}: {said}");
+        assert!(
+            said.contains(r#"identity.client_id "someone-else" is not the CN"#)
+                && said.contains("match_certificate: false"),
+            "{command}: {said}"
+        );
+    }
+}
+
 #[test]
 fn read_json_gives_exact_values_and_errors_side_by_side() {
     let dir = TestDir::new();

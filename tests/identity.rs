@@ -123,11 +123,48 @@ fn sources_follow_the_configured_order() {
         matches!(&id, Err(IdentityError::NoSource { tried }) if tried[0].contains("dummy0 has no usable address")),
         "{id:?}"
     );
-    let id = resolve_with(&dir, "{ client_id: gateway-7 }", Some(&pki.cert)).unwrap();
+    // A literal that is not the certificate's CN, where the broker identifies devices otherwise.
+    let id = resolve_with(
+        &dir,
+        "{ client_id: gateway-7, match_certificate: false }",
+        Some(&pki.cert),
+    )
+    .unwrap();
     assert_eq!(
         id.to_string(),
         "gateway-7 (from identity.client_id in the config)"
     );
+}
+
+/// Issue 20: a literal client ID other than the certificate's CN let a device knock another off
+/// the broker. It is a config error unless the config says why not.
+#[test]
+fn a_literal_client_id_must_be_the_certificates_cn() {
+    let dir = TestDir::new();
+    fake_sysfs(&dir);
+    let pki = pki(
+        &dir,
+        "pki",
+        CertSpec {
+            cn: Some("dev1"),
+            ..CertSpec::default()
+        },
+    );
+    let err = resolve_with(&dir, "{ client_id: dev2 }", Some(&pki.cert)).unwrap_err();
+    assert!(
+        matches!(err, IdentityError::NotTheCertificate { .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(r#"identity.client_id "dev2" is not the CN "dev1" of "#)
+            && text.contains("match_certificate: false"),
+        "{text}"
+    );
+    let id = resolve_with(&dir, "{ client_id: dev1 }", Some(&pki.cert)).unwrap();
+    assert_eq!(id.client_id, "dev1");
+    // Without a client certificate there is nothing to match.
+    assert!(resolve_with(&dir, "{ client_id: dev2 }", None).is_ok());
 }
 
 #[test]

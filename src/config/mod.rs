@@ -264,6 +264,10 @@ pub struct IdentityConfig {
     /// For the `mac` source; else the first non-loopback interface by name.
     #[serde(default)]
     pub mac_interface: Option<String>,
+    /// A literal `client_id` must equal the CN of `broker.tls.cert_file` (the identity the
+    /// broker binds the session to); false says the broker identifies devices some other way.
+    #[serde(default = "default_true")]
+    pub match_certificate: bool,
 }
 
 impl Default for IdentityConfig {
@@ -272,6 +276,7 @@ impl Default for IdentityConfig {
             client_id: default_client_id(),
             sources: default_identity_sources(),
             mac_interface: None,
+            match_certificate: true,
         }
     }
 }
