@@ -237,10 +237,14 @@ fn stamp(path: &Path) -> io::Result<(std::time::SystemTime, u64)> {
 }
 
 impl KeyPairStore {
-    /// Copies the configured pair into `dir`.
+    /// Copies the configured pair into `dir/tls` (mode 0700).
     pub fn new(cert: &Path, key: &Path, dir: &Path) -> io::Result<KeyPairStore> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = dir.join("tls");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
         let mut store = KeyPairStore {
             source: KeyPairFiles {
                 cert: cert.to_owned(),
@@ -289,15 +293,27 @@ impl KeyPairStore {
 /// Copies a certificate and key pair from `source` to `files`, each file atomically, the key
 /// with mode 0600. Blocking: run off the event loop.
 pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     for (from, to, mode) in [
         (&source.cert, &files.cert, 0o644),
         (&source.key, &files.key, 0o600),
     ] {
         let bytes = std::fs::read(from)?;
         let temporary = to.with_extension("new");
-        std::fs::write(&temporary, bytes)?;
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+        // Created with its mode (the key is never readable by others, not even for a moment)
+        // and exclusively: a file or symlink planted under that name is removed, not followed.
+        match std::fs::remove_file(&temporary) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
         std::fs::rename(&temporary, to)?;
     }
     Ok(())
@@ -305,7 +321,37 @@ pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use super::refusal;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::{refusal, KeyPairStore};
+
+    /// Issue 20: the key copy was written with the default mode and chmod'ed after. It is
+    /// created 0600, in a 0700 directory, and a symlink planted at its temporary name is not
+    /// followed.
+    #[test]
+    fn the_key_copy_is_private_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("device.crt");
+        let key = dir.path().join("device.key");
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::create_dir(state.join("tls")).unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, state.join("tls/device.new")).unwrap();
+        let store = KeyPairStore::new(&cert, &key, &state).unwrap();
+        let mode =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.files.key), 0o600);
+        assert_eq!(std::fs::read_to_string(&store.files.key).unwrap(), "key");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        let fresh = dir.path().join("fresh-state");
+        std::fs::create_dir(&fresh).unwrap();
+        KeyPairStore::new(&cert, &key, &fresh).unwrap();
+        assert_eq!(mode(&fresh.join("tls")), 0o700);
+    }
 
     #[test]
     fn an_alert_from_the_broker_is_named_as_its_refusal() {
