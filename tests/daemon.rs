@@ -43,6 +43,9 @@ pub(crate) struct Setup {
     pub state_tmpfs_kib: Option<u32>,
     /// `broker.connect_timeout_s`.
     pub connect_timeout_s: u64,
+    /// The agent sees a synchronised clock (systemd-timesyncd's flag file, in a private /run),
+    /// whatever this machine's clock says.
+    pub clock_synced: bool,
 }
 
 impl Setup {
@@ -63,6 +66,7 @@ impl Setup {
             sensors_extra: String::new(),
             state_tmpfs_kib: None,
             connect_timeout_s: 3,
+            clock_synced: false,
         }
     }
 }
@@ -121,12 +125,20 @@ sensors:
         let agent = env!("CARGO_BIN_EXE_fieldagent");
         // Mounts made in a private mount namespace before the agent starts.
         let mut mounts = Vec::new();
+        if setup.journal.is_some() || setup.clock_synced {
+            mounts.push("mount -t tmpfs none /run".to_owned());
+        }
         if let Some(journal) = &setup.journal {
             mounts.push(format!(
-                "mount -t tmpfs none /run && mkdir -p /run/systemd/journal \
-                 && mount --bind '{}' /run/systemd/journal",
+                "mkdir -p /run/systemd/journal && mount --bind '{}' /run/systemd/journal",
                 journal.display()
             ));
+        }
+        if setup.clock_synced {
+            mounts.push(
+                "mkdir -p /run/systemd/timesync && touch /run/systemd/timesync/synchronized"
+                    .to_owned(),
+            );
         }
         if let Some(kib) = setup.state_tmpfs_kib {
             let state = format!("{base}/state-{id}");

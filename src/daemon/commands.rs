@@ -221,18 +221,11 @@ fn answer(command: &Command, context: &Context) -> (Response, bool) {
             return (response, false);
         }
         let now_ms = crate::model::now_ms();
-        if let Some(expires) = command.expires_ts {
-            if now_ms > expires {
-                let response = Response::refused(
-                    Some(&command.id),
-                    &command.name,
-                    format!(
-                        "expired: expires_ts {expires} is {} s in the past; not executed",
-                        (now_ms - expires) / 1000
-                    ),
-                );
-                return (response, false);
-            }
+        if let Err(why) = expiry(command.expires_ts, now_ms, crate::clock::synced(now_ms)) {
+            return (
+                Response::refused(Some(&command.id), &command.name, why),
+                false,
+            );
         }
         let interrupted = Response::refused(
             Some(&command.id),
@@ -244,6 +237,27 @@ fn answer(command: &Command, context: &Context) -> (Response, bool) {
         }
     }
     (execute(command, context), true)
+}
+
+/// Whether a command with `expires_ts` may run at `now_ms`: not once it expired, and not while
+/// the clock is not believed (`synced` false): a board that booted in 1970 must not run a
+/// command that expired last week.
+fn expiry(expires_ts: Option<u64>, now_ms: u64, synced: bool) -> Result<(), String> {
+    let Some(expires) = expires_ts else {
+        return Ok(());
+    };
+    if !synced {
+        return Err(format!(
+            "refused: the command carries expires_ts {expires} but the device's clock is not synchronised (time_synced false), so its expiry cannot be judged; not executed"
+        ));
+    }
+    if now_ms > expires {
+        return Err(format!(
+            "expired: expires_ts {expires} is {} s in the past; not executed",
+            (now_ms - expires) / 1000
+        ));
+    }
+    Ok(())
 }
 
 fn execute(command: &Command, context: &Context) -> Response {
@@ -346,6 +360,37 @@ mod tests {
         assert!(commands
             .arrive("fan", &payload(9), false, &actuators())
             .is_none());
+    }
+
+    #[test]
+    fn expiry_is_judged_only_by_a_believed_clock() {
+        for (expires, now, synced, expected) in [
+            (None, 5_000, false, Ok(())),
+            (Some(10_000), 5_000, true, Ok(())),
+            (
+                Some(10_000),
+                15_000,
+                true,
+                Err("expired: expires_ts 10000 is 5 s in the past"),
+            ),
+            // Issue 20: a board that booted in 1970 (or at its build date) must not judge it.
+            (Some(10_000), 5_000, false, Err("clock is not synchronised")),
+            (
+                Some(10_000),
+                15_000,
+                false,
+                Err("clock is not synchronised"),
+            ),
+        ] {
+            let got = expiry(expires, now, synced);
+            match (got, expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(part)) => assert!(why.contains(part), "{why}"),
+                (got, expected) => {
+                    panic!("{expires:?} {now} {synced}: {got:?}, expected {expected:?}")
+                }
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
