@@ -35,6 +35,30 @@ pub fn probe_for_run(broker: &BrokerConfig, now_s: i64) -> Vec<Finding> {
 fn probe_with(broker: &BrokerConfig, now_s: i64, expired: Severity) -> Vec<Finding> {
     let mut findings = Vec::new();
     let tls = &broker.tls;
+    let over_tls = broker
+        .urls
+        .iter()
+        .any(|url| url.starts_with("mqtts://") || url.starts_with("ssl://"));
+    if over_tls && !tls.verify_hostname {
+        findings.push(Finding::warning(
+            "broker.tls.verify_hostname",
+            "false: any certificate the CA signed is accepted for any broker name, so the agent \
+             can be pointed at an impostor holding another certificate of the same CA; expected true",
+        ));
+    }
+    if over_tls && tls.cert_file.is_none() {
+        findings.push(Finding::warning(
+            "broker.tls.cert_file",
+            "not set: the agent presents no client certificate, so the broker must identify it \
+             some other way (a user name and password); fleet brokers usually require one",
+        ));
+    }
+    if tls.cert_file.is_some() && tls.key_file.is_none() {
+        findings.push(Finding::error(
+            "broker.tls.key_file",
+            "not set: broker.tls.cert_file needs the private key it was issued for",
+        ));
+    }
     if let Some(path) = &tls.ca_file {
         probe_ca("broker.tls.ca_file", path, now_s, expired, &mut findings);
     }

@@ -77,14 +77,21 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
     let now_s = (crate::model::now_ms() / 1000) as i64;
     let mut found = crate::certs::probe(&config.config().broker, now_s);
     if !found.iter().any(|f| f.severity == Severity::Error) {
-        if let Some(ca) = &config.config().broker.tls.ca_file {
-            found.push(Finding::ok(
-                "broker.tls",
-                format!(
-                    "certificates in {} and the device key are usable",
+        let tls = &config.config().broker.tls;
+        if let Some(ca) = &tls.ca_file {
+            let what = match (&tls.cert_file, &tls.key_file) {
+                (Some(cert), Some(key)) => format!(
+                    "the CA in {}, the device certificate {} and its key {} are usable",
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                ),
+                _ => format!(
+                    "the CA in {} is usable (no client certificate)",
                     ca.display()
                 ),
-            ));
+            };
+            found.push(Finding::ok("broker.tls", what));
         }
     }
     match identity::resolve(config.config()) {

@@ -166,6 +166,32 @@ fn a_client_id_that_is_not_the_certificates_cn_is_refused() {
     }
 }
 
+/// Issue 20: `check` said "the device key are usable" with no key, and nothing of a disabled
+/// host name check.
+#[test]
+fn check_warns_of_no_client_certificate_and_no_host_name_check() {
+    let dir = TestDir::new();
+    let pki = pki(&dir, "pki", CertSpec::default());
+    let config = dir.config(&format!(
+        "broker:\n  urls: [\"mqtts://127.0.0.1\"]\n  tls: {{ ca_file: {}, verify_hostname: false }}\nidentity: {{ client_id: node-9 }}\nsysfs_root: @DIR@/sys\n",
+        pki.ca.display()
+    ));
+    fake_sysfs(&dir);
+    let output = fieldagent(&["--config", config.to_str().unwrap(), "check"]);
+    let said = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "warnings only: {said}");
+    assert!(
+        said.contains("broker.tls.verify_hostname") && said.contains("impostor"),
+        "{said}"
+    );
+    assert!(
+        said.contains("broker.tls.cert_file") && said.contains("no client certificate"),
+        "{said}"
+    );
+    assert!(!said.contains("device key are usable"), "{said}");
+    assert!(said.contains("is usable (no client certificate)"), "{said}");
+}
+
 #[test]
 fn read_json_gives_exact_values_and_errors_side_by_side() {
     let dir = TestDir::new();
