@@ -109,6 +109,7 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
         }
         Err(err) => found.push(Finding::error("identity", err.to_string())),
     }
+    probe_actuators(config, &mut found);
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
     let sample = sensors.read_all_within(crate::sensors::DEADLINE);
     for (spec, sensor) in config.sensors.iter().zip(sensors.iter()) {
@@ -129,6 +130,96 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
     }
     config.locate(&mut found);
     items.extend(found);
+}
+
+/// Every actuator's file: there, not a symlink (writes do not follow one), not a FIFO or a
+/// socket, and writable by the user the service runs as.
+fn probe_actuators(config: &ValidConfig, found: &mut Vec<Finding>) {
+    for (index, actuator) in config.config().actuators.iter().enumerate() {
+        let key = format!("actuators[{index}].file");
+        let path = &actuator.file;
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(err) => {
+                found.push(Finding::warning(
+                    &key,
+                    format!(
+                        "cannot stat {}: {err}; commands to {} will fail until it exists",
+                        path.display(),
+                        actuator.name
+                    ),
+                ));
+                continue;
+            }
+        };
+        if meta.file_type().is_symlink() {
+            found.push(Finding::warning(
+                &key,
+                format!(
+                    "{} is a symlink; writes do not follow one: name the file it points to",
+                    path.display()
+                ),
+            ));
+            continue;
+        }
+        if let Some(what) = crate::commands::unfit_actuator(meta.file_type()) {
+            found.push(Finding::warning(
+                &key,
+                format!("{} is {what}; expected a file", path.display()),
+            ));
+            continue;
+        }
+        match writable_by_service(path, &meta) {
+            Ok(who) => found.push(Finding::ok(
+                &key,
+                format!("{} is writable by {who}", path.display()),
+            )),
+            Err(why) => found.push(Finding::warning(&key, why)),
+        }
+    }
+}
+
+/// Whether the service can write `path`: as root, judged for the user `fieldagent` (the unit's)
+/// when it exists; otherwise for the user running this.
+fn writable_by_service(path: &Path, meta: &std::fs::Metadata) -> Result<String, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let euid = nix::unistd::geteuid();
+    let user = if euid.is_root() {
+        nix::unistd::User::from_name("fieldagent").ok().flatten()
+    } else {
+        None
+    };
+    let Some(user) = user else {
+        let who = if euid.is_root() {
+            "root (no user fieldagent here)".to_owned()
+        } else {
+            format!("uid {euid}")
+        };
+        return match nix::unistd::access(path, nix::unistd::AccessFlags::W_OK) {
+            Ok(()) => Ok(who),
+            Err(err) => Err(format!(
+                "{} is not writable by {who}: {err}",
+                path.display()
+            )),
+        };
+    };
+    let name = std::ffi::CString::new(user.name.clone()).map_err(|err| err.to_string())?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid).unwrap_or_default();
+    let mode = meta.permissions().mode();
+    let writable = (meta.uid() == user.uid.as_raw() && mode & 0o200 != 0)
+        || (groups.iter().any(|g| g.as_raw() == meta.gid()) && mode & 0o020 != 0)
+        || mode & 0o002 != 0;
+    if writable {
+        Ok("user fieldagent".to_owned())
+    } else {
+        Err(format!(
+            "{} is not writable by user fieldagent (owner uid {}, group gid {}, mode {:o}); give its group write access, e.g. with a udev rule",
+            path.display(),
+            meta.uid(),
+            meta.gid(),
+            mode & 0o7777
+        ))
+    }
 }
 
 /// `fieldagent identity`: prints e.g. `node-1 (from certificate CN of /etc/fieldagent/device.crt)`.

@@ -161,11 +161,28 @@ fn busy(command: &Command, why: &str) -> Response {
 /// Runs `command` on the blocking pool with a deadline; the answer comes back as
 /// `Event::Answered`, and, when it timed out, `Event::Finished` once the job has returned.
 pub fn spawn(command: Command, context: Context, events: mpsc::Sender<Event>) {
+    let key = command.name.clone();
+    let id = command.id.clone();
+    spawn_job(
+        key,
+        id,
+        move || answer(&command, &context),
+        DEADLINE,
+        events,
+    );
+}
+
+/// The deadline and the events of [`spawn`] around any blocking `job`.
+fn spawn_job(
+    key: String,
+    id: String,
+    job: impl FnOnce() -> (Response, bool) + Send + 'static,
+    deadline: Duration,
+    events: mpsc::Sender<Event>,
+) {
     tokio::spawn(async move {
-        let key = command.name.clone();
-        let id = command.id.clone();
-        let mut job = tokio::task::spawn_blocking(move || answer(&command, &context));
-        match tokio::time::timeout(DEADLINE, &mut job).await {
+        let mut job = tokio::task::spawn_blocking(job);
+        match tokio::time::timeout(deadline, &mut job).await {
             Ok(result) => {
                 let (response, record) = result.unwrap_or_else(|_| {
                     (
@@ -188,7 +205,7 @@ pub fn spawn(command: Command, context: Context, events: mpsc::Sender<Event>) {
                     &key,
                     format!(
                         "timed out: no result within {} s; the actuator may be stuck and the outcome is unknown",
-                        DEADLINE.as_secs()
+                        deadline.as_secs()
                     ),
                 );
                 let _ = events
@@ -360,6 +377,48 @@ mod tests {
         assert!(commands
             .arrive("fan", &payload(9), false, &actuators())
             .is_none());
+    }
+
+    /// A command whose actuator does not return is answered as timed out at the deadline, and
+    /// its actuator is free only once the job has returned. (Real time: tokio's paused clock
+    /// does not advance while a blocking task runs.)
+    #[tokio::test]
+    async fn a_stuck_job_is_answered_at_its_deadline_and_frees_its_actuator_when_it_returns() {
+        let (events_tx, mut events) = mpsc::channel(4);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        spawn_job(
+            "fan".to_owned(),
+            "c1".to_owned(),
+            move || {
+                let _ = released.recv();
+                (Response::ok("c1", "fan"), true)
+            },
+            Duration::from_millis(200),
+            events_tx,
+        );
+        match events.recv().await {
+            Some(Event::Answered {
+                key,
+                response,
+                record,
+                finished,
+            }) => {
+                assert_eq!(key, "fan");
+                assert!(!response.ok);
+                assert!(response
+                    .error
+                    .unwrap()
+                    .starts_with("timed out: no result within"));
+                assert!(record, "the ledger says it may have run");
+                assert!(!finished, "the actuator is still busy");
+            }
+            other => panic!("{other:?}"),
+        }
+        release.send(()).unwrap();
+        match events.recv().await {
+            Some(Event::Finished { key }) => assert_eq!(key, "fan"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
