@@ -1,4 +1,4 @@
-// aedes (an MQTT 3.1.1 broker for Node.js) behind TLS that requires a client certificate signed
+// aedes 0.51 (an MQTT 3.1.1 broker for Node.js; 1.x needs Node.js 20, Debian 12 ships 18) behind TLS that requires a client certificate signed
 // by the test CA, for tests/interop.rs. Sessions and retained messages live in memory, so a
 // restart loses them, as with the test mosquitto (persistence false).
 //
@@ -6,11 +6,11 @@
 'use strict';
 const fs = require('fs');
 const tls = require('tls');
-const { Aedes } = require('aedes');
+const aedes = require('aedes');
 
 async function main() {
   const [port, ca, cert, key] = process.argv.slice(2);
-  const broker = await Aedes.createBroker();
+  const broker = aedes();
   broker.on('client', (client) => console.log(`client connected ${client.id}`));
   broker.on('clientDisconnect', (client) => console.log(`client disconnected ${client.id}`));
   broker.on('clientError', (client, err) => console.log(`client error ${client && client.id}: ${err.message}`));
