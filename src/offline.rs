@@ -24,8 +24,14 @@ pub enum Error {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot write the OpenSSL config that enforces broker.tls.min_version (state_dir and the temporary directory both refused it): {0}")]
-    TlsFloor(#[source] std::io::Error),
+    #[error("cannot write the OpenSSL config that enforces broker.tls.min_version into state_dir {}: {source}; the agent needs state_dir writable", dir.display())]
+    TlsFloor {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("broker.tls.min_version does not hold: {0}; refusing to run below the floor")]
+    TlsFloorIgnored(String),
 }
 
 impl Error {

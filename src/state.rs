@@ -41,14 +41,39 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> T {
 /// Writes `state` to `path` atomically.
 pub fn save<T: Serialize>(path: &Path, state: &T) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let temporary = path.with_extension("tmp");
-    let mut file = File::create(&temporary)?;
+    let mut file = create_private(&temporary)?;
     serde_json::to_writer(&mut file, state)?;
     file.flush()?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and its parents) with mode 0700 where they do not exist; an existing one is
+/// left as it is (systemd's `StateDirectory=` sets its own).
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates `path` for writing, mode 0600, exclusively: whatever is there already (a file left by
+/// a crash, a symlink someone planted) is removed first, never written through.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(test)]
@@ -79,5 +104,26 @@ mod tests {
                     .starts_with("state.corrupt-")
             });
         assert!(aside);
+    }
+
+    /// Issue 20: state files are 0600 in a 0700 directory even when the agent runs by hand, and
+    /// a symlink planted at a temporary name is replaced, not written through.
+    #[test]
+    fn state_files_are_private_and_follow_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let path = state_dir.join("alerts.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "kept").unwrap();
+        std::fs::create_dir(&state_dir).unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        save(&path, &7u64).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let fresh = dir.path().join("fresh/state.json");
+        save(&fresh, &1u64).unwrap();
+        assert_eq!(mode(fresh.parent().unwrap()), 0o700);
     }
 }

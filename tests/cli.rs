@@ -192,6 +192,29 @@ fn check_warns_of_no_client_certificate_and_no_host_name_check() {
     assert!(said.contains("is usable (no client certificate)"), "{said}");
 }
 
+/// Issue 20: when state_dir could not take the TLS floor's OpenSSL config, the agent silently
+/// wrote it into the shared temporary directory. It refuses to run instead, saying why.
+#[test]
+fn run_refuses_a_state_dir_it_cannot_write() {
+    let dir = TestDir::new();
+    let pki = pki(&dir, "pki", CertSpec::default());
+    dir.write("not-a-dir", "a file");
+    let config = dir.config(&format!(
+        "broker:\n  urls: [\"mqtts://127.0.0.1:1\"]\n  tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/not-a-dir/state\n",
+        pki.ca.display(),
+        pki.cert.display(),
+        pki.key.display()
+    ));
+    fake_sysfs(&dir);
+    let output = fieldagent(&["--config", config.to_str().unwrap(), "run"]);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("into state_dir") && said.contains("needs state_dir writable"),
+        "{said}"
+    );
+}
+
 #[test]
 fn read_json_gives_exact_values_and_errors_side_by_side() {
     let dir = TestDir::new();

@@ -72,10 +72,15 @@ pub struct Counters {
 pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     let config = crate::offline::load(path, warn)?;
     // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
+    // In state_dir only: a shared temporary directory is no place for a file that decides the
+    // TLS floor (anyone could plant one there).
     let min = config.config().broker.tls.min_version;
-    crate::mqtt::tls::enforce_floor(min, &config.config().state_dir)
-        .or_else(|_| crate::mqtt::tls::enforce_floor(min, &std::env::temp_dir()))
-        .map_err(Error::TlsFloor)?;
+    let state_dir = &config.config().state_dir;
+    crate::mqtt::tls::enforce_floor(min, state_dir).map_err(|source| Error::TlsFloor {
+        dir: state_dir.clone(),
+        source,
+    })?;
+    crate::mqtt::tls::floor_holds(min).map_err(Error::TlsFloorIgnored)?;
     let (config, identity) = admit(config, path, warn)?;
     let log = &config.config().log;
     if crate::service::init_logging(log.level, log.target)

@@ -40,6 +40,13 @@ pub fn display(version: TlsVersion) -> &'static str {
 /// and points `OPENSSL_CONF` at it. Must run before anything in the process uses OpenSSL, while
 /// the process has one thread.
 pub fn enforce_floor(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
+    let path = write_floor_config(min, dir)?;
+    std::env::set_var("OPENSSL_CONF", &path);
+    Ok(path)
+}
+
+/// The OpenSSL config of [`enforce_floor`], written into `dir` (0700 when made) as a 0600 file.
+fn write_floor_config(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
     let text = format!(
         "# Written by fieldagent at start-up: the TLS floor of broker.tls.min_version.\n\
          openssl_conf = fieldagent_init\n\
@@ -48,15 +55,50 @@ pub fn enforce_floor(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
          [fieldagent_tls]\nMinProtocol = {}\n",
         openssl_name(min)
     );
-    std::fs::create_dir_all(dir)?;
+    crate::state::private_dir(dir)?;
     let path = dir.join(FILE_NAME);
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        use std::io::Write as _;
+        // Exclusively and 0600: a file planted under the temporary name is replaced, never
+        // written through.
         let temporary = dir.join(format!("{FILE_NAME}.new"));
-        std::fs::write(&temporary, &text)?;
+        let mut file = crate::state::create_private(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
     }
-    std::env::set_var("OPENSSL_CONF", &path);
     Ok(path)
+}
+
+/// After [`enforce_floor`]: whether OpenSSL really applies the floor, read back from a new
+/// client context as Paho's will be (a distribution that ignores `OPENSSL_CONF`, or a config
+/// OpenSSL could not read, would leave it at the library's default).
+pub fn floor_holds(min: TlsVersion) -> Result<(), String> {
+    // A plain SSL_CTX_new(TLS_client_method()), as Paho makes it.
+    let mut builder = openssl::ssl::SslContext::builder(SslMethod::tls_client())
+        .map_err(|err| format!("cannot make an OpenSSL context: {err}"))?;
+    let wanted = match min {
+        TlsVersion::V1_2 => SslVersion::TLS1_2,
+        TlsVersion::V1_3 => SslVersion::TLS1_3,
+    };
+    let rank = |version: Option<SslVersion>| match version {
+        Some(v) if v == SslVersion::TLS1_3 => 4,
+        Some(v) if v == SslVersion::TLS1_2 => 3,
+        Some(v) if v == SslVersion::TLS1_1 => 2,
+        Some(v) if v == SslVersion::TLS1 => 1,
+        _ => 0,
+    };
+    let has = builder.min_proto_version();
+    if rank(has) >= rank(Some(wanted)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "OpenSSL's minimum protocol version is {} after loading {}, not TLS {}",
+            has.map_or("the library default".to_owned(), |v| format!("{v:?}")),
+            std::env::var("OPENSSL_CONF").unwrap_or_default(),
+            display(min)
+        ))
+    }
 }
 
 /// After a failed TLS connect: why, as a sentence for the log, found by shaking hands with the
@@ -323,7 +365,25 @@ pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> 
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::{refusal, KeyPairStore};
+    use super::{refusal, write_floor_config, KeyPairStore};
+    use crate::config::TlsVersion;
+
+    /// Issue 20: a planted `openssl.cnf.new` symlink made the agent overwrite its target.
+    #[test]
+    fn the_floor_config_is_written_privately_and_follows_no_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "kept").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("openssl.cnf.new")).unwrap();
+        let path = write_floor_config(TlsVersion::V1_3, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("MinProtocol = TLSv1.3"), "{text}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     /// Issue 20: the key copy was written with the default mode and chmod'ed after. It is
     /// created 0600, in a 0700 directory, and a symlink planted at its temporary name is not

@@ -33,7 +33,7 @@ impl Outbox {
             .chain(self.inflight.iter_mut())
             .collect();
         entries.sort_by_key(|e| e.id);
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        let mut out = std::io::BufWriter::new(crate::state::create_private(&tmp)?);
         out.write_all(HEADER)?;
         let mut offset = HEADER.len() as u64;
         let mut placed = Vec::with_capacity(entries.len());
