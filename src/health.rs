@@ -15,6 +15,14 @@ pub struct Messages {
     pub dropped: u64,
     /// Waiting in memory for the next connect.
     pub queued: u64,
+    /// Refused by the broker (MQTT 5: a reason code of 0x80 or above, e.g. its ACL); only said
+    /// when some were.
+    #[serde(skip_serializing_if = "crate::health::is_zero")]
+    pub refused: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +94,7 @@ mod tests {
                 sent: 10,
                 dropped: 1,
                 queued: 0,
+                refused: 0,
             },
             reconnects: 2,
             last_connect_error: None,

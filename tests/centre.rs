@@ -357,3 +357,62 @@ fn the_outbox_goes_back_to_disk_when_the_disk_has_room() {
         "{outbox:?}"
     );
 }
+
+/// Issue 20: over MQTT 5 a PUBACK with a reason code of 0x80 or above (the broker's ACL refused
+/// the message) counted as delivered. It is not: the refusal is logged once per topic, an alert
+/// refused this way is kept for the next connection (not sent again and again on this one), and
+/// anything else is dropped and counted.
+#[test]
+fn a_publish_the_broker_refused_is_not_delivered() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let acl = dir.write(
+        "broker/acl",
+        "user node-acl\n\
+         topic write devices/node-acl/status\n\
+         topic write devices/node-acl/telemetry\n\
+         topic write devices/node-acl/health\n\
+         topic write devices/node-acl/responses\n\
+         topic read devices/node-acl/commands/+\n\
+         user observer\n\
+         topic read #\n",
+    );
+    let broker = Broker::start_with(
+        &pki,
+        crate::broker::BrokerOptions {
+            extra: &format!("acl_file {}", acl.display()),
+            ..Default::default()
+        },
+    );
+    let mut setup = Setup::new("node-acl", &broker);
+    setup.broker_extra = "  protocol: \"5\"\n".to_owned();
+    setup.top_extra =
+        "alerts:\n  - { name: warm, sensor: cpu_temp, above: 40 }\n  - { name: hot, sensor: cpu_temp, above: 45 }\n"
+            .to_owned();
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    agent.expect_log("Connected.", Duration::from_secs(30));
+    agent.expect_log("The broker refused a message", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert_eq!(
+        log.matches("The broker refused a message").count(),
+        1,
+        "once per topic:\n{log}"
+    );
+    assert!(log.contains("devices/node-acl/alerts") && log.contains("kept"), "{log}");
+    // Not sent again and again: each alert was refused once on this connection.
+    let denied = broker.log().matches("Denied PUBLISH from node-acl").count();
+    assert!(denied <= 4, "{denied} refused publishes:\n{}", broker.log());
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    let stopped = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("Stopped."))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        stopped.contains("queued=2") || stopped.contains("queued=3"),
+        "the refused alerts are kept: {stopped}"
+    );
+}

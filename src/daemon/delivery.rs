@@ -8,6 +8,8 @@
 //! (its requests are handled in order, so every earlier `Take` is covered); answers that belong
 //! to an older generation no longer count against the window.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -16,7 +18,7 @@ use tokio::time::Instant;
 use super::event::Event;
 use super::event::Taken;
 use super::store::{Request, StoreHandle};
-use crate::mqtt::Session;
+use crate::mqtt::{Confirmation, Session};
 use crate::outbox::Kind;
 
 /// Messages handed to Paho and not yet confirmed, at most. Paho keeps them in memory and the
@@ -86,6 +88,8 @@ pub struct Delivery {
     pub queued: usize,
     /// Telemetry dropped since a telemetry message last went out: the next one says how many.
     pub telemetry_gap: u64,
+    /// What each message handed to Paho is, for what its refusal means.
+    sending: HashMap<u64, (Kind, Arc<str>)>,
     /// A message not confirmed within this is sent again (the connection looked alive but the
     /// answer never came).
     ack_timeout: Duration,
@@ -100,6 +104,7 @@ impl Delivery {
             generation: 0,
             queued: 0,
             telemetry_gap: 0,
+            sending: HashMap::new(),
             ack_timeout,
         }
     }
@@ -117,6 +122,7 @@ impl Delivery {
         self.generation = generation;
         self.inflight = 0;
         self.taking = false;
+        self.sending.clear();
         store.send(Request::RequeueInflight);
     }
 
@@ -169,7 +175,9 @@ impl Delivery {
                 payload = crate::telemetry::with_dropped(payload, self.telemetry_gap);
                 self.telemetry_gap = 0;
             }
-            let Some(token) = session.publish_tracked(&message.topic, payload, message.qos) else {
+            let Some(confirmed) =
+                session.publish_confirmed(&message.topic, payload, message.qos, self.ack_timeout)
+            else {
                 // Gone again: it goes at the next connect.
                 store.send(Request::Requeue(message.id));
                 continue;
@@ -183,31 +191,80 @@ impl Delivery {
                 );
             }
             self.inflight += 1;
+            self.sending
+                .insert(message.id, (message.kind, Arc::clone(&message.topic)));
             let events = events.clone();
             let id = message.id;
-            let wait = self.ack_timeout;
             tokio::spawn(async move {
-                let ok = matches!(tokio::time::timeout(wait, token).await, Ok(Ok(_)));
-                let _ = events.send(Event::Delivered { generation, id, ok }).await;
+                let confirmation = confirmed.await;
+                let _ = events
+                    .send(Event::Delivered {
+                        generation,
+                        id,
+                        confirmation,
+                    })
+                    .await;
             });
         }
     }
 
-    /// Paho's answer for one message: done, or it goes again. True when it was delivered.
-    pub fn delivered(&mut self, generation: u64, id: u64, ok: bool, store: &StoreHandle) -> bool {
+    /// Paho's answer for one message: done, refused, or it goes again.
+    pub fn delivered(
+        &mut self,
+        generation: u64,
+        id: u64,
+        confirmation: &Confirmation,
+        store: &StoreHandle,
+    ) -> Answer {
         let current = generation == self.generation;
+        let sent = self.sending.remove(&id);
         if current {
             self.inflight = self.inflight.saturating_sub(1);
         }
-        if ok {
-            store.send(Request::Delivered(id));
-        } else if current {
-            // Refused or unanswered on a connection that is up: send it again now. (An older
-            // connection's messages went back at the reconnect.)
-            store.send(Request::Requeue(id));
+        match confirmation {
+            Confirmation::Delivered => {
+                store.send(Request::Delivered(id));
+                Answer::Delivered
+            }
+            Confirmation::Refused(reason) => {
+                let (kind, topic) = sent.unwrap_or((Kind::Telemetry, Arc::from("?")));
+                if kind == Kind::Alert {
+                    // Kept: it stays in flight in the store, out of this connection's window,
+                    // and goes again after the next connect (the ACL may have changed by then).
+                } else {
+                    store.send(Request::Dropped(id));
+                }
+                Answer::Refused {
+                    kind,
+                    topic,
+                    reason: reason.clone(),
+                }
+            }
+            Confirmation::Failed => {
+                if current {
+                    // Unanswered on a connection that is up: send it again now. (An older
+                    // connection's messages went back at the reconnect.)
+                    store.send(Request::Requeue(id));
+                }
+                Answer::Again
+            }
         }
-        ok
     }
+}
+
+/// What a confirmation meant for the counters and the log.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    Delivered,
+    /// The broker refused it (MQTT 5 reason code): an alert is kept for the next connection,
+    /// anything else is dropped.
+    Refused {
+        kind: Kind,
+        topic: Arc<str>,
+        reason: String,
+    },
+    /// It goes again.
+    Again,
 }
 
 #[cfg(test)]

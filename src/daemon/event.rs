@@ -5,7 +5,7 @@ use crate::alerts::AlertEvent;
 use crate::commands::Response;
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::{Closer, Connected, MqttError};
+use crate::mqtt::{Closer, Confirmation, Connected, MqttError};
 use crate::outbox::{Dropped, Outgoing};
 use crate::sparkplug::MetricValue;
 
@@ -27,7 +27,11 @@ pub enum Event {
     /// Sparkplug: the bdSeq of connect attempt `attempt` is saved; the attempt may start.
     BdSeq { attempt: u64, bd_seq: u64 },
     /// Paho's answer for one outbox message.
-    Delivered { generation: u64, id: u64, ok: bool },
+    Delivered {
+        generation: u64,
+        id: u64,
+        confirmation: Confirmation,
+    },
     /// A command's answer; `record` when it ran (the ledger keeps its answer); `finished` when
     /// its actuator is free again (false after a timeout: `Finished` follows).
     Answered {

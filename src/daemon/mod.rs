@@ -65,6 +65,8 @@ pub struct Counters {
     pub dropped: u64,
     /// Queued but unreadable from the outbox file when their turn came.
     pub lost: u64,
+    /// Refused by the broker (MQTT 5 reason code of 0x80 or above).
+    pub refused: u64,
 }
 
 /// `fieldagent run`: checks the config and what it points at, then runs the daemon until
@@ -433,9 +435,13 @@ impl Daemon {
                 bd_seq,
             } => self.on_connect(attempt, result, closer, bd_seq),
             Event::BdSeq { attempt, bd_seq } => self.start_attempt(attempt, Some(bd_seq)),
-            Event::Delivered { generation, id, ok } => {
+            Event::Delivered {
+                generation,
+                id,
+                confirmation,
+            } => {
                 if let Mode::Plain(plain) = &mut self.mode {
-                    plain.delivered(&mut self.core, generation, id, ok);
+                    plain.delivered(&mut self.core, generation, id, &confirmation);
                 }
             }
             Event::Answered {

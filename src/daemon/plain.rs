@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use super::delivery::{Delivery, WINDOW};
+use super::delivery::{Answer, Delivery, WINDOW};
 use super::event::Taken;
 use super::store::Request;
 use super::Core;
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::Connected;
+use crate::mqtt::{Confirmation, Connected};
 use crate::outbox::{Dropped, Kind};
 
 /// Numbers from the config used on every message.
@@ -72,6 +72,8 @@ pub(crate) struct Plain {
     first_sample: Option<String>,
     /// False until the first connect attempt has ended.
     attempted: bool,
+    /// Topics on which the broker refused a message (logged once each).
+    refused_topics: std::collections::HashSet<String>,
 }
 
 impl Plain {
@@ -85,6 +87,7 @@ impl Plain {
             topics: Topics::new(config, identity),
             first_sample: None,
             attempted: false,
+            refused_topics: std::collections::HashSet::new(),
         }
     }
 
@@ -211,9 +214,38 @@ impl Plain {
         );
     }
 
-    pub fn delivered(&mut self, core: &mut Core, generation: u64, id: u64, ok: bool) {
-        if self.delivery.delivered(generation, id, ok, &core.store) {
-            core.counters.sent += 1;
+    pub fn delivered(
+        &mut self,
+        core: &mut Core,
+        generation: u64,
+        id: u64,
+        confirmation: &Confirmation,
+    ) {
+        match self
+            .delivery
+            .delivered(generation, id, confirmation, &core.store)
+        {
+            Answer::Delivered => core.counters.sent += 1,
+            Answer::Refused {
+                kind,
+                topic,
+                reason,
+            } => {
+                core.counters.refused += 1;
+                if kind != Kind::Alert {
+                    core.counters.dropped += 1;
+                }
+                // Once per topic: a refusing ACL refuses every message on it.
+                if self.refused_topics.insert(topic.to_string()) {
+                    let fate = if kind == Kind::Alert {
+                        "kept, and sent again after the next connect"
+                    } else {
+                        "dropped"
+                    };
+                    tracing::error!(topic = %topic, kind = kind.name(), reason = %reason, "The broker refused a message (MQTT 5); it is {fate}. Check the broker's ACL for this device.");
+                }
+            }
+            Answer::Again => {}
         }
     }
 

@@ -34,6 +34,7 @@ pub fn health(core: &Core) -> String {
                 + counters.lost
                 + core.stats.queue_full.load(Ordering::Relaxed),
             queued: core.outbox.per_kind.iter().sum::<usize>() as u64,
+            refused: counters.refused,
         },
         reconnects: core.link.connects.saturating_sub(1),
         last_connect_error: (!core.connect_log.last_error.is_empty())

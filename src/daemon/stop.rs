@@ -126,9 +126,13 @@ impl Daemon {
                 finished,
             } => self.answered(&key, response, record, finished),
             Event::Finished { key } => self.commands.finished(&key),
-            Event::Delivered { generation, id, ok } => {
+            Event::Delivered {
+                generation,
+                id,
+                confirmation,
+            } => {
                 if let Mode::Plain(plain) = &mut self.mode {
-                    plain.delivered(&mut self.core, generation, id, ok);
+                    plain.delivered(&mut self.core, generation, id, &confirmation);
                 }
             }
             Event::Store(StoreEvent::Report(report)) => self.on_report(report),

@@ -63,6 +63,8 @@ pub enum Request {
     Delivered(u64),
     /// Send it again (Paho refused it, or its answer never came).
     Requeue(u64),
+    /// The broker refused it for good (MQTT 5 reason code): it leaves the outbox as dropped.
+    Dropped(u64),
     /// A new connection: everything in flight goes again.
     RequeueInflight,
     SetBound(usize),
@@ -238,6 +240,10 @@ impl Store {
                 self.forget(id);
             }
             Request::Requeue(id) => self.outbox.requeue(id),
+            Request::Dropped(id) => {
+                self.outbox.drop_inflight(id);
+                self.forget(id);
+            }
             Request::RequeueInflight => self.outbox.requeue_inflight(),
             Request::SetBound(bound) => self.outbox.set_bound(bound),
             Request::Stop => return true,

@@ -90,6 +90,18 @@ pub enum MqttError {
     Connect { urls: String, cause: String },
 }
 
+/// What became of one published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The broker has it.
+    Delivered,
+    /// The broker answered with a reason code of 0x80 or above (MQTT 5): not delivered, and
+    /// sending it again on this connection would be refused again.
+    Refused(String),
+    /// No answer in time, or the connection went: it goes again.
+    Failed,
+}
+
 /// What a successful connect found.
 #[derive(Debug)]
 pub struct Connected {
@@ -371,6 +383,28 @@ impl Session {
             self.client
                 .publish(paho::Message::new(topic, payload, i32::from(qos))),
         )
+    }
+
+    /// Hands an outbox message to Paho; the future says, within `wait`, whether the broker took
+    /// it (PUBACK or PUBCOMP), refused it (MQTT 5: a reason code of 0x80 or above, e.g. its ACL),
+    /// or gave no answer. `None` when there is no connection to send it on.
+    pub fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        qos: u8,
+        wait: Duration,
+    ) -> Option<impl std::future::Future<Output = Confirmation> + Send + 'static> {
+        let token = self.publish_tracked(topic, payload, qos)?;
+        Some(async move {
+            match tokio::time::timeout(wait, token).await {
+                Ok(Ok(_)) => Confirmation::Delivered,
+                Ok(Err(paho::Error::ReasonCode(code, _))) => {
+                    Confirmation::Refused(format!("{code} (reason code {:#04x})", code as u32))
+                }
+                _ => Confirmation::Failed,
+            }
+        })
     }
 
     /// The goodbye of a clean stop: plain, the retained shutdown status; Sparkplug, the NDEATH

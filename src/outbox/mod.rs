@@ -418,6 +418,14 @@ impl Outbox {
         self.finish(entry, Record::Delivered(id));
     }
 
+    /// Ends a message in flight as dropped (the broker refused it for good).
+    pub fn drop_inflight(&mut self, id: u64) {
+        if let Some(at) = self.inflight.iter().position(|e| e.id == id) {
+            let entry = self.inflight.swap_remove(at);
+            self.finish(entry, Record::Dropped(id));
+        }
+    }
+
     /// Puts everything in flight back at the front of its queue, in order: after a reconnect,
     /// nothing sent on the old connection is trusted to arrive.
     pub fn requeue_inflight(&mut self) {
