@@ -70,6 +70,8 @@ pub enum SensorError {
     },
     #[error("{}: expected a number, found \"{found}\"", path.display())]
     NotANumber { path: PathBuf, found: String },
+    #[error("{}: {what}", path.display())]
+    NoField { path: PathBuf, what: String },
     #[error("{metric}: {reason}")]
     System {
         metric: &'static str,

@@ -399,7 +399,10 @@ fn a_publish_the_broker_refused_is_not_delivered() {
         1,
         "once per topic:\n{log}"
     );
-    assert!(log.contains("devices/node-acl/alerts") && log.contains("kept"), "{log}");
+    assert!(
+        log.contains("devices/node-acl/alerts") && log.contains("kept"),
+        "{log}"
+    );
     // Not sent again and again: each alert was refused once on this connection.
     let denied = broker.log().matches("Denied PUBLISH from node-acl").count();
     assert!(denied <= 4, "{denied} refused publishes:\n{}", broker.log());

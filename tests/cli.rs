@@ -229,7 +229,7 @@ sensors:
   - { name: board_temp, hwmon: { chip: lm75, input: temp1 } }
   - { name: vin, hwmon: { chip: ina219, input: in1 } }
   - { name: vadc, iio: { device: ads1015, channel: in_voltage0 } }
-  - { name: tank_level, file: "@DIR@/run/tank", scale: 0.1, unit: "%" }
+  - { name: tank_level, file: { path: "@DIR@/run/tank", key: level }, scale: 0.1, unit: "%" }
   - { name: gone, file: "@DIR@/run/vanished" }
   - { name: junk, file: "@DIR@/run/garbage" }
   - { name: missing, hwmon: { chip: tmp421, input: temp2 } }

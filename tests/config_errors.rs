@@ -138,7 +138,25 @@ fn broken_configs_name_key_line_and_cause() {
             format!("{BROKER}sensors:\n  - {{ name: t, thermal_zone: {{ type: x }}, file: /a }}\n"),
             "sensors[0]",
             5,
-            "expected exactly one source key (thermal_zone, hwmon, iio, file, i2c, system), found thermal_zone and file",
+            "expected exactly one source key (thermal_zone, hwmon, iio, file, w1, i2c, system), found thermal_zone and file",
+        ),
+        (
+            format!("{BROKER}sensors:\n  - {{ name: t, file: {{ path: /run/b, key: level, column: 2 }} }}\n"),
+            "sensors[0].file",
+            5,
+            "expected key or column, found both",
+        ),
+        (
+            format!("{BROKER}sensors:\n  - {{ name: t, file: {{ path: /run/b, column: 0 }} }}\n"),
+            "sensors[0].file.column",
+            5,
+            "expected a column counted from 1, found 0",
+        ),
+        (
+            format!("{BROKER}sensors:\n  - {{ name: t, w1: {{ device: ../../etc }} }}\n"),
+            "sensors[0].w1.device",
+            5,
+            "expected a 1-Wire device such as 28-0316a2791fff, found \"../../etc\"",
         ),
         (
             format!("{BROKER}sensors:\n  - {{ name: t, hwmon: {{ chip: lm75, input: temp1_input }} }}\n"),

@@ -210,7 +210,7 @@ fn a_file_replaced_by_rename_is_read_anew() {
     let mut sample = Sample::default();
     set.read_all(&mut sample);
     assert_eq!(values(&sample), [("tank", 25.0)]);
-    let new = dir.write("run/tank.new", "level: 30\n");
+    let new = dir.write("run/tank.new", "30\n");
     std::fs::rename(new, &path).unwrap();
     set.read_all(&mut sample);
     assert_eq!(values(&sample), [("tank", 60.0)]);
@@ -239,4 +239,62 @@ fn system_metrics_have_one_value_each() {
     let names: Vec<Arc<str>> = set.iter().next().unwrap().value_names().to_vec();
     assert_eq!(names.len(), 4);
     assert_eq!(set.iter().next().unwrap().unit(1), Some("s"));
+}
+
+/// Issue 20: `file:` took "the first number in the file"; a DS18B20's `w1_slave` read as
+/// 0.072 (its first hex byte), `ERROR -1 sensor disconnected` as -1. Strict files, a field by
+/// key or column, and the `w1` source with its CRC check.
+#[test]
+fn strict_files_fields_and_one_wire_sensors() {
+    let dir = TestDir::new();
+    fake_sysfs(&dir);
+    let w1 = "sys/bus/w1/devices";
+    dir.write(
+        &format!("{w1}/28-0316a2791fff/w1_slave"),
+        "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+    );
+    dir.write(
+        &format!("{w1}/28-0316a2791aaa/w1_slave"),
+        "72 01 4b 46 7f ff 0e 10 57 : crc=58 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+    );
+    dir.write(&format!("{w1}/28-0316a2791bbb/temperature"), "-1250\n");
+    let disconnected = dir.write("run/disconnected", "ERROR -1 sensor disconnected\n");
+    let bridge = dir.write("run/bridge", "status=ok\nlevel=12.5\n");
+    let columns = dir.write("run/columns", "1764140000 21.5 45\n");
+    let slave_as_file = dir.path().join(format!("{w1}/28-0316a2791fff/w1_slave"));
+    let mut set = sensors(
+        &dir,
+        &format!(
+            "  - {{ name: probe, w1: {{ device: 28-0316a2791fff }} }}\n\
+             \x20 - {{ name: noisy, w1: {{ device: 28-0316a2791aaa }} }}\n\
+             \x20 - {{ name: newer, w1: {{ device: 28-0316a2791bbb }} }}\n\
+             \x20 - {{ name: absent, w1: {{ device: 28-000000000000 }} }}\n\
+             \x20 - {{ name: bad, file: {} }}\n\
+             \x20 - {{ name: level, file: {{ path: {}, key: level }} }}\n\
+             \x20 - {{ name: flow, file: {{ path: {}, key: flow }} }}\n\
+             \x20 - {{ name: humidity, file: {{ path: {}, column: 3 }} }}\n\
+             \x20 - {{ name: raw_slave, file: {} }}\n",
+            disconnected.display(),
+            bridge.display(),
+            bridge.display(),
+            columns.display(),
+            slave_as_file.display(),
+        ),
+    );
+    let mut sample = Sample::default();
+    set.read_all(&mut sample);
+    assert_eq!(
+        values(&sample),
+        [("probe", 23.125), ("newer", -1.25), ("level", 12.5), ("humidity", 45.0)]
+    );
+    for (name, part) in [
+        ("noisy", "a CRC error on the bus (w1_slave says crc NO)"),
+        ("absent", "no 1-Wire device with directory \"28-000000000000\""),
+        ("bad", "expected a number, found \"ERROR -1 sensor disconnected\""),
+        ("flow", "no line \"flow=…\" or \"flow: …\""),
+        ("raw_slave", "expected a number, found \"72 01 4b 46 7f ff 0e 10 57 : crc=57 YES"),
+    ] {
+        let err = error(&sample, name).unwrap_or_else(|| panic!("{name} read"));
+        assert!(err.contains(part), "{name}: {err}");
+    }
 }

@@ -10,7 +10,8 @@ use super::validate::{
     SensorSpec,
 };
 use super::{
-    ActuatorConfig, AlertConfig, Config, I2cChip, I2cConfig, SensorConfig, SparkplugConfig,
+    ActuatorConfig, AlertConfig, Config, FileConfig, FileField, I2cChip, I2cConfig, SensorConfig,
+    SparkplugConfig,
 };
 
 /// Names end up in JSON keys, topics (actuators) and Sparkplug metric names; `.` separates a
@@ -103,7 +104,7 @@ pub(super) fn check_sensors(
     specs
 }
 
-const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, i2c, system";
+const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, w1, i2c, system";
 
 fn sensor_source(
     key: &str,
@@ -115,6 +116,7 @@ fn sensor_source(
         ("hwmon", sensor.hwmon.is_some()),
         ("iio", sensor.iio.is_some()),
         ("file", sensor.file.is_some()),
+        ("w1", sensor.w1.is_some()),
         ("i2c", sensor.i2c.is_some()),
         ("system", sensor.system.is_some()),
     ]
@@ -199,8 +201,75 @@ fn sensor_source(
         });
     }
     if let Some(file) = &sensor.file {
-        check_absolute(&format!("{key}.file"), file, findings);
-        return Some(SensorSource::File(file.clone()));
+        let field = match file {
+            FileConfig::Path(path) => {
+                check_absolute(&format!("{key}.file"), path, findings);
+                FileField::Whole
+            }
+            FileConfig::Field(spec) => {
+                check_absolute(&format!("{key}.file.path"), &spec.path, findings);
+                match (&spec.key, spec.column) {
+                    (Some(name), None) => {
+                        if name.is_empty()
+                            || name.contains(['=', ':'])
+                            || name.chars().any(char::is_whitespace)
+                        {
+                            findings.push(Finding::error(
+                                format!("{key}.file.key"),
+                                format!(
+                                    "expected a key without spaces, '=' or ':', found \"{}\"",
+                                    name.escape_debug()
+                                ),
+                            ));
+                        }
+                        FileField::Key(name.clone())
+                    }
+                    (None, Some(column)) => {
+                        if column == 0 {
+                            findings.push(Finding::error(
+                                format!("{key}.file.column"),
+                                "expected a column counted from 1, found 0",
+                            ));
+                        }
+                        FileField::Column(column)
+                    }
+                    (Some(_), Some(_)) => {
+                        findings.push(Finding::error(
+                            format!("{key}.file"),
+                            "expected key or column, found both",
+                        ));
+                        FileField::Whole
+                    }
+                    (None, None) => FileField::Whole,
+                }
+            }
+        };
+        return Some(SensorSource::File {
+            path: file.path().clone(),
+            field,
+        });
+    }
+    if let Some(w1) = &sensor.w1 {
+        // A 1-Wire device directory is the family code, a dash and the serial in hex.
+        let ok = w1.device.len() >= 4
+            && w1.device.as_bytes()[2] == b'-'
+            && w1
+                .device
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == 2 || b.is_ascii_hexdigit());
+        if !ok {
+            findings.push(Finding::error(
+                format!("{key}.w1.device"),
+                format!(
+                    "expected a 1-Wire device such as 28-0316a2791fff, found \"{}\"",
+                    w1.device.escape_debug()
+                ),
+            ));
+        }
+        return Some(SensorSource::W1 {
+            device: w1.device.clone(),
+        });
     }
     if let Some(i2c) = &sensor.i2c {
         check_i2c(&format!("{key}.i2c"), i2c, findings);

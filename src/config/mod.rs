@@ -371,7 +371,9 @@ pub struct SensorConfig {
     #[serde(default)]
     pub iio: Option<IioConfig>,
     #[serde(default)]
-    pub file: Option<PathBuf>,
+    pub file: Option<FileConfig>,
+    #[serde(default)]
+    pub w1: Option<W1Config>,
     #[serde(default)]
     pub i2c: Option<I2cConfig>,
     #[serde(default)]
@@ -393,6 +395,53 @@ pub struct HwmonConfig {
     pub chip: String,
     /// `temp1`, `in0`, `curr1`, `power1`, `humidity1`, `fan1`.
     pub input: String,
+}
+
+/// `file:`: a path whose file holds exactly one number, or a path with the field that holds it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum FileConfig {
+    Path(PathBuf),
+    Field(FileFieldConfig),
+}
+
+impl FileConfig {
+    pub fn path(&self) -> &PathBuf {
+        match self {
+            FileConfig::Path(path) => path,
+            FileConfig::Field(field) => &field.path,
+        }
+    }
+}
+
+/// `file: { path, key }` or `file: { path, column }`, for bridge files with several values.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFieldConfig {
+    pub path: PathBuf,
+    /// The value of the line `key=value` or `key: value`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The whitespace-separated column (from 1) of the first non-empty line.
+    #[serde(default)]
+    pub column: Option<usize>,
+}
+
+/// Which part of a `file:` sensor's file holds its value, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileField {
+    /// The whole file: exactly one number.
+    Whole,
+    Key(String),
+    Column(usize),
+}
+
+/// A 1-Wire temperature sensor (DS18B20 and kin) under `sysfs_root/bus/w1/devices/DEVICE/`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct W1Config {
+    /// The device's directory name, e.g. `28-0316a2791fff`.
+    pub device: String,
 }
 
 /// An IIO channel, found by the device's `name` file.

@@ -84,10 +84,24 @@ pub struct SensorSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SensorSource {
-    ThermalZone { zone_type: String },
-    Hwmon { chip: String, input: String },
-    Iio { device: String, channel: String },
-    File(PathBuf),
+    ThermalZone {
+        zone_type: String,
+    },
+    Hwmon {
+        chip: String,
+        input: String,
+    },
+    Iio {
+        device: String,
+        channel: String,
+    },
+    File {
+        path: PathBuf,
+        field: super::FileField,
+    },
+    W1 {
+        device: String,
+    },
     I2c(I2cConfig),
     System(Vec<SystemMetric>),
 }

@@ -1,5 +1,10 @@
 //! A plain file holding a number, such as one a PLC bridge writes under /run.
 //!
+//! Strict: the file holds exactly one number, surrounding whitespace allowed; anything else is a
+//! read error naming the file and what was found, never a guessed value (`ERROR -1 sensor
+//! disconnected` is not -1, `0x7f` is not 0). For bridge files with several values, the config
+//! picks one: by key (`level=12.5`, `level: 12.5`) or by column of the first line.
+//!
 //! The file is opened on every read, unlike sysfs attributes: writers usually replace such files
 //! by renaming a new one over them, and a kept descriptor would read the old one forever.
 
@@ -8,20 +13,23 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use super::{SensorError, Source};
+use crate::config::FileField;
 
-/// Only the start of the file is read; the first number is expected near it.
+/// Only the start of the file is read; the value is expected near it.
 const MAX_BYTES: usize = 4096;
 
 pub(crate) struct FileSource {
     path: PathBuf,
+    field: FileField,
     /// Reused between reads.
     buf: Vec<u8>,
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf) -> FileSource {
+    pub fn new(path: PathBuf, field: FileField) -> FileSource {
         FileSource {
             path,
+            field,
             buf: Vec::with_capacity(256),
         }
     }
@@ -49,15 +57,99 @@ impl FileSource {
         file.take(MAX_BYTES as u64)
             .read_to_end(&mut self.buf)
             .map_err(read_error)?;
-        first_number(&self.buf).ok_or_else(|| {
-            let text = String::from_utf8_lossy(&self.buf);
-            let shown: String = text.trim().chars().take(40).collect();
-            SensorError::NotANumber {
+        parse(&self.buf, &self.field).map_err(|err| match err {
+            ParseError::NotANumber(found) => SensorError::NotANumber {
                 path: self.path.clone(),
-                found: shown.escape_debug().to_string(),
-            }
+                found,
+            },
+            ParseError::Missing(what) => SensorError::NoField {
+                path: self.path.clone(),
+                what,
+            },
         })
     }
+}
+
+/// Why a file gave no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// What stands where the number should be.
+    NotANumber(String),
+    /// The key or column is not there.
+    Missing(String),
+}
+
+/// The value `field` picks out of a file's bytes, or why there is none.
+pub fn parse(bytes: &[u8], field: &FileField) -> Result<f64, ParseError> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(ParseError::NotANumber(
+            "bytes that are not UTF-8 text".to_owned(),
+        ));
+    };
+    let value = match field {
+        FileField::Whole => text.trim(),
+        FileField::Key(key) => text
+            .lines()
+            .find_map(|line| keyed(line, key))
+            .ok_or_else(|| {
+                ParseError::Missing(format!(
+                    "no line \"{key}=…\" or \"{key}: …\" in \"{}\"",
+                    shown(text)
+                ))
+            })?,
+        FileField::Column(column) => {
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            line.split_whitespace()
+                .nth(column.saturating_sub(1))
+                .ok_or_else(|| {
+                    ParseError::Missing(format!(
+                        "no column {column} in the line \"{}\"",
+                        shown(line)
+                    ))
+                })?
+        }
+    };
+    number(value).ok_or_else(|| ParseError::NotANumber(shown(value)))
+}
+
+/// The value of `key` on `line` (`key=value`, `key: value`, spaces around), if it is the key.
+fn keyed<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.trim_start().strip_prefix(key)?;
+    let rest = rest.trim_start();
+    let value = rest.strip_prefix('=').or_else(|| rest.strip_prefix(':'))?;
+    Some(value.trim())
+}
+
+/// Exactly one decimal number: an optional sign, digits with an optional fraction, an optional
+/// exponent; finite. Nothing else (no hex, no units, no words).
+pub fn number(text: &str) -> Option<f64> {
+    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(at) => (&body[..at], Some(&body[at + 1..])),
+        None => (body, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (mantissa, None),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let has_digits = !whole.is_empty() || fraction.is_some_and(|f| !f.is_empty());
+    if !has_digits || !digits(whole) || !fraction.is_none_or(digits) {
+        return None;
+    }
+    if let Some(exponent) = exponent {
+        let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+        if exponent.is_empty() || !digits(exponent) {
+            return None;
+        }
+    }
+    text.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// What was found, as the error shows it: escaped, at most 40 characters.
+fn shown(text: &str) -> String {
+    let short: String = text.trim().chars().take(40).collect();
+    short.escape_debug().to_string()
 }
 
 impl Source for FileSource {
@@ -91,68 +183,71 @@ fn describe_type(file_type: std::fs::FileType) -> &'static str {
     }
 }
 
-/// The first decimal number in `bytes`: an optional sign, digits with an optional fraction, and
-/// an optional exponent. `level=12.5%` gives 12.5.
-pub(crate) fn first_number(bytes: &[u8]) -> Option<f64> {
-    let is_digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
-    let mut start = 0;
-    while start < bytes.len() {
-        let mut i = start;
-        if matches!(bytes[i], b'+' | b'-') {
-            i += 1;
-        }
-        let digits_at = i;
-        while is_digit(i) {
-            i += 1;
-        }
-        let mut had_digits = i > digits_at;
-        if bytes.get(i) == Some(&b'.') && (had_digits || is_digit(i + 1)) {
-            i += 1;
-            while is_digit(i) {
-                i += 1;
-            }
-            had_digits = true;
-        }
-        if had_digits {
-            if matches!(bytes.get(i), Some(b'e' | b'E')) {
-                let mut j = i + 1;
-                if matches!(bytes.get(j), Some(b'+' | b'-')) {
-                    j += 1;
-                }
-                if is_digit(j) {
-                    while is_digit(j) {
-                        j += 1;
-                    }
-                    i = j;
-                }
-            }
-            let text = std::str::from_utf8(&bytes[start..i]).ok()?;
-            return text.parse::<f64>().ok().filter(|v| v.is_finite());
-        }
-        start += 1;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
-    use super::first_number;
+    use super::*;
+
+    fn check(text: &str, field: FileField, expected: Result<f64, &str>) {
+        match (parse(text.as_bytes(), &field), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{text:?}"),
+            (Err(ParseError::NotANumber(found) | ParseError::Missing(found)), Err(part)) => {
+                assert!(found.contains(part), "{text:?}: {found}")
+            }
+            (got, want) => panic!("{text:?} {field:?}: {got:?}, expected {want:?}"),
+        }
+    }
 
     #[test]
-    fn first_numbers() {
+    fn exactly_one_number() {
         for (text, expected) in [
-            ("123\n", Some(123.0)),
-            ("  -4.5 rest", Some(-4.5)),
-            ("level=12.5%", Some(12.5)),
-            ("t: .5", Some(0.5)),
-            ("1.5e3", Some(1500.0)),
-            ("2e", Some(2.0)),
-            ("v-3", Some(-3.0)),
-            ("abc", None),
-            ("", None),
-            ("- . e", None),
+            ("123\n", Ok(123.0)),
+            ("  -4.5 \n", Ok(-4.5)),
+            (".5", Ok(0.5)),
+            ("5.", Ok(5.0)),
+            ("1.5e3", Ok(1500.0)),
+            ("+2E-1", Ok(0.2)),
+            // Issue 20: each of these read as a number before.
+            (
+                "ERROR -1 sensor disconnected",
+                Err("ERROR -1 sensor disconnected"),
+            ),
+            ("0x7f", Err("0x7f")),
+            ("level=12.5%", Err("level=12.5%")),
+            ("12.5 %", Err("12.5 %")),
+            ("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES", Err("72 01")),
+            ("", Err("")),
+            ("nan", Err("nan")),
+            ("inf", Err("inf")),
+            ("1e999", Err("1e999")),
+            ("2e", Err("2e")),
+            ("-", Err("-")),
+            ("1 2", Err("1 2")),
         ] {
-            assert_eq!(first_number(text.as_bytes()), expected, "{text:?}");
+            check(text, FileField::Whole, expected);
         }
+    }
+
+    #[test]
+    fn a_field_by_key_or_column() {
+        let bridge = "status: ok\nlevel=12.5\npressure : 3.25 \n";
+        check(bridge, FileField::Key("level".to_owned()), Ok(12.5));
+        check(bridge, FileField::Key("pressure".to_owned()), Ok(3.25));
+        check(bridge, FileField::Key("status".to_owned()), Err("ok"));
+        check(
+            bridge,
+            FileField::Key("flow".to_owned()),
+            Err("no line \"flow=…\""),
+        );
+        check(bridge, FileField::Key("lev".to_owned()), Err("no line"));
+        let columns = "\n  1700000000 21.5 45.0\n";
+        check(columns, FileField::Column(2), Ok(21.5));
+        check(columns, FileField::Column(3), Ok(45.0));
+        check(columns, FileField::Column(4), Err("no column 4"));
+        assert_eq!(
+            parse(&[0xff, 0x31], &FileField::Whole),
+            Err(ParseError::NotANumber(
+                "bytes that are not UTF-8 text".to_owned()
+            ))
+        );
     }
 }

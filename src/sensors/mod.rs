@@ -8,10 +8,11 @@
 //! Reads block (sysfs attributes may run an I2C transfer in the kernel), so callers run them on a
 //! dedicated thread, never on an async runtime worker.
 
-mod file;
+pub mod file;
 mod i2c;
 mod sysfs;
 mod system;
+pub mod w1;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +84,10 @@ impl Sensor {
             SensorSource::Iio { device, channel } => {
                 Box::new(sysfs::SysfsSource::iio(sysfs_root, device, channel))
             }
-            SensorSource::File(path) => Box::new(file::FileSource::new(path.clone())),
+            SensorSource::File { path, field } => {
+                Box::new(file::FileSource::new(path.clone(), field.clone()))
+            }
+            SensorSource::W1 { device } => Box::new(w1::W1Source::new(sysfs_root, device)),
             SensorSource::System(metrics) => Box::new(system::SystemSource::new(metrics.clone())),
             SensorSource::I2c(config) => {
                 Box::new(i2c::I2cSource::new(config.clone(), open_bus(config.bus)))
