@@ -272,7 +272,8 @@ fn seq_is_continuous_and_wraps_after_255() {
     let (mut setup, _) = setup(&dir, "sp-node-3", &broker, false);
     // /proc/uptime moves every 10 ms: every pass (0.1 s, the shortest interval) has a change
     // to send, so the wrap comes after about 26 s.
-    setup.sensors_extra = "  - { name: uptime, file: /proc/uptime }\n".to_owned();
+    setup.sensors_extra =
+        "  - { name: uptime, file: { path: /proc/uptime, column: 1 } }\n".to_owned();
     setup.telemetry = "{ interval_s: 0.1 }".to_owned();
     let _agent = Agent::start_with(&dir, &pki, setup);
     next(&births, "NBIRTH", Duration::from_secs(10));
