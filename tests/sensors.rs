@@ -285,14 +285,28 @@ fn strict_files_fields_and_one_wire_sensors() {
     set.read_all(&mut sample);
     assert_eq!(
         values(&sample),
-        [("probe", 23.125), ("newer", -1.25), ("level", 12.5), ("humidity", 45.0)]
+        [
+            ("probe", 23.125),
+            ("newer", -1.25),
+            ("level", 12.5),
+            ("humidity", 45.0)
+        ]
     );
     for (name, part) in [
         ("noisy", "a CRC error on the bus (w1_slave says crc NO)"),
-        ("absent", "no 1-Wire device with directory \"28-000000000000\""),
-        ("bad", "expected a number, found \"ERROR -1 sensor disconnected\""),
+        (
+            "absent",
+            "no 1-Wire device with directory \"28-000000000000\"",
+        ),
+        (
+            "bad",
+            "expected a number, found \"ERROR -1 sensor disconnected\"",
+        ),
         ("flow", "no line \"flow=…\" or \"flow: …\""),
-        ("raw_slave", "expected a number, found \"72 01 4b 46 7f ff 0e 10 57 : crc=57 YES"),
+        (
+            "raw_slave",
+            "expected a number, found \"72 01 4b 46 7f ff 0e 10 57 : crc=57 YES",
+        ),
     ] {
         let err = error(&sample, name).unwrap_or_else(|| panic!("{name} read"));
         assert!(err.contains(part), "{name}: {err}");

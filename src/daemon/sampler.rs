@@ -94,8 +94,6 @@ pub struct SamplerStats {
     pub queue_full: AtomicU64,
     /// Failed reads per sensor value since start.
     pub sensor_errors: Mutex<BTreeMap<String, u64>>,
-    /// Value names failing in the last pass, for `status`.
-    pub failing: Mutex<Vec<String>>,
 }
 
 /// Where one thread stands, written by it and read by the event loop.
@@ -246,13 +244,14 @@ fn sample(setup: Setup, progress: Arc<Progress>, generation: u64, stop: std_mpsc
         sample.values.clear();
         sample.errors.clear();
         sample.ts_ms = crate::model::now_ms();
+        // One look per pass (an empty set copies without allocating).
+        let stuck = setup
+            .stuck
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         for index in 0..sensors.len() {
-            let stuck = setup
-                .stuck
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .contains(&index);
-            if stuck {
+            if stuck.contains(&index) {
                 sensors.skip_stuck(index, DEADLINE, &mut sample);
                 continue;
             }
@@ -354,8 +353,9 @@ fn evaluate(
     }
     let state = book.alerts.state().clone();
     let path = book.path.clone();
-    // Handed over while the book is held, so the order of events is the order of passes.
     match &setup.alerts {
+        // Handed over while the book is held (the store's queue never waits), so the order of
+        // events is the order of passes.
         AlertSink::Outbox { topic } => setup.store.send(Request::Alerts {
             topic: Arc::clone(topic),
             events,
@@ -363,11 +363,15 @@ fn evaluate(
             path,
         }),
         AlertSink::Loop(events_tx) => {
-            let saved = setup.store.send(Request::SaveState { state, path });
-            saved
-                && events
-                    .into_iter()
-                    .all(|event| events_tx.blocking_send(Event::Alert(event)).is_ok())
+            if !setup.store.send(Request::SaveState { state, path }) {
+                return false;
+            }
+            // The loop's queue may be full: never wait for it while holding the book, which
+            // the loop takes on a reload.
+            drop(book);
+            events
+                .into_iter()
+                .all(|event| events_tx.blocking_send(Event::Alert(event)).is_ok())
         }
     }
 }
@@ -389,13 +393,6 @@ fn log_event(event: &AlertEvent) {
 }
 
 fn count_errors(stats: &SamplerStats, sample: &Sample) {
-    let mut failing = stats
-        .failing
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    failing.clear();
-    failing.extend(sample.errors.iter().map(|(name, _)| name.to_string()));
-    drop(failing);
     if sample.errors.is_empty() {
         return;
     }
