@@ -59,17 +59,12 @@ impl Edge {
 
     /// NCMD and, with a primary host, its STATE: subscribed on every connect.
     pub fn subscriptions(&self) -> Vec<String> {
-        let mut subscriptions = vec![self.topics.ncmd.clone()];
-        subscriptions.extend(self.topics.state.clone());
-        subscriptions
+        subscriptions(&self.topics)
     }
 
     /// As [`Edge::subscriptions`], for a config not yet running.
     pub fn subscriptions_for(config: &ValidConfig, identity: &Identity) -> Vec<String> {
-        let topics = topics(config, identity);
-        let mut subscriptions = vec![topics.ncmd];
-        subscriptions.extend(topics.state);
-        subscriptions
+        subscriptions(&topics(config, identity))
     }
 
     pub fn node_topic(&self) -> &str {
@@ -306,6 +301,12 @@ impl Edge {
             core.counters.sent += 1;
         }
     }
+}
+
+fn subscriptions(topics: &Topics) -> Vec<String> {
+    let mut subscriptions = vec![topics.ncmd.clone()];
+    subscriptions.extend(topics.state.clone());
+    subscriptions
 }
 
 fn topics(config: &ValidConfig, identity: &Identity) -> Topics {

@@ -37,7 +37,7 @@ use crate::commands::Response;
 use crate::config::ValidConfig;
 use crate::dedupe::Dedupe;
 use crate::identity::Identity;
-use crate::mqtt::{tls, Incoming, MqttError, MqttEvent, Profile, Session};
+use crate::mqtt::{tls, Confirmation, Incoming, MqttError, MqttEvent, Profile, Session};
 use crate::offline::Error;
 use crate::outbox::Outbox;
 use crate::service;
@@ -439,11 +439,7 @@ impl Daemon {
                 generation,
                 id,
                 confirmation,
-            } => {
-                if let Mode::Plain(plain) = &mut self.mode {
-                    plain.delivered(&mut self.core, generation, id, &confirmation);
-                }
-            }
+            } => self.delivered(generation, id, &confirmation),
             Event::Answered {
                 key,
                 response,
@@ -553,6 +549,13 @@ impl Daemon {
     pub(super) fn run_commands(&mut self) {
         for command in self.commands.ready() {
             commands::spawn(command, self.context.clone(), self.core.events.clone());
+        }
+    }
+
+    /// Paho's answer for one outbox message (plain mode's).
+    pub(super) fn delivered(&mut self, generation: u64, id: u64, confirmation: &Confirmation) {
+        if let Mode::Plain(plain) = &mut self.mode {
+            plain.delivered(&mut self.core, generation, id, confirmation);
         }
     }
 

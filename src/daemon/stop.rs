@@ -130,11 +130,7 @@ impl Daemon {
                 generation,
                 id,
                 confirmation,
-            } => {
-                if let Mode::Plain(plain) = &mut self.mode {
-                    plain.delivered(&mut self.core, generation, id, &confirmation);
-                }
-            }
+            } => self.delivered(generation, id, &confirmation),
             Event::Store(StoreEvent::Report(report)) => self.on_report(report),
             _ => {}
         }
