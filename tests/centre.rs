@@ -27,6 +27,14 @@ fn with_level(dir: &TestDir, id: &str, broker: &Broker) -> Setup {
     setup
 }
 
+/// The fake sysfs tree with a hwmon chip `stuckchip` whose `temp1_input` is a FIFO nobody
+/// writes: reading it blocks, as a hung bus or NFS path does.
+fn stuck_hwmon(dir: &TestDir) {
+    let sys = fake_sysfs(dir);
+    dir.write("sys/class/hwmon/hwmon9/name", "stuckchip\n");
+    mkfifo(&sys.join("class/hwmon/hwmon9/temp1_input"));
+}
+
 fn mkfifo(path: &Path) {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 }
@@ -120,9 +128,7 @@ fn a_slow_command_stops_only_itself() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
     let broker = Broker::start(&pki);
-    let sys = fake_sysfs(&dir);
-    dir.write("sys/class/hwmon/hwmon9/name", "stuckchip\n");
-    mkfifo(&sys.join("class/hwmon/hwmon9/temp1_input"));
+    stuck_hwmon(&dir);
     let mut setup = Setup::new("node-c3", &broker);
     setup.sensors_extra =
         "  - { name: stuck, hwmon: { chip: stuckchip, input: temp1 } }\n".to_owned();
@@ -232,9 +238,7 @@ fn a_blocking_sensor_stops_only_itself() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
     let broker = Broker::start(&pki);
-    let sys = fake_sysfs(&dir);
-    dir.write("sys/class/hwmon/hwmon9/name", "stuckchip\n");
-    mkfifo(&sys.join("class/hwmon/hwmon9/temp1_input"));
+    stuck_hwmon(&dir);
     let pipe = dir.path().join("bridge-pipe");
     mkfifo(&pipe);
     let mut setup = Setup::new("node-c5", &broker);
