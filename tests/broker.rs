@@ -17,8 +17,28 @@ use crate::util::TestDir;
 pub struct BrokerPki {
     pub dir: PathBuf,
     pub ca: PathBuf,
+    /// The CA its clients verify the broker with: `ca`, or the fleet CA for a second one.
+    server_ca: PathBuf,
     ca_cert: rcgen::Certificate,
     ca_key: KeyPair,
+}
+
+/// Where a test's client connects: a broker's listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub port: u16,
+    pub mqtt5: bool,
+    pub strict_sni: bool,
+}
+
+impl From<&Broker> for Endpoint {
+    fn from(broker: &Broker) -> Endpoint {
+        Endpoint {
+            port: broker.port,
+            mqtt5: broker.mqtt5,
+            strict_sni: broker.strict_sni,
+        }
+    }
 }
 
 impl BrokerPki {
@@ -33,6 +53,7 @@ impl BrokerPki {
         let ca = dir.write("broker/ca.pem", ca_cert.pem());
         let pki = BrokerPki {
             dir: dir.path().join("broker"),
+            server_ca: ca.clone(),
             ca,
             ca_cert,
             ca_key,
@@ -41,15 +62,42 @@ impl BrokerPki {
         pki
     }
 
+    /// A second CA, `name`, in its own directory under `dir`: the broker trusts it for another
+    /// listener (services, operators); its clients verify the broker with `fleet`'s CA.
+    pub fn second(dir: &TestDir, name: &str, fleet: &BrokerPki) -> BrokerPki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("fieldagent test {name} CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let ca = dir.write(&format!("{name}/ca.pem"), ca_cert.pem());
+        BrokerPki {
+            dir: dir.path().join(name),
+            ca,
+            server_ca: fleet.ca.clone(),
+            ca_cert,
+            ca_key,
+        }
+    }
+
     /// A mosquitto client program (`mosquitto_sub`, `mosquitto_pub`) connected to `broker` with
     /// mutual TLS as the client `name`.
-    pub fn client(&self, program: &str, broker: &Broker, name: &str) -> Command {
+    pub fn client(&self, program: &str, broker: impl Into<Endpoint>, name: &str) -> Command {
         self.client_cn(program, broker, name, name)
     }
 
     /// As `client`, with the certificate files named `file` and the CN `cn` (so a test can act
     /// as a device without replacing the running agent's certificate).
-    pub fn client_cn(&self, program: &str, broker: &Broker, file: &str, cn: &str) -> Command {
+    pub fn client_cn(
+        &self,
+        program: &str,
+        broker: impl Into<Endpoint>,
+        file: &str,
+        cn: &str,
+    ) -> Command {
+        let broker: Endpoint = broker.into();
         let (cert, key) = self.issue(file, cn, false);
         // Line-buffered stdout (stdbuf execs the program, so the PID is its own): a reader sees
         // each line, messages and `-d` protocol lines alike, when it is printed.
@@ -70,7 +118,7 @@ impl BrokerPki {
         }
         command
             .arg("--cafile")
-            .arg(&self.ca)
+            .arg(&self.server_ca)
             .arg("--cert")
             .arg(&cert)
             .arg("--key")
@@ -305,17 +353,22 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn start(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
+    pub fn start(broker: impl Into<Endpoint>, pki: &BrokerPki, topic: &str) -> Subscriber {
         Subscriber::start_qos(broker, pki, topic, 1)
     }
 
-    pub fn start_qos(broker: &Broker, pki: &BrokerPki, topic: &str, qos: u8) -> Subscriber {
+    pub fn start_qos(
+        broker: impl Into<Endpoint>,
+        pki: &BrokerPki,
+        topic: &str,
+        qos: u8,
+    ) -> Subscriber {
         Subscriber::start_as(broker, pki, topic, qos, "observer")
     }
 
     /// As `start_qos`, as the client `name` (its certificate CN).
     pub fn start_as(
-        broker: &Broker,
+        broker: impl Into<Endpoint>,
         pki: &BrokerPki,
         topic: &str,
         qos: u8,
@@ -325,17 +378,22 @@ impl Subscriber {
     }
 
     /// For binary payloads (Sparkplug B): each payload arrives as hex.
-    pub fn start_hex(broker: &Broker, pki: &BrokerPki, topic: &str) -> Subscriber {
+    pub fn start_hex(broker: impl Into<Endpoint>, pki: &BrokerPki, topic: &str) -> Subscriber {
         Subscriber::start_hex_as(broker, pki, topic, "observer")
     }
 
     /// As `start_hex`, as the client `name` (its certificate CN).
-    pub fn start_hex_as(broker: &Broker, pki: &BrokerPki, topic: &str, name: &str) -> Subscriber {
+    pub fn start_hex_as(
+        broker: impl Into<Endpoint>,
+        pki: &BrokerPki,
+        topic: &str,
+        name: &str,
+    ) -> Subscriber {
         Subscriber::start_format(broker, pki, topic, 1, name, "%r %t %x")
     }
 
     fn start_format(
-        broker: &Broker,
+        broker: impl Into<Endpoint>,
         pki: &BrokerPki,
         topic: &str,
         qos: u8,

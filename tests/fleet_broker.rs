@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::broker::{free_port, Broker, BrokerPki, Subscriber};
+use crate::broker::{free_port, Broker, BrokerPki, Endpoint, Subscriber};
 use crate::daemon::{Agent, Setup};
 use crate::util::TestDir;
 
@@ -20,52 +20,109 @@ fn shipped(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// The shipped broker: mosquitto, its device listener (`broker`, trusting the fleet CA) and its
+/// services listener (trusting a second CA, `services_pki`, from which operators' certificates
+/// come).
+pub(crate) struct ShippedBroker {
+    pub broker: Broker,
+    pub services: Endpoint,
+    pub services_pki: BrokerPki,
+}
+
 /// The shipped mosquitto config with the machine-specific lines rewritten; each must exist.
-pub(crate) fn shipped_broker(dir: &TestDir, pki: &BrokerPki) -> Broker {
+pub(crate) fn shipped_broker(dir: &TestDir, pki: &BrokerPki) -> ShippedBroker {
     let port = free_port();
+    let services_port = free_port();
+    let services_pki = BrokerPki::second(dir, "services", pki);
     let text = std::fs::read_to_string(shipped("fieldagent.conf")).unwrap();
     let persistence = dir.path().join("mosquitto-db/");
     std::fs::create_dir_all(&persistence).unwrap();
     let rewrites = [
         ("listener 8883", format!("listener {port} 127.0.0.1")),
-        ("cafile ", format!("cafile {}", pki.ca.display())),
         (
-            "certfile ",
+            "listener 8884",
+            format!("listener {services_port} 127.0.0.1"),
+        ),
+        (
+            "cafile /etc/mosquitto/ca_certificates/fleet-ca.pem",
+            format!("cafile {}", pki.ca.display()),
+        ),
+        (
+            "cafile /etc/mosquitto/ca_certificates/services-ca.pem",
+            format!("cafile {}", services_pki.ca.display()),
+        ),
+        (
+            "certfile /etc/mosquitto/certs/broker.crt",
             format!("certfile {}", pki.dir.join("server.crt").display()),
         ),
         (
-            "keyfile ",
+            "keyfile /etc/mosquitto/certs/broker.key",
             format!("keyfile {}", pki.dir.join("server.key").display()),
         ),
         (
-            "acl_file ",
+            "acl_file /etc/mosquitto/conf.d/fieldagent.acl",
             format!("acl_file {}", shipped("fieldagent.acl").display()),
         ),
         (
-            "persistence_location ",
+            "acl_file /etc/mosquitto/conf.d/fieldagent-services.acl",
+            format!("acl_file {}", shipped("fieldagent-services.acl").display()),
+        ),
+        (
+            "persistence_location /var/lib/mosquitto/",
             format!("persistence_location {}", persistence.display()),
         ),
     ];
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    for (prefix, replacement) in &rewrites {
-        let line = lines
-            .iter_mut()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("the shipped config has no `{prefix}` line"));
-        *line = replacement.clone();
+    for (original, replacement) in &rewrites {
+        let mut found = false;
+        for line in lines.iter_mut().filter(|l| l.trim_end() == *original) {
+            *line = replacement.clone();
+            found = true;
+        }
+        assert!(found, "the shipped config has no `{original}` line");
     }
     let config = format!(
         "user root\nlog_dest file {}\nlog_type all\n{}\n",
         Broker::log_path(pki, port).display(),
         lines.join("\n")
     );
-    Broker::spawn(pki, port, &config, &[])
+    let broker = Broker::spawn(pki, port, &config, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", services_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no services listener: {}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ShippedBroker {
+        services: Endpoint {
+            port: services_port,
+            mqtt5: false,
+            strict_sni: false,
+        },
+        broker,
+        services_pki,
+    }
+}
+
+impl ShippedBroker {
+    /// A subscriber on `topic` as the operator, on the services listener.
+    pub(crate) fn operator(&self, topic: &str) -> Subscriber {
+        Subscriber::start_as(self.services, &self.services_pki, topic, 1, OPERATOR)
+    }
+
+    /// Publishes as the operator, on the services listener; whether it could.
+    pub(crate) fn operator_publishes(&self, topic: &str, payload: &str) -> bool {
+        publish_as(self.services, &self.services_pki, OPERATOR, topic, payload)
+    }
 }
 
 /// Publishes `payload` to `topic` at QoS 1 as a client with certificate CN `cn`; whether the
 /// broker let the client connect.
 pub(crate) fn publish_as(
-    broker: &Broker,
+    broker: impl Into<Endpoint>,
     pki: &BrokerPki,
     cn: &str,
     topic: &str,
@@ -93,10 +150,11 @@ fn broker_rss_kib(broker: &Broker) -> u64 {
 fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let broker = shipped_broker(&dir, &pki);
-    let operator = Subscriber::start_as(&broker, &pki, "devices/#", 1, OPERATOR);
-    let agent_a = Agent::start_with(&dir, &pki, Setup::new("node-a", &broker));
-    let agent_b = Agent::start_with(&dir, &pki, Setup::new("node-b", &broker));
+    let fleet = shipped_broker(&dir, &pki);
+    let broker = &fleet.broker;
+    let operator = fleet.operator("devices/#");
+    let agent_a = Agent::start_with(&dir, &pki, Setup::new("node-a", broker));
+    let agent_b = Agent::start_with(&dir, &pki, Setup::new("node-b", broker));
     // Both agents' own status, telemetry and alerts (the missing chip's sensor_fault) arrive.
     let wanted: Vec<String> = ["node-a", "node-b"]
         .iter()
@@ -120,9 +178,10 @@ fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
         broker.log()
     );
 
-    // Device A listens on B's commands and writes under B's prefix: the broker refuses both.
+    // Another device of the fleet, node-x, listens on B's commands and writes under B's
+    // prefix: the broker refuses both.
     let spy = pki
-        .client_cn("mosquitto_sub", &broker, "node-a-spy", "node-a")
+        .client_cn("mosquitto_sub", broker, "node-x-spy", "node-x")
         .args([
             "-t",
             "devices/node-b/commands/+",
@@ -138,26 +197,21 @@ fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(publish_as(
-        &broker,
-        &pki,
-        "node-a",
-        "devices/node-b/telemetry",
-        "{\"spoofed\":true}"
-    ));
-    assert!(publish_as(
-        &broker,
-        &pki,
-        "node-a",
-        "devices/node-b/alerts",
-        "{\"spoofed\":true}"
-    ));
+    for topic in ["devices/node-b/telemetry", "devices/node-b/alerts"] {
+        assert!(publish_as(
+            broker,
+            &pki,
+            "node-x",
+            topic,
+            "{\"spoofed\":true}"
+        ));
+    }
     // The same client may write its own topics, so the refusal above is the ACL's doing.
     assert!(publish_as(
-        &broker,
+        broker,
         &pki,
-        "node-a",
-        "devices/node-a/telemetry",
+        "node-x",
+        "devices/node-x/telemetry",
         "{\"own\":true}"
     ));
     assert!(operator
@@ -167,13 +221,7 @@ fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
         .is_some());
 
     // The operator commands B end to end: the command in, B's response out.
-    assert!(publish_as(
-        &broker,
-        &pki,
-        OPERATOR,
-        "devices/node-b/commands/ping",
-        r#"{"id":"op-1"}"#
-    ));
+    assert!(fleet.operator_publishes("devices/node-b/commands/ping", r#"{"id":"op-1"}"#));
     let response = operator
         .wait_for(Duration::from_secs(10), |m| {
             m.topic == "devices/node-b/responses" && m.payload.contains("op-1")
@@ -189,7 +237,7 @@ fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
     assert_eq!(
         String::from_utf8_lossy(&spied.stdout),
         "",
-        "device A read B's commands"
+        "device X read B's commands"
     );
     let rest = operator.collect(Duration::from_millis(500));
     assert!(
@@ -207,11 +255,98 @@ fn each_device_writes_only_its_own_topics_and_reads_only_its_own_commands() {
 }
 
 #[test]
+fn a_device_that_claims_another_ones_client_id_cannot_knock_it_off() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let fleet = shipped_broker(&dir, &pki);
+    let broker = &fleet.broker;
+    let operator = fleet.operator("devices/node-b/#");
+    let agent_b = Agent::start_with(&dir, &pki, Setup::new("node-b", broker));
+    operator
+        .wait_for(Duration::from_secs(15), |m| {
+            m.topic == "devices/node-b/status" && m.payload.contains("online")
+        })
+        .unwrap_or_else(|| panic!("node-b is not online:\n{}", agent_b.log()));
+
+    // The impostor holds node-a's certificate and claims node-b's client ID, with a persistent
+    // session and a subscription to node-b's commands, three times over.
+    for round in 0..3 {
+        let impostor = pki
+            .client_cn("mosquitto_sub", broker, "node-a-impostor", "node-a")
+            .args(["-i", "node-b", "-c", "-q", "1"])
+            .args(["-t", "devices/node-b/commands/+", "-F", "%t %p", "-W", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(fleet.operator_publishes(
+            "devices/node-b/commands/ping",
+            &format!(r#"{{"id":"during-{round}"}}"#)
+        ));
+        let heard = impostor.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&heard.stdout),
+            "",
+            "the impostor received node-b's command"
+        );
+        // The real node-b answered it: it was connected all along.
+        let response = operator
+            .wait_for(Duration::from_secs(10), |m| {
+                m.topic == "devices/node-b/responses"
+                    && m.payload.contains(&format!("during-{round}"))
+            })
+            .unwrap_or_else(|| panic!("no answer from node-b:\n{}", agent_b.log()));
+        assert!(response.payload.contains(r#""ok":true"#), "{response:?}");
+    }
+    let log = broker.log();
+    // The broker saw the impostor as node-a each time, whatever it claimed, node-b once (the
+    // agent), and never closed node-b.
+    assert_eq!(broker.sessions("node-a"), 3, "{log}");
+    assert!(
+        !log.contains("Client node-b already connected, closing old connection"),
+        "{log}"
+    );
+    assert_eq!(broker.sessions("node-b"), 1, "{log}");
+    let offline = operator.collect(Duration::from_millis(300));
+    assert!(
+        !offline
+            .iter()
+            .any(|m| m.topic == "devices/node-b/status" && m.payload.contains("offline")),
+        "node-b went offline: {offline:?}"
+    );
+    assert_eq!(
+        agent_b.log().matches("Connected.").count(),
+        1,
+        "node-b reconnected:\n{}",
+        agent_b.log()
+    );
+
+    // A device certificate cannot use the services listener, where client IDs are free.
+    let status = pki
+        .client_cn("mosquitto_pub", fleet.services, "node-a-impostor", "node-a")
+        .args(["-i", "node-b", "-t", "devices/node-b/telemetry", "-m", "{}"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "a device certificate reached the services listener"
+    );
+    assert!(
+        !broker.log().contains("closing old connection"),
+        "{}",
+        broker.log()
+    );
+}
+
+#[test]
 fn a_certificate_from_another_ca_cannot_connect() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let broker = shipped_broker(&dir, &pki);
-    let operator = Subscriber::start_as(&broker, &pki, "devices/#", 1, OPERATOR);
+    let fleet = shipped_broker(&dir, &pki);
+    let broker = &fleet.broker;
+    let operator = fleet.operator("devices/#");
     let other_dir = TestDir::new();
     let other = BrokerPki::new(&other_dir);
     let (cert, key) = other.issue("node-x", "node-x", false);
@@ -237,7 +372,8 @@ fn a_certificate_from_another_ca_cannot_connect() {
 fn an_offline_device_gets_exactly_the_queue_bound_and_the_broker_stays_flat() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let broker = shipped_broker(&dir, &pki);
+    let fleet = shipped_broker(&dir, &pki);
+    let broker = &fleet.broker;
     let bound: usize = std::fs::read_to_string(shipped("fieldagent.conf"))
         .unwrap()
         .lines()
@@ -246,7 +382,7 @@ fn an_offline_device_gets_exactly_the_queue_bound_and_the_broker_stays_flat() {
         .unwrap();
     // The device subscribes with a persistent session, then goes away.
     let device = |extra: &[&str]| {
-        let mut command = pki.client_cn("mosquitto_sub", &broker, "node-c-tool", "node-c");
+        let mut command = pki.client_cn("mosquitto_sub", broker, "node-c-tool", "node-c");
         command.args([
             "-i",
             "node-c",
@@ -265,8 +401,9 @@ fn an_offline_device_gets_exactly_the_queue_bound_and_the_broker_stays_flat() {
 
     // The operator sends 3 x the bound, then 30 x: the broker keeps the bound, no more.
     let send = |count: usize, from: usize| {
-        let mut publisher = pki
-            .client_cn("mosquitto_pub", &broker, "operator-tool", OPERATOR)
+        let mut publisher = fleet
+            .services_pki
+            .client_cn("mosquitto_pub", fleet.services, "operator-tool", OPERATOR)
             .args(["-t", "devices/node-c/commands/ping", "-q", "1", "-l"])
             .stdin(Stdio::piped())
             .stderr(Stdio::null())
@@ -281,10 +418,10 @@ fn an_offline_device_gets_exactly_the_queue_bound_and_the_broker_stays_flat() {
     };
     send(3 * bound, 0);
     std::thread::sleep(Duration::from_millis(300));
-    let rss_at_bound = broker_rss_kib(&broker);
+    let rss_at_bound = broker_rss_kib(broker);
     send(30 * bound, 3 * bound);
     std::thread::sleep(Duration::from_millis(300));
-    let rss_after = broker_rss_kib(&broker);
+    let rss_after = broker_rss_kib(broker);
     assert!(
         rss_after <= rss_at_bound + 512,
         "broker RSS grew from {rss_at_bound} to {rss_after} KiB with a full queue"

@@ -200,6 +200,10 @@ fn the_deb_has_its_metadata_and_files() {
             "./usr/share/doc/fieldagent/examples/mosquitto/fieldagent.acl",
             "-rw-r--r--",
         ),
+        (
+            "./usr/share/doc/fieldagent/examples/mosquitto/fieldagent-services.acl",
+            "-rw-r--r--",
+        ),
     ] {
         assert!(
             contents

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-use crate::broker::{Broker, BrokerOptions, BrokerPki, Received, Subscriber};
+use crate::broker::{Broker, BrokerOptions, BrokerPki, Endpoint, Received, Subscriber};
 use crate::daemon::{Agent, Setup};
 use crate::util::TestDir;
 
@@ -103,7 +103,14 @@ fn send(broker: &Broker, pki: &BrokerPki, dir: &TestDir, topic: &str, payload: V
     send_as(broker, pki, dir, topic, payload, "operator");
 }
 
-fn send_as(broker: &Broker, pki: &BrokerPki, dir: &TestDir, topic: &str, payload: Value, cn: &str) {
+fn send_as(
+    broker: impl Into<Endpoint>,
+    pki: &BrokerPki,
+    dir: &TestDir,
+    topic: &str,
+    payload: Value,
+    cn: &str,
+) {
     let bytes = tahu("encode", payload.to_string().as_bytes());
     let file = dir.write("ncmd.bin", bytes);
     let status = pki
@@ -445,16 +452,17 @@ fn the_shipped_acl_lets_an_edge_node_speak_for_itself_only() {
     use crate::fleet_broker::{publish_as, shipped_broker, OPERATOR};
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let broker = shipped_broker(&dir, &pki);
-    let host = Subscriber::start_hex_as(&broker, &pki, "spBv1.0/#", OPERATOR);
-    let (setup, _) = setup(&dir, "sp-node-6", &broker, false);
+    let fleet = shipped_broker(&dir, &pki);
+    let broker = &fleet.broker;
+    let host = Subscriber::start_hex_as(fleet.services, &fleet.services_pki, "spBv1.0/#", OPERATOR);
+    let (setup, _) = setup(&dir, "sp-node-6", broker, false);
     let agent = Agent::start_with(&dir, &pki, setup);
     let birth = next(&host, "NBIRTH", Duration::from_secs(10));
     assert_eq!(birth.topic, "spBv1.0/plant1/NBIRTH/sp-node-6");
     // The operator's NCMD reaches the node (its read pattern), and its rebirth comes back.
     send_as(
-        &broker,
-        &pki,
+        fleet.services,
+        &fleet.services_pki,
         &dir,
         "spBv1.0/plant1/NCMD/sp-node-6",
         json!({ "timestamp": 1, "metrics": [{ "name": "Node Control/Rebirth", "type": "Boolean", "value": true }] }),
@@ -465,7 +473,7 @@ fn the_shipped_acl_lets_an_edge_node_speak_for_itself_only() {
     // Another device cannot speak for this node: the broker drops its NDATA and NDEATH.
     for kind in ["NDATA", "NDEATH"] {
         assert!(publish_as(
-            &broker,
+            broker,
             &pki,
             "node-x",
             &format!("spBv1.0/plant1/{kind}/sp-node-6"),
