@@ -24,12 +24,8 @@ pub enum Error {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot write the OpenSSL config that enforces broker.tls.min_version into state_dir {}: {source}; the agent needs state_dir writable", dir.display())]
-    TlsFloor {
-        dir: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    TlsFloor(#[from] crate::mqtt::tls::FloorError),
     #[error("broker.tls.min_version does not hold: {0}; refusing to run below the floor")]
     TlsFloorIgnored(String),
 }

@@ -163,6 +163,7 @@ sensors:
         command
             .args(["--config", config_path.to_str().unwrap(), "run"])
             .env_remove("FIELDAGENT_CONFIG")
+            .env_remove("OPENSSL_CONF")
             .stdout(Stdio::null())
             .stderr(stderr);
         for (key, value) in &setup.env {
@@ -762,6 +763,78 @@ fn the_tls_floor_holds_whatever_the_system_allows() {
     let agent = Agent::start_with(&dir, &pki, setup);
     online(&subscriber, "node-12", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("TLS 1.2 should connect; agent log:\n{}", agent.log()));
+}
+
+/// Issue 20: the agent's OpenSSL config includes the system's, so a distribution's policy still
+/// applies: a system that asks for TLS 1.3 keeps it under the agent's default floor of 1.2 (on
+/// today's main the agent replaced the system's config and spoke TLS 1.2).
+#[test]
+fn a_stricter_system_policy_is_kept_under_the_floor() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let (broker, _) = capped_broker(&dir, &pki, "TLSv1.2");
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let strict = openssl_conf(&dir, "strict.cnf", "MinProtocol = TLSv1.3");
+    let mut setup = Setup::new("node-strict", &broker);
+    setup.env = vec![("OPENSSL_CONF".to_owned(), strict.display().to_string())];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = agent.log();
+    assert!(!log.contains("Connected."), "{log}");
+    assert!(log.contains("Cannot connect."), "{log}");
+    assert!(
+        log.contains(&format!("system={}", strict.display())),
+        "the start says which system config it kept: {log}"
+    );
+    let written = dir.path().join("state-node-strict/openssl.cnf");
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(
+        text.contains(&format!(".include {}", strict.display())) && !text.contains("MinProtocol"),
+        "the system's TLS 1.3 is not lowered:\n{text}"
+    );
+    assert!(subscriber
+        .wait_for(Duration::from_millis(200), |m| m
+            .topic
+            .contains("node-strict"))
+        .is_none());
+    drop(agent);
+
+    // The same system policy at TLS 1.2 (and a lax one below it) connects to the same broker.
+    let lax = permissive(&dir);
+    let mut setup = Setup::new("node-lax", &broker);
+    setup.env = vec![("OPENSSL_CONF".to_owned(), lax.display().to_string())];
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-lax", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("TLS 1.2 should connect; agent log:\n{}", agent.log()));
+    let text = std::fs::read_to_string(dir.path().join("state-node-lax/openssl.cnf")).unwrap();
+    assert!(
+        text.contains("[d]\nMinProtocol = TLSv1.2"),
+        "raised:\n{text}"
+    );
+}
+
+/// Without OPENSSL_CONF the agent includes OpenSSL's own default config.
+#[test]
+fn the_default_system_config_is_included() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let agent = Agent::start_with(&dir, &pki, Setup::new("node-sys", &broker));
+    online(&subscriber, "node-sys", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("agent log:\n{}", agent.log()));
+    let text = std::fs::read_to_string(dir.path().join("state-node-sys/openssl.cnf")).unwrap();
+    let output = std::process::Command::new("openssl")
+        .args(["version", "-d"])
+        .output()
+        .unwrap();
+    let dir_line = String::from_utf8_lossy(&output.stdout);
+    let openssl_dir = dir_line.split('"').nth(1).unwrap();
+    assert!(
+        text.contains(&format!(".include {openssl_dir}/openssl.cnf\n")),
+        "{text}"
+    );
+    assert!(text.contains("MinProtocol = TLSv1.2"), "{text}");
 }
 
 #[test]

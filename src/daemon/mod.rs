@@ -78,10 +78,7 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     // TLS floor (anyone could plant one there).
     let min = config.config().broker.tls.min_version;
     let state_dir = &config.config().state_dir;
-    crate::mqtt::tls::enforce_floor(min, state_dir).map_err(|source| Error::TlsFloor {
-        dir: state_dir.clone(),
-        source,
-    })?;
+    let floor = crate::mqtt::tls::enforce_floor(min, state_dir)?;
     crate::mqtt::tls::floor_holds(min).map_err(Error::TlsFloorIgnored)?;
     let (config, identity) = admit(config, path, warn)?;
     let log = &config.config().log;
@@ -92,6 +89,12 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
             "log.target is journald but the journal cannot be reached; logging to stderr."
         );
     }
+    tracing::info!(
+        openssl_conf = %floor.path.display(),
+        system = %floor.system.as_deref().unwrap_or(Path::new("none")).display(),
+        "TLS {} at least, over the system's OpenSSL config.",
+        crate::mqtt::tls::display(min)
+    );
     // One thread: the agent's work is small and boards have little memory.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,6 +6,7 @@
 //! and asks [`Session::connect`] again after each [`backoff::Backoff`] delay.
 
 pub mod backoff;
+pub mod openssl_conf;
 pub mod tls;
 
 use std::path::PathBuf;

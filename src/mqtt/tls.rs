@@ -4,8 +4,11 @@
 //! option when built against OpenSSL 1.1 or newer, so that option proves nothing. OpenSSL itself
 //! applies the `system_default` section of its config to every new `SSL_CTX`; the agent points
 //! `OPENSSL_CONF` at a small config of its own, written to `state_dir` before OpenSSL is first
-//! used, whose `MinProtocol` is `broker.tls.min_version`. Whatever the system's config allows, no
-//! handshake below the floor then completes, Paho's included.
+//! used. It includes the system's config (the one `OPENSSL_CONF` named when the agent started,
+//! or OpenSSL's own default), so a distribution's policy still applies, and raises the
+//! `MinProtocol` of its `system_default` to `broker.tls.min_version` (never lowering a stricter
+//! one: see [`super::openssl_conf`]). Whatever the system's config allows, no handshake below
+//! the floor then completes, Paho's included; [`floor_holds`] reads it back from a new context.
 //!
 //! When a TLS connect fails, [`diagnose`] shakes hands once more on its own, with no floor and
 //! without sending anything, only to say in the log which version the broker offered.
@@ -36,28 +39,89 @@ pub fn display(version: TlsVersion) -> &'static str {
     }
 }
 
+/// Where [`enforce_floor`] put the floor.
+#[derive(Debug)]
+pub struct Floor {
+    /// The config `OPENSSL_CONF` now names.
+    pub path: PathBuf,
+    /// The system's config it includes; `None` when there is none.
+    pub system: Option<PathBuf>,
+}
+
+/// Why the floor could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum FloorError {
+    #[error("cannot write the OpenSSL config that enforces broker.tls.min_version into state_dir {}: {source}; the agent needs state_dir writable", dir.display())]
+    Write {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the system's OpenSSL config {}: {source}; the agent includes it so that the system's TLS policy applies (fix it, or start the agent with OPENSSL_CONF naming a readable one)", path.display())]
+    System {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Writes the OpenSSL config for `min` into `dir` (only when it changed: boards have slow flash)
 /// and points `OPENSSL_CONF` at it. Must run before anything in the process uses OpenSSL, while
 /// the process has one thread.
-pub fn enforce_floor(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
-    let path = write_floor_config(min, dir)?;
-    std::env::set_var("OPENSSL_CONF", &path);
-    Ok(path)
+pub fn enforce_floor(min: TlsVersion, dir: &Path) -> Result<Floor, FloorError> {
+    let own = dir.join(FILE_NAME);
+    let system = system_config(&own);
+    let lines = match &system {
+        Some(path) => super::openssl_conf::Conf::read(path)
+            .map_err(|source| FloorError::System {
+                path: path.clone(),
+                source,
+            })?
+            .floor_lines(openssl_name(min)),
+        None => super::openssl_conf::Conf::default().floor_lines(openssl_name(min)),
+    };
+    let include = system
+        .as_ref()
+        .map(|path| format!(".include {}\n", path.display()))
+        .unwrap_or_default();
+    let text = format!(
+        "# Written by fieldagent at start-up: the system's OpenSSL config with the TLS floor of\n\
+         # broker.tls.min_version ({}) on top.\n{include}{lines}",
+        openssl_name(min)
+    );
+    write_floor_config(&text, dir).map_err(|source| FloorError::Write {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    std::env::set_var("OPENSSL_CONF", &own);
+    Ok(Floor { path: own, system })
+}
+
+/// The system's OpenSSL config: what `OPENSSL_CONF` names (unless it is the agent's own, from a
+/// parent agent), else `openssl.cnf` in OpenSSL's directory; `None` if that file does not exist
+/// (OpenSSL then runs on its built-in defaults, and so does the floor's config).
+fn system_config(own: &Path) -> Option<PathBuf> {
+    let named = std::env::var_os("OPENSSL_CONF")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .filter(|path| path != own);
+    let path = named.unwrap_or_else(|| {
+        // "OPENSSLDIR: \"/usr/lib/ssl\"" (reading it does not initialise OpenSSL).
+        let dir = openssl::version::dir();
+        let dir = dir
+            .split_once('"')
+            .and_then(|(_, rest)| rest.rsplit_once('"'))
+            .map_or("/usr/lib/ssl", |(dir, _)| dir);
+        Path::new(dir).join("openssl.cnf")
+    });
+    path.exists().then_some(path)
 }
 
 /// The OpenSSL config of [`enforce_floor`], written into `dir` (0700 when made) as a 0600 file.
-fn write_floor_config(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
-    let text = format!(
-        "# Written by fieldagent at start-up: the TLS floor of broker.tls.min_version.\n\
-         openssl_conf = fieldagent_init\n\
-         [fieldagent_init]\nssl_conf = fieldagent_ssl\n\
-         [fieldagent_ssl]\nsystem_default = fieldagent_tls\n\
-         [fieldagent_tls]\nMinProtocol = {}\n",
-        openssl_name(min)
-    );
+fn write_floor_config(text: &str, dir: &Path) -> io::Result<()> {
     crate::state::private_dir(dir)?;
     let path = dir.join(FILE_NAME);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
         use std::io::Write as _;
         // Exclusively and 0600: a file planted under the temporary name is replaced, never
         // written through.
@@ -67,7 +131,7 @@ fn write_floor_config(min: TlsVersion, dir: &Path) -> io::Result<PathBuf> {
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
     }
-    Ok(path)
+    Ok(())
 }
 
 /// After [`enforce_floor`]: whether OpenSSL really applies the floor, read back from a new
@@ -366,7 +430,6 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::{refusal, write_floor_config, KeyPairStore};
-    use crate::config::TlsVersion;
 
     /// Issue 20: a planted `openssl.cnf.new` symlink made the agent overwrite its target.
     #[test]
@@ -377,8 +440,9 @@ mod tests {
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         std::os::unix::fs::symlink(&victim, state.join("openssl.cnf.new")).unwrap();
-        let path = write_floor_config(TlsVersion::V1_3, &state).unwrap();
+        write_floor_config("MinProtocol = TLSv1.3\n", &state).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
+        let path = state.join("openssl.cnf");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("MinProtocol = TLSv1.3"), "{text}");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
