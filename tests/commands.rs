@@ -228,3 +228,30 @@ fn a_retained_command_is_refused_not_run() {
     );
     assert_eq!(device.gpio(), "0", "a retained command ran");
 }
+
+/// Issue 20: a command's id is the sender's; a newline in it cannot start a line of the agent's
+/// log that looks like one of its own. (A newline in the name, its topic level, is refused by
+/// mosquitto as a control character; the agent escapes names the same way for other brokers.)
+#[test]
+fn a_newline_in_a_command_id_cannot_forge_a_log_line() {
+    let device = Device::new();
+    let agent = device.start();
+    let forged = "2026-01-01T00:00:00.000000Z  INFO fieldagent::daemon: FORGED";
+    device.send("nosuch", &format!(r#"{{"id":"a\n{forged}"}}"#));
+    let answer = device.response();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["id"], format!("a\n{forged}"), "answered as sent");
+    device.send("fan", &format!(r#"{{"id":"b\n{forged}","value":"1"}}"#));
+    let answer = device.response();
+    assert_eq!(answer["ok"], true, "{answer}");
+    let log = agent.log();
+    assert!(
+        log.matches("Command.").count() >= 2,
+        "both commands are logged:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|line| line.starts_with("2026-01-01")),
+        "a forged line:\n{log}"
+    );
+    assert!(log.contains("\\n2026-01-01"), "escaped in place:\n{log}");
+}

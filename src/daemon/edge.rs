@@ -171,7 +171,7 @@ impl Edge {
             let commands = match self.node.commands(&message.payload) {
                 Ok(commands) => commands,
                 Err(why) => {
-                    tracing::warn!(topic = %message.topic, error = %why, "NCMD ignored.");
+                    tracing::warn!(topic = %message.topic, error = %why.to_string().escape_debug(), "NCMD ignored.");
                     return;
                 }
             };
@@ -184,7 +184,7 @@ impl Edge {
                     }
                     NodeCommand::Write { actuator, value } => write(core, &actuator, value),
                     NodeCommand::Ignored { metric, why } => {
-                        tracing::warn!(metric = %metric, reason = %why, "NCMD metric ignored.");
+                        tracing::warn!(metric = %metric.escape_debug(), reason = %why.escape_debug(), "NCMD metric ignored.");
                     }
                 }
             }
@@ -197,7 +197,7 @@ impl Edge {
         let state = match host_state(&message.payload) {
             Ok(state) => state,
             Err(why) => {
-                tracing::warn!(topic = %message.topic, error = %why, "STATE ignored.");
+                tracing::warn!(topic = %message.topic, error = %why.to_string().escape_debug(), "STATE ignored.");
                 return;
             }
         };
@@ -422,7 +422,7 @@ fn write(core: &Core, name: &str, value: String) {
         .find(|a| a.name == name)
         .cloned()
     else {
-        tracing::warn!(actuator = %name, "NCMD write to an unknown actuator ignored.");
+        tracing::warn!(actuator = %name.escape_debug(), "NCMD write to an unknown actuator ignored.");
         return;
     };
     let value = match crate::commands::allowed_value(&actuator, Some(value)) {
