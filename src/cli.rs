@@ -36,6 +36,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Say what the running agent is doing (connection, queue, raised alerts, failing sensors),
+    /// from state_dir; exit 0 when it runs, 3 when it does not or its state is stale.
+    Status {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod dedupe;
 pub mod health;
 pub mod i2c;
 pub mod identity;
+pub mod local_status;
 pub mod model;
 pub mod mqtt;
 pub mod offline;

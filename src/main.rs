@@ -13,6 +13,10 @@ use fieldagent::offline;
 /// broken config in a loop.
 const EX_CONFIG: u8 = 78;
 
+/// `status`: the agent is not running, or its state is stale (as `systemctl status` and LSB's
+/// "program is not running").
+const EX_NOT_RUNNING: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = std::io::stdout();
@@ -32,6 +36,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Read { json }) => {
             offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Status { json }) => {
+            offline::status(&cli.config, json, &mut out).map(|running| {
+                if running {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EX_NOT_RUNNING)
+                }
+            })
         }
         Some(Command::Run) | None => {
             fieldagent::daemon::start(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)

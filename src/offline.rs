@@ -28,6 +28,8 @@ pub enum Error {
     TlsFloor(#[from] crate::mqtt::tls::FloorError),
     #[error("broker.tls.min_version does not hold: {0}; refusing to run below the floor")]
     TlsFloorIgnored(String),
+    #[error(transparent)]
+    Status(#[from] crate::local_status::ReadError),
 }
 
 impl Error {
@@ -299,6 +301,28 @@ pub fn read(
         writeln!(out, "(no sensors configured)")?;
     }
     Ok(())
+}
+
+/// `fieldagent status`: what the agent running with this config's `state_dir` is doing. True
+/// when it runs and its state is fresh.
+pub fn status(path: &Path, json: bool, out: &mut dyn Write) -> Result<bool, Error> {
+    let (config, _) = config::load(path)?;
+    let now = crate::model::now_ms();
+    let status = crate::local_status::read(
+        &config.config().state_dir,
+        now,
+        crate::local_status::is_fieldagent,
+    )?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&status).expect("status always serializes")
+        )?;
+    } else {
+        status.render(now, out)?;
+    }
+    Ok(status.running)
 }
 
 /// Loads a valid config, printing its warnings to `warn`.

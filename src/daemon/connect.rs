@@ -152,6 +152,7 @@ impl Daemon {
                         }
                     }
                     status::notify(&self.core);
+                    status::write_file(&self.core);
                 }
                 _ => {
                     // Made obsolete by a reload or renewal while it ran.
@@ -167,6 +168,7 @@ impl Daemon {
                     let urls = self.core.session.urls().to_owned();
                     let reason = self.core.connect_log.failed(&failed, &urls, delay);
                     status::offline(&reason, delay);
+                    status::write_file(&self.core);
                 }
             }
         }
@@ -176,11 +178,12 @@ impl Daemon {
         let Some(delay) = self.core.link.lost(Instant::now(), fastrand::f64()) else {
             return;
         };
-        self.core.server = None;
+        self.core.went_offline();
         if let Mode::Sparkplug(edge) = &mut self.mode {
             edge.ended();
         }
         tracing::warn!(broker = %self.core.session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
         status::offline("connection lost", delay);
+        status::write_file(&self.core);
     }
 }

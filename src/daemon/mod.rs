@@ -129,6 +129,10 @@ pub(crate) struct Core {
     pub book: Arc<Mutex<AlertBook>>,
     /// The broker we are connected to, and since when (Unix ms).
     pub server: Option<(String, u64)>,
+    /// Since when there is no connection (Unix ms), while `server` is `None`.
+    pub offline_since: u64,
+    /// A write of `status.json` is under way (it is skipped, not queued, while one is).
+    pub status_writing: Arc<std::sync::atomic::AtomicBool>,
     /// After the session we are closing has gone, connect again after this (a primary host
     /// that went offline); at once when `None`.
     pub reconnect_after: Option<Duration>,
@@ -138,6 +142,13 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The connection is gone (or going).
+    pub fn went_offline(&mut self) {
+        if self.server.take().is_some() {
+            self.offline_since = crate::model::now_ms();
+        }
+    }
+
     /// A session for `config` in the mode's profile.
     fn new_session(
         &self,
@@ -172,7 +183,7 @@ impl Core {
         let events = self.events.clone();
         // No attempt until the old connection is gone (same client ID: a takeover otherwise).
         self.link.restart(Instant::now(), FOREVER, true);
-        self.server = None;
+        self.went_offline();
         tokio::spawn(async move {
             if goodbye {
                 closer.close(Duration::from_secs(2)).await;
@@ -271,6 +282,8 @@ where
         stats: Arc::clone(&stats),
         book: Arc::clone(&book),
         server: None,
+        offline_since: crate::model::now_ms(),
+        status_writing: Arc::default(),
         reconnect_after: None,
         lost_tx,
         incoming_tx,
@@ -298,6 +311,7 @@ where
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("sampling; connecting"),
     ]);
+    status::write_file(&daemon.core);
     let watchdog = service::watchdog();
     let mut watchdog_timer = tokio::time::interval(watchdog.map_or(FOREVER, |w| w / 2));
     let mut health_timer = tokio::time::interval_at(
@@ -600,6 +614,7 @@ impl Daemon {
             Mode::Sparkplug(edge) => edge.health_tick(&mut self.core),
         }
         status::notify(&self.core);
+        status::write_file(&self.core);
     }
 
     /// Every `HOUSEKEEPING`: a sensor read stuck past its deadline is isolated, and a renewed

@@ -134,7 +134,7 @@ impl Daemon {
             let goodbye = !same_identity || matches!(self.mode, Mode::Sparkplug(_));
             self.core.reconnect(goodbye);
             self.core.session = session;
-            self.core.server = None;
+            self.core.went_offline();
         }
         self.core
             .link

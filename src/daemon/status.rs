@@ -88,3 +88,72 @@ pub fn outbox_changed(durable: bool) {
         )]);
     }
 }
+
+/// Replaces `state_dir/status.json` with the daemon's state, on the blocking pool (the loop
+/// never waits on the disk); skipped while the previous write is still under way.
+pub fn write_file(core: &Core) {
+    use std::sync::atomic::AtomicBool;
+    if core.status_writing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let now = crate::model::now_ms();
+    let (raised, failing_sensors) = {
+        let book = core
+            .book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let on = |map: &std::collections::BTreeMap<String, bool>| {
+            map.iter()
+                .filter(|(_, up)| **up)
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut raised = on(&book.state().raised);
+        let faults = on(&book.state().faults);
+        if !faults.is_empty() {
+            raised.push(crate::alerts::SENSOR_FAULT.to_owned());
+        }
+        (raised, faults)
+    };
+    let written = crate::local_status::Written {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        written_ts: now,
+        started_ts: now.saturating_sub(core.started.elapsed().as_millis() as u64),
+        client_id: core.identity.client_id.clone(),
+        mode: if core.config.config().sparkplug.is_some() {
+            "sparkplug"
+        } else {
+            "plain"
+        }
+        .to_owned(),
+        waiting_for: None,
+        connected: core.server.is_some(),
+        broker: core.server.as_ref().map(|(server, _)| server.clone()),
+        since_ts: core
+            .server
+            .as_ref()
+            .map_or(core.offline_since, |(_, since)| *since),
+        last_connect_error: (!core.connect_log.last_error.is_empty())
+            .then(|| core.connect_log.last_error.clone()),
+        queued: crate::local_status::Queued::from_kinds(core.outbox.per_kind),
+        oldest_queued_ts: core.outbox.oldest_ms,
+        raised,
+        failing_sensors,
+        outbox_durable: core.outbox.durable,
+        sent: core.counters.sent,
+        dropped: core.counters.dropped
+            + core.counters.lost
+            + core.stats.queue_full.load(Ordering::Relaxed),
+        refused: core.counters.refused,
+        reconnects: core.link.connects.saturating_sub(1),
+    };
+    let dir = core.config.config().state_dir.clone();
+    let busy: std::sync::Arc<AtomicBool> = std::sync::Arc::clone(&core.status_writing);
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = crate::local_status::write(&dir, &written) {
+            tracing::debug!(error = %err, "Cannot write status.json.");
+        }
+        busy.store(false, Ordering::Release);
+    });
+}

@@ -575,3 +575,74 @@ use disk::read_body;
 
 #[cfg(test)]
 mod tests;
+
+/// What `fieldagent status` reads from the outbox file without opening it for writing (the
+/// agent may be appending to it): the live messages per kind and the oldest one's `ts`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OnDisk {
+    /// Alerts, responses, telemetry.
+    pub per_kind: [usize; 3],
+    /// The smallest `ts` (Unix ms) among the live messages' payloads: a JSON `ts`, or a
+    /// Sparkplug payload's timestamp.
+    pub oldest_ts: Option<u64>,
+    /// Where decoding stopped early (a record being written, or damage).
+    pub damage: Option<String>,
+}
+
+/// Reads `dir/outbox.log` as it is; a missing file is an empty outbox.
+pub fn inspect(dir: &Path) -> std::io::Result<OnDisk> {
+    let bytes = match std::fs::read(dir.join(FILE)) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(OnDisk::default()),
+        Err(err) => return Err(err),
+    };
+    let record::Decoded { records, damage } = record::decode_all(&bytes);
+    let mut ended = std::collections::HashSet::new();
+    for (_, record) in &records {
+        if let Record::Delivered(id) | Record::Dropped(id) = record {
+            ended.insert(*id);
+        }
+    }
+    let mut on_disk = OnDisk {
+        damage: damage.map(|(at, err)| format!("byte {at}: {err}")),
+        ..OnDisk::default()
+    };
+    for (_, record) in &records {
+        if let Record::Message {
+            id, kind, payload, ..
+        } = record
+        {
+            if ended.contains(id) {
+                continue;
+            }
+            on_disk.per_kind[*kind as usize] += 1;
+            if let Some(ts) = payload_ts(payload) {
+                on_disk.oldest_ts = Some(on_disk.oldest_ts.map_or(ts, |oldest| oldest.min(ts)));
+            }
+        }
+    }
+    Ok(on_disk)
+}
+
+/// The time a payload was made: the `ts` of a JSON object, or field 1 (timestamp) of a
+/// Sparkplug B payload, which prost writes first.
+fn payload_ts(payload: &[u8]) -> Option<u64> {
+    if payload.first() == Some(&b'{') {
+        #[derive(serde::Deserialize)]
+        struct Stamped {
+            ts: u64,
+        }
+        return serde_json::from_slice::<Stamped>(payload)
+            .ok()
+            .map(|s| s.ts);
+    }
+    let rest = payload.strip_prefix(&[0x08])?;
+    let mut value = 0u64;
+    for (i, byte) in rest.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}

@@ -1,0 +1,136 @@
+//! The operator's day: `status` on the board, the agent waiting for its certificates,
+//! `check --connect`, drop-in configuration.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::broker::{Broker, BrokerPki, Subscriber};
+use crate::daemon::{online, Agent, Setup};
+use crate::proxy::{Mode, Proxy};
+use crate::util::TestDir;
+
+/// `fieldagent status --json` for `config`: its exit code and the object it printed.
+fn status(config: &Path) -> (i32, Value) {
+    let output =
+        crate::util::fieldagent(&["--config", config.to_str().unwrap(), "status", "--json"]);
+    let text = crate::util::stdout(&output);
+    let value = serde_json::from_str(&text).unwrap_or_else(|err| {
+        panic!(
+            "status --json printed no JSON ({err}): {text}{}",
+            crate::util::stderr(&output)
+        )
+    });
+    (output.status.code().unwrap(), value)
+}
+
+/// Polls `status` until `wanted` holds, for at most `within`.
+fn status_until(config: &Path, within: Duration, wanted: impl Fn(i32, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, value) = status(config);
+        if wanted(code, &value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never got there: {code} {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn status_says_what_the_agent_does_offline_online_and_stopped() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    // Nothing answers behind the proxy yet: the agent starts offline, and the missing chip's
+    // sensor_fault waits in the outbox.
+    let proxy = Proxy::start(broker.port, Mode::Refuse);
+    let mut setup = Setup::new("node-st", &broker);
+    setup.urls = vec![proxy.url()];
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    let config = dir.path().join("node-st.yaml");
+    let offline = status_until(&config, Duration::from_secs(10), |code, s| {
+        code == 0 && s["queued"]["alerts"].as_u64() >= Some(1)
+    });
+    assert_eq!(offline["running"], true, "{offline}");
+    assert_eq!(offline["connected"], false, "{offline}");
+    assert!(
+        offline["last_connect_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{offline}"
+    );
+    assert_eq!(
+        offline["raised"],
+        serde_json::json!(["sensor_fault"]),
+        "{offline}"
+    );
+    assert_eq!(
+        offline["failing_sensors"],
+        serde_json::json!(["gone"]),
+        "{offline}"
+    );
+    assert_eq!(offline["outbox_durable"], true, "{offline}");
+    let made = offline["oldest_queued_ts"]
+        .as_u64()
+        .expect("the alert's time");
+    assert!(
+        made <= offline["since_ts"].as_u64().unwrap() + 5_000,
+        "{offline}"
+    );
+    let table = crate::util::stdout(&crate::util::fieldagent(&[
+        "--config",
+        config.to_str().unwrap(),
+        "status",
+    ]));
+    for needle in [
+        "running, pid",
+        "offline since",
+        "alerts 1",
+        "sensor_fault",
+        "gone",
+    ] {
+        assert!(table.contains(needle), "{needle} in:\n{table}");
+    }
+
+    // The broker is back: connected, and the alert left the queue.
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-st/status");
+    proxy.set(Mode::Forward);
+    online(&subscriber, "node-st", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("agent log:\n{}", agent.log()));
+    let up = status_until(&config, Duration::from_secs(10), |_, s| {
+        s["connected"] == true && s["queued"]["alerts"] == 0
+    });
+    assert!(up["broker"].as_str().unwrap().contains("127.0.0.1"), "{up}");
+
+    // Stopped: exit 3, says so, and still shows what is on disk.
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    let (code, stopped) = status(&config);
+    assert_eq!(code, 3, "{stopped}");
+    assert_eq!(stopped["running"], false, "{stopped}");
+    assert!(
+        stopped["problem"].as_str().unwrap().contains("is gone"),
+        "{stopped}"
+    );
+}
+
+#[test]
+fn status_without_an_agent_ever_run_exits_3_and_says_why() {
+    let dir = TestDir::new();
+    let config = dir.config(&format!(
+        "broker: {{ urls: [\"mqtts://127.0.0.1:8883\"], tls: {{ ca_file: /nonexistent/ca.pem }} }}\nstate_dir: {}/state\n",
+        dir.path().display()
+    ));
+    let (code, value) = status(&config);
+    assert_eq!(code, 3);
+    assert!(
+        value["problem"].as_str().unwrap().contains("has not run"),
+        "{value}"
+    );
+}
