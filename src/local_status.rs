@@ -76,6 +76,7 @@ impl Queued {
 
 /// Writes `status` into `dir` atomically (mode 0600, no fsync).
 pub fn write(dir: &Path, status: &Written) -> io::Result<()> {
+    crate::state::private_dir(dir)?;
     let path = dir.join(FILE);
     let temporary = dir.join(format!("{FILE}.tmp"));
     let mut file = crate::state::create_private(&temporary)?;

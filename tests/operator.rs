@@ -134,3 +134,90 @@ fn status_without_an_agent_ever_run_exits_3_and_says_why() {
         "{value}"
     );
 }
+
+/// Installed before provisioning: the agent neither fails nor restarts in a loop; it says what
+/// it waits for (log, `status`), and starts by itself once the certificate files appear.
+#[test]
+fn before_provisioning_the_agent_waits_for_its_certificates_then_starts() {
+    use std::process::{Command, Stdio};
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    crate::util::fake_sysfs(&dir);
+    let etc = dir.path().join("etc");
+    let config = dir.config(&format!(
+        "broker:\n  urls: [\"{}\"]\n  reconnect: {{ initial_s: 0.2, max_s: 1 }}\n  tls: {{ ca_file: {etc}/ca.pem, cert_file: {etc}/device.crt, key_file: {etc}/device.key }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\ntelemetry: {{ interval_s: 0.5 }}\nsensors:\n  - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}\n",
+        broker.url(),
+        etc = etc.display()
+    ));
+    let log = dir.path().join("agent.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldagent"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env_remove("FIELDAGENT_CONFIG")
+        .env_remove("OPENSSL_CONF")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let waiting = status_until(&config, Duration::from_secs(10), |code, s| {
+        code == 0 && s["waiting_for"].is_string()
+    });
+    assert_eq!(
+        waiting["waiting_for"],
+        format!("{}/ca.pem", etc.display()),
+        "{waiting}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(child.try_wait().unwrap(), None, "the agent exited");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("Not provisioned yet"), "{said}");
+
+    // Provisioning: the CA, the certificate and key (key first, as an installer would).
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-prov/status");
+    let (cert, key) = pki.issue("node-prov", "node-prov", false);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::copy(&key, etc.join("device.key")).unwrap();
+    std::fs::copy(&cert, etc.join("device.crt")).unwrap();
+    std::fs::copy(&pki.ca, etc.join("ca.pem")).unwrap();
+    let started = online(&subscriber, "node-prov", Duration::from_secs(15));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(started.is_some(), "not online after provisioning:\n{said}");
+    assert!(said.contains("Provisioned"), "{said}");
+    let up = status_until(&config, Duration::from_secs(10), |_, s| {
+        s["connected"] == true
+    });
+    assert!(up.get("waiting_for").is_none(), "{up}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// A stop signal while waiting ends the agent at once, exit 0.
+#[test]
+fn a_stop_while_waiting_for_provisioning_exits_0() {
+    use std::process::{Command, Stdio};
+    let dir = TestDir::new();
+    crate::util::fake_sysfs(&dir);
+    let config = dir.config(
+        "broker: { urls: [\"mqtts://127.0.0.1:1\"], tls: { ca_file: @DIR@/none/ca.pem } }\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fieldagent"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env_remove("FIELDAGENT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    status_until(&config, Duration::from_secs(10), |code, _| code == 0);
+    let asked = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(asked.elapsed() < Duration::from_secs(2));
+}

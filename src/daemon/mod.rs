@@ -19,6 +19,7 @@ mod edge;
 mod event;
 pub mod link;
 mod plain;
+mod provision;
 mod reload;
 mod sampler;
 mod status;
@@ -80,7 +81,6 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     let state_dir = &config.config().state_dir;
     let floor = crate::mqtt::tls::enforce_floor(min, state_dir)?;
     crate::mqtt::tls::floor_holds(min).map_err(Error::TlsFloorIgnored)?;
-    let (config, identity) = admit(config, path, warn)?;
     let log = &config.config().log;
     if crate::service::init_logging(log.level, log.target)
         == crate::service::LogSink::StderrNoJournal
@@ -101,6 +101,11 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
         .thread_name("fieldagent")
         .build()
         .map_err(Error::Runtime)?;
+    // Not provisioned yet (no certificate): wait for it rather than fail the unit.
+    let Some(config) = runtime.block_on(provision::wait(config, path)) else {
+        return Ok(());
+    };
+    let (config, identity) = admit(config, path, warn)?;
     runtime.block_on(run(
         config,
         identity,
