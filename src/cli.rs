@@ -27,7 +27,13 @@ pub enum Command {
     /// Run the agent (the default when no subcommand is given).
     Run,
     /// Validate the config, certificates, identity and sensors; print every finding; exit 0 or 78.
-    Check,
+    Check {
+        /// Then connect to the broker once as the device (TLS, CONNACK), subscribe to its
+        /// command topic and publish a QoS 1 message to its health topic, each step timed;
+        /// exit 1 when a step fails. Refused while the agent runs.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print the MQTT client ID and which source it came from.
     Identity,
     /// Read every configured sensor once and print a table.

@@ -35,6 +35,7 @@ pub mod model;
 pub mod mqtt;
 pub mod offline;
 pub mod outbox;
+pub mod probe;
 pub mod sensors;
 pub mod service;
 pub mod sparkplug;

@@ -303,6 +303,44 @@ pub fn read(
     Ok(())
 }
 
+/// What `check --connect` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// The offline checks found errors; nothing was tried.
+    ConfigErrors,
+    Failed,
+    Passed,
+}
+
+/// `fieldagent check --connect`: `check`, then, when it found no error, one real connection
+/// (see `probe`).
+pub fn check_connect(path: &Path, out: &mut dyn Write) -> Result<ConnectOutcome, Error> {
+    // The TLS floor before anything touches OpenSSL (the offline checks do).
+    let floor = match config::inspect(path) {
+        Ok((Some(config), _)) => Some(crate::probe::floor(config.config().broker.tls.min_version)?),
+        _ => None,
+    };
+    let outcome = check(path, out)?;
+    if outcome.errors > 0 {
+        return Ok(ConnectOutcome::ConfigErrors);
+    }
+    let mut ignored = Vec::new();
+    let config = load(path, &mut ignored)?;
+    let (config, identity) = crate::daemon::admit(config, path, &mut ignored)?;
+    let passed = crate::probe::connect(config, &identity, out)?;
+    drop(floor);
+    writeln!(
+        out,
+        "check --connect: {}",
+        if passed { "ok" } else { "FAILED" }
+    )?;
+    Ok(if passed {
+        ConnectOutcome::Passed
+    } else {
+        ConnectOutcome::Failed
+    })
+}
+
 /// `fieldagent status`: what the agent running with this config's `state_dir` is doing. True
 /// when it runs and its state is fresh.
 pub fn status(path: &Path, json: bool, out: &mut dyn Write) -> Result<bool, Error> {

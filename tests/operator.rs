@@ -221,3 +221,156 @@ fn a_stop_while_waiting_for_provisioning_exits_0() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(asked.elapsed() < Duration::from_secs(2));
 }
+
+/// A config for device `id` of `pki` against `url`, with `extra` lines in `broker:`.
+fn device_config(
+    dir: &TestDir,
+    pki: &BrokerPki,
+    id: &str,
+    url: &str,
+    ca: &Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    crate::util::fake_sysfs(dir);
+    let (cert, key) = pki.issue(id, id, false);
+    dir.write(
+        &format!("{id}.yaml"),
+        format!(
+            "broker:\n  urls: [\"{url}\"]\n  connect_timeout_s: 3\n  tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n{extra}sysfs_root: {base}/sys\nstate_dir: {base}/state-{id}\nsensors:\n  - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}\n",
+            ca.display(),
+            cert.display(),
+            key.display(),
+            base = dir.path().display()
+        ),
+    )
+}
+
+fn check_connect(config: &Path) -> (i32, String) {
+    let output =
+        crate::util::fieldagent(&["--config", config.to_str().unwrap(), "check", "--connect"]);
+    (
+        output.status.code().unwrap(),
+        format!(
+            "{}{}",
+            crate::util::stdout(&output),
+            crate::util::stderr(&output)
+        ),
+    )
+}
+
+#[test]
+fn check_connect_connects_subscribes_and_publishes_each_step_timed() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let health = Subscriber::start(&broker, &pki, "devices/node-cc/health");
+    let config = device_config(&dir, &pki, "node-cc", &broker.url(), &pki.ca, "");
+    let (code, said) = check_connect(&config);
+    assert_eq!(code, 0, "{said}");
+    for needle in [
+        "connect: ok in ",
+        "as node-cc",
+        "subscribe devices/node-cc/commands/+: ok in ",
+        "publish devices/node-cc/health (QoS 1): confirmed in ",
+        "check --connect: ok",
+    ] {
+        assert!(said.contains(needle), "{needle} in:\n{said}");
+    }
+    let arrived = health
+        .wait_for(Duration::from_secs(5), |_| true)
+        .expect("the health message arrived");
+    assert!(
+        arrived.payload.contains("\"check_connect\":true"),
+        "{arrived:?}"
+    );
+    // No online status and no will: the retained roll call is untouched.
+    let status = Subscriber::start(&broker, &pki, "devices/node-cc/status");
+    assert!(status
+        .wait_for(Duration::from_millis(500), |_| true)
+        .is_none());
+}
+
+#[test]
+fn check_connect_explains_a_wrong_ca_and_exits_1() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let other_dir = TestDir::new();
+    let other = BrokerPki::new(&other_dir);
+    let config = device_config(&dir, &pki, "node-ca", &broker.url(), &other.ca, "");
+    let (code, said) = check_connect(&config);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("connect: FAILED after "), "{said}");
+    assert!(
+        said.contains("diagnosis: ") && said.contains("certificate"),
+        "the daemon's diagnosis: {said}"
+    );
+    assert!(said.contains("check --connect: FAILED"), "{said}");
+}
+
+#[test]
+fn check_connect_reports_a_publish_the_acl_refuses_over_mqtt_5() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let acl = dir.write(
+        "acl",
+        "pattern read devices/%u/commands/+\npattern write devices/%u/status\n",
+    );
+    let broker = Broker::start_with(
+        &pki,
+        crate::broker::BrokerOptions {
+            extra: &format!("acl_file {}\n", acl.display()),
+            ..Default::default()
+        },
+    );
+    let config = device_config(
+        &dir,
+        &pki,
+        "node-acl",
+        &broker.url(),
+        &pki.ca,
+        "  protocol: \"5\"\n",
+    );
+    let (code, said) = check_connect(&config);
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("subscribe devices/node-acl/commands/+: ok"),
+        "{said}"
+    );
+    assert!(
+        said.contains("publish devices/node-acl/health (QoS 1): REFUSED by the broker"),
+        "{said}"
+    );
+}
+
+#[test]
+fn check_connect_answers_commands_kept_for_the_device_and_refuses_while_the_agent_runs() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let responses = Subscriber::start(&broker, &pki, "devices/node-q/responses");
+    // The agent ran once (its persistent session and subscription stand), then stopped.
+    let mut agent = Agent::start_with(&dir, &pki, Setup::new("node-q", &broker));
+    let status_sub = Subscriber::start(&broker, &pki, "devices/node-q/status");
+    online(&status_sub, "node-q", Duration::from_secs(10)).expect("online");
+    let config = dir.path().join("node-q.yaml");
+    let (code, said) = check_connect(&config);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("the agent runs (pid"), "{said}");
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    crate::broker::publish(
+        &broker,
+        &pki,
+        "devices/node-q/commands/ping",
+        r#"{"id":"kept-1"}"#,
+    );
+    let (code, said) = check_connect(&config);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("commands: 1 kept by the broker"), "{said}");
+    let answer = responses
+        .wait_for(Duration::from_secs(5), |m| m.payload.contains("kept-1"))
+        .expect("the kept command is answered");
+    assert!(answer.payload.contains(r#""ok":false"#), "{answer:?}");
+    assert!(answer.payload.contains("not executed"), "{answer:?}");
+}

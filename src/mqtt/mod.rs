@@ -45,6 +45,10 @@ pub enum Profile {
     /// filters subscribed on every connect, and a will the caller sets before each connect
     /// ([`Session::set_will`]), also published as the goodbye on a clean stop.
     Sparkplug { subscriptions: Vec<String> },
+    /// `check --connect`: the plain session's settings (the same persistent session, so the
+    /// same ACL), but no will and no online status, and nothing subscribed by the connect: the
+    /// check subscribes itself, to time it.
+    Probe,
 }
 
 /// A message the session sends on its own: the will, or the goodbye of a clean stop.
@@ -213,7 +217,7 @@ impl Session {
         };
         let sparkplug = matches!(profile, Profile::Sparkplug { .. });
         // Sparkplug B 3.0 requires a clean session of edge nodes, whatever the config says.
-        let clean = broker.clean_session || sparkplug;
+        let clean = broker.clean_session || sparkplug || config.config().sparkplug.is_some();
         let mut options = match broker.protocol {
             Protocol::V311 => paho::ConnectOptionsBuilder::new_v3(),
             Protocol::V5 => paho::ConnectOptionsBuilder::new_v5(),
@@ -224,8 +228,10 @@ impl Session {
         options
             .server_uris(&uris)
             .keep_alive_interval((broker.keepalive() / 2).max(Duration::from_secs(1)))
-            .connect_timeout(broker.connect_timeout())
-            .will_message(will.message());
+            .connect_timeout(broker.connect_timeout());
+        if !matches!(profile, Profile::Probe) {
+            options.will_message(will.message());
+        }
         match broker.protocol {
             Protocol::V311 => {
                 options.clean_session(clean);
@@ -278,6 +284,7 @@ impl Session {
         let subscriptions = match &profile {
             Profile::Plain => vec![format!("{prefix}/commands/+")],
             Profile::Sparkplug { subscriptions } => subscriptions.clone(),
+            Profile::Probe => Vec::new(),
         };
         Ok(Session {
             client,
@@ -321,7 +328,7 @@ impl Session {
             written: self.written.clone(),
             status: match self.profile {
                 Profile::Plain => Some((self.status_topic.clone(), self.boot_id.clone())),
-                Profile::Sparkplug { .. } => None,
+                Profile::Sparkplug { .. } | Profile::Probe => None,
             },
             mqtt5: self.mqtt5,
         }
@@ -408,11 +415,37 @@ impl Session {
         })
     }
 
+    /// Subscribes to `filter` at QoS 1; the broker's refusal (a SUBACK failure code, e.g. its
+    /// ACL) is an error with the code.
+    pub async fn subscribe(&self, filter: &str) -> Result<(), String> {
+        match self.client.subscribe(filter, 1).await {
+            Ok(response) => match response.subscribe_response() {
+                Some(code) if code >= 0x80 => Err(format!(
+                    "the broker refused the subscription (code {code:#04x})"
+                )),
+                _ => Ok(()),
+            },
+            Err(err) => Err(describe(&err)),
+        }
+    }
+
+    /// `{prefix}/health`.
+    pub fn health_topic(&self) -> String {
+        let prefix = self.status_topic.trim_end_matches("/status");
+        format!("{prefix}/health")
+    }
+
+    /// `{prefix}/commands/+`.
+    pub fn commands_filter(&self) -> String {
+        let prefix = self.status_topic.trim_end_matches("/status");
+        format!("{prefix}/commands/+")
+    }
+
     /// The goodbye of a clean stop: plain, the retained shutdown status; Sparkplug, the NDEATH
     /// that is also the will.
     fn goodbye(&self) -> Outgoing {
         match self.profile {
-            Profile::Plain => {
+            Profile::Plain | Profile::Probe => {
                 let now_ms = crate::model::now_ms();
                 Outgoing {
                     topic: self.status_topic.clone(),
