@@ -374,3 +374,97 @@ fn check_connect_answers_commands_kept_for_the_device_and_refuses_while_the_agen
     assert!(answer.payload.contains(r#""ok":false"#), "{answer:?}");
     assert!(answer.payload.contains("not executed"), "{answer:?}");
 }
+
+/// Drop-ins: `conf.d/*.yaml` beside the config, in name order, merged over it; a finding in a
+/// drop-in names that file, its own key path, line and column.
+#[test]
+fn drop_ins_merge_over_the_config_and_findings_name_their_file() {
+    let dir = TestDir::new();
+    crate::util::fake_sysfs(&dir);
+    dir.write("run/tank", "42\n");
+    dir.write("run/flow", "7\n");
+    let config = dir.config(
+        "broker: { urls: [\"mqtts://broker.example.com:8883\"], keepalive_s: 60, tls: { ca_file: /etc/ca.pem } }\n\
+         sysfs_root: \"@DIR@/sys\"\n\
+         sensors:\n  - { name: cpu_temp, thermal_zone: { type: cpu-thermal } }\n  - { name: tank, file: /nonexistent/tank }\n",
+    );
+    dir.write(
+        "conf.d/10-provisioning.yaml",
+        "broker:\n  urls: [\"mqtts://127.0.0.1:8883\"]\n",
+    );
+    dir.write(
+        "conf.d/20-sensors.yaml",
+        &format!(
+            "sensors:\n  - {{ name: tank, file: {0}/run/tank }}\n  - {{ name: flow, file: {0}/run/flow }}\n",
+            dir.path().display()
+        ),
+    );
+    dir.write("conf.d/README", "not yaml: [");
+    dir.write("conf.d/.hidden.yaml", "not yaml: [");
+    let output = crate::util::fieldagent(&["--config", config.to_str().unwrap(), "read", "--json"]);
+    let read: Value = serde_json::from_str(&crate::util::stdout(&output))
+        .unwrap_or_else(|_| panic!("{}", crate::util::stderr(&output)));
+    assert_eq!(read["values"]["tank"], 42.0, "{read}");
+    assert_eq!(read["values"]["flow"], 7.0, "{read}");
+    assert!(read["values"]["cpu_temp"].is_number(), "{read}");
+
+    // A mistake in a drop-in: its file, its key path (not the merged list's), line and column.
+    let broken = dir.write(
+        "conf.d/30-broken.yaml",
+        "broker:\n  keepalive_s: \"soon\"\nsensors:\n  - { name: extra, i2c: { bus: 1, address: 0x90, chip: tmp102 } }\n",
+    );
+    let output = crate::util::fieldagent(&["--config", config.to_str().unwrap(), "check"]);
+    let said = crate::util::stdout(&output);
+    assert_eq!(output.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{}:2:3: broker.keepalive_s: expected",
+            broken.display()
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{}:4:", broken.display()))
+            && said.contains("sensors[0].i2c.address: expected a 7-bit address"),
+        "{said}"
+    );
+    // The main file's own keys still name the main file.
+    assert!(
+        !said.contains(&format!("{}:", config.display()))
+            || said.contains("config is valid") == false,
+        "{said}"
+    );
+}
+
+/// SIGHUP reads the drop-ins too: one added applies without a reconnect, a broken one is
+/// refused naming its file, and the running config stays.
+#[test]
+fn a_reload_reads_the_drop_ins() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-d/#");
+    let agent = Agent::start_with(&dir, &pki, Setup::new("node-d", &broker));
+    online(&subscriber, "node-d", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("not online; log:\n{}", agent.log()));
+    dir.write(
+        "conf.d/50-alerts.yaml",
+        "alerts:\n  - { name: warm, sensor: cpu_temp, above: 40 }\n",
+    );
+    agent.signal(Signal::SIGHUP);
+    subscriber
+        .wait_for(Duration::from_secs(10), |m| {
+            m.topic.ends_with("/alerts") && m.payload.contains(r#""alert":"warm""#)
+        })
+        .unwrap_or_else(|| panic!("no alert after the reload; log:\n{}", agent.log()));
+    assert_eq!(broker.sessions("node-d"), 1, "an alert change reconnected");
+    let broken = dir.write("conf.d/60-broken.yaml", "telemetry: { interval_s: -1 }\n");
+    agent.signal(Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agent.log();
+    assert!(log.contains("Reload refused"), "{log}");
+    assert!(log.contains(&broken.display().to_string()), "{log}");
+    subscriber
+        .wait_for(Duration::from_secs(5), |m| m.topic.ends_with("/telemetry"))
+        .expect("telemetry after a refused reload");
+}

@@ -34,6 +34,8 @@ pub struct Finding {
     pub key: String,
     /// 1-based line and column of the key, when the file had it.
     pub position: Option<(usize, usize)>,
+    /// The drop-in (`conf.d/*.yaml`) the key came from; `None` for the config file itself.
+    pub file: Option<PathBuf>,
     pub message: String,
 }
 
@@ -59,6 +61,7 @@ impl Finding {
             severity,
             key: key.into(),
             position: None,
+            file: None,
             message: message.into(),
         }
     }
@@ -80,7 +83,8 @@ struct DisplayFinding<'a> {
 impl fmt::Display for DisplayFinding<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let finding = self.finding;
-        write!(f, "{}: {}", finding.severity, self.file.display())?;
+        let file = finding.file.as_deref().unwrap_or(self.file);
+        write!(f, "{}: {}", finding.severity, file.display())?;
         if let Some((line, column)) = finding.position {
             write!(f, ":{line}:{column}")?;
         }

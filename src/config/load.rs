@@ -70,11 +70,88 @@ pub fn load_str(text: &str, path: &Path) -> Result<(ValidConfig, Findings), Conf
 /// parsed, even when findings contain errors, so certificates and sensors can still be probed.
 /// The config is `None` only when the file is not YAML or not a mapping.
 pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let text = read(path)?;
+    let dropins = super::dropin::files(path).map_err(|source| ConfigError::Read {
+        path: super::dropin::directory(path),
         source,
     })?;
-    Ok(inspect_str(&text, path))
+    if dropins.is_empty() {
+        return Ok(inspect_str(&text, path));
+    }
+    let mut texts = vec![(path.to_owned(), text)];
+    for file in dropins {
+        let text = read(&file)?;
+        texts.push((file, text));
+    }
+    Ok(inspect_many(&texts, path))
+}
+
+/// The config file and its drop-ins (`texts[0]` is the config file), merged.
+fn inspect_many(texts: &[(PathBuf, String)], path: &Path) -> (Option<ValidConfig>, Findings) {
+    let mut findings = Findings {
+        file: path.to_owned(),
+        items: Vec::new(),
+    };
+    let mut indexes = Vec::with_capacity(texts.len());
+    let mut documents = Vec::with_capacity(texts.len());
+    for (number, (file, text)) in texts.iter().enumerate() {
+        let named = (number > 0).then(|| file.clone());
+        let index = Positions::index(text).and_then(|positions| {
+            let document = serde_yaml::from_str::<Value>(text).map_err(|err| {
+                let mut finding =
+                    Finding::error("", format!("not valid YAML: {}", strip_location(&err)));
+                finding.position = err.location().map(|l| (l.line(), l.column()));
+                finding
+            })?;
+            match document {
+                Value::Mapping(_) | Value::Null => Ok((positions, document)),
+                other if number > 0 => Err(Finding::error(
+                    "",
+                    format!(
+                        "a drop-in is a mapping of sections, found {}",
+                        describe(&other)
+                    ),
+                )),
+                other => Ok((positions, other)),
+            }
+        });
+        match index {
+            Ok((positions, document)) => {
+                indexes.push(positions.by_path);
+                documents.push(document);
+            }
+            Err(mut finding) => {
+                finding.file = named;
+                findings.items.push(finding);
+            }
+        }
+    }
+    if findings.has_errors() {
+        return (None, findings);
+    }
+    let (document, origins) = super::dropin::merge(documents);
+    let files = texts.iter().map(|(file, _)| file.clone()).collect();
+    let positions = Positions::merged(indexes, files, origins);
+    let parsed = parse_document(document, &mut findings.items);
+    let valid =
+        parsed.and_then(|(config, partial)| validate(config, &partial, &mut findings.items));
+    positions.locate(&mut findings.items);
+    {
+        let rank = positions.file_ranks();
+        findings.items.sort_by_key(|f| {
+            (
+                f.file.as_ref().map_or(0, &rank),
+                f.position.unwrap_or((usize::MAX, 0)),
+            )
+        });
+    }
+    (valid.map(|valid| valid.with_positions(positions)), findings)
 }
 
 fn inspect_str(text: &str, path: &Path) -> (Option<ValidConfig>, Findings) {
@@ -128,6 +205,10 @@ fn parse(text: &str, findings: &mut Vec<Finding>) -> Option<(Config, Partial)> {
             return None;
         }
     };
+    parse_document(document, findings)
+}
+
+fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Config, Partial)> {
     let mapping = match document {
         Value::Mapping(mapping) => mapping,
         Value::Null => {
@@ -384,20 +465,31 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Line and column of every key and list entry, by key path.
+/// Line and column of every key and list entry, by key path; with drop-ins, also the file
+/// each came from and where the merged config's parts came from.
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
-    by_path: HashMap<String, (usize, usize)>,
+    /// Key path (of the merged config) to (file number, line, column).
+    by_path: HashMap<String, (usize, usize, usize)>,
+    /// The config file and its drop-ins; empty for text that is not from files.
+    files: Vec<PathBuf>,
+    origins: Vec<super::dropin::Origin>,
 }
 
 impl Positions {
-    /// Builds the index, or returns the YAML syntax error as a finding.
+    /// Builds the index of one file, or returns the YAML syntax error as a finding.
     pub fn index(text: &str) -> Result<Positions, Finding> {
         let mut indexer = Indexer::default();
         let mut parser = Parser::new_from_str(text);
         match parser.load(&mut indexer, false) {
             Ok(()) => Ok(Positions {
-                by_path: indexer.by_path,
+                by_path: indexer
+                    .by_path
+                    .into_iter()
+                    .map(|(key, (line, column))| (key, (0, line, column)))
+                    .collect(),
+                files: Vec::new(),
+                origins: Vec::new(),
             }),
             Err(err) => {
                 let mut finding = Finding::error("", format!("not valid YAML: {}", err.info()));
@@ -407,9 +499,43 @@ impl Positions {
         }
     }
 
+    /// The index of a merged config: each file's own index (from [`Positions::index`]),
+    /// placed where the merge put its parts.
+    pub fn merged(
+        indexes: Vec<HashMap<String, (usize, usize, usize)>>,
+        files: Vec<PathBuf>,
+        origins: Vec<super::dropin::Origin>,
+    ) -> Positions {
+        use super::dropin::under;
+        let mut by_path: HashMap<String, (usize, usize, usize)> = HashMap::new();
+        for origin in &origins {
+            by_path.retain(|key, _| !under(key, &origin.merged));
+            let Some(index) = indexes.get(origin.file) else {
+                continue;
+            };
+            for (key, &(_, line, column)) in index {
+                if under(key, &origin.source) {
+                    let merged = format!("{}{}", origin.merged, &key[origin.source.len()..]);
+                    by_path.insert(merged, (origin.file, line, column));
+                }
+            }
+        }
+        Positions {
+            by_path,
+            files,
+            origins,
+        }
+    }
+
     /// The position of `key`, or of its nearest ancestor that is in the file (a missing key is
     /// reported where its parent stands).
+    #[cfg(test)]
     pub fn find(&self, key: &str) -> Option<(usize, usize)> {
+        self.find_in_file(key)
+            .map(|(_, line, column)| (line, column))
+    }
+
+    fn find_in_file(&self, key: &str) -> Option<(usize, usize, usize)> {
         let mut key = key;
         loop {
             if let Some(position) = self.by_path.get(key) {
@@ -418,6 +544,36 @@ impl Positions {
             let cut = key.rfind(['.', '['])?;
             key = &key[..cut];
         }
+    }
+
+    /// Places findings that have no position yet: line and column, and for a key from a
+    /// drop-in, that file and the key path as the drop-in writes it.
+    pub fn locate(&self, findings: &mut [Finding]) {
+        for finding in findings.iter_mut() {
+            if finding.position.is_some() {
+                continue;
+            }
+            if let Some((file, line, column)) = self.find_in_file(&finding.key) {
+                finding.position = Some((line, column));
+                if file > 0 {
+                    finding.file = self.files.get(file).cloned();
+                }
+            }
+            let origin = self
+                .origins
+                .iter()
+                .rev()
+                .find(|o| super::dropin::under(&finding.key, &o.merged));
+            if let Some(origin) = origin.filter(|o| o.file > 0) {
+                finding.key = format!("{}{}", origin.source, &finding.key[origin.merged.len()..]);
+                finding.file = self.files.get(origin.file).cloned();
+            }
+        }
+    }
+
+    /// The rank of a file in merge order, for sorting findings.
+    pub fn file_ranks(&self) -> impl Fn(&PathBuf) -> usize + '_ {
+        |file| self.files.iter().position(|f| f == file).unwrap_or(0)
     }
 }
 

@@ -11,6 +11,7 @@
 mod components;
 pub use components::{ADS1115_GAINS, ADS1115_RATES};
 mod diff;
+mod dropin;
 mod finding;
 mod load;
 mod validate;

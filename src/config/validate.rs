@@ -36,13 +36,10 @@ impl ValidConfig {
         self
     }
 
-    /// Fills in the line and column of findings that name a key of this config.
+    /// Fills in the file, line and column of findings that name a key of this config (and
+    /// names the key as its file has it, for one from a drop-in).
     pub fn locate(&self, findings: &mut [Finding]) {
-        for finding in findings {
-            if finding.position.is_none() {
-                finding.position = self.positions.find(&finding.key);
-            }
-        }
+        self.positions.locate(findings);
     }
 
     /// The topic prefix with `{client_id}` substituted.

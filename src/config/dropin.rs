@@ -1,0 +1,219 @@
+//! Drop-in configuration: every `*.yaml` in `conf.d/` beside the config file, in name order,
+//! merged over it. A map key overrides (maps merge key by key, all the way down; a scalar or a
+//! list replaces what was there); `sensors`, `alerts` and `actuators` merge entry by entry by
+//! `name`: the same name replaces the entry in place, a new name is appended.
+//!
+//! The merge records where each part of the result came from ([`Origin`]), so a finding about
+//! the merged config names the file, the key path as written there (`sensors[0]` of the drop-in,
+//! not the merged list's index) and its line and column.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+/// The lists whose entries merge by `name`.
+const NAMED_LISTS: &[&str] = &["sensors", "alerts", "actuators"];
+
+/// The directory of drop-ins for the config at `path`.
+pub fn directory(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join("conf.d")
+}
+
+/// The drop-ins for the config at `path`, in name order: regular `*.yaml` files, not hidden.
+/// A missing directory is none; one that cannot be read is an error.
+pub fn files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = directory(path);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".yaml") {
+            continue;
+        }
+        if std::fs::metadata(entry.path())?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Where a subtree of the merged config came from: the subtree at `merged` is the one at
+/// `source` in file number `file` (0 is the main config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub merged: String,
+    pub file: usize,
+    pub source: String,
+}
+
+/// Whether `key` is `prefix` or lies under it (`prefix.x`, `prefix[3]`).
+pub fn under(key: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || key == prefix
+        || key
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// Merges `documents` (each a mapping; the first is the main config) into one, with the origin
+/// of every part, in the order they apply (a later one overrides an earlier one it lies in).
+pub fn merge(documents: Vec<Value>) -> (Value, Vec<Origin>) {
+    let mut documents = documents.into_iter();
+    let mut merged = documents.next().unwrap_or(Value::Null);
+    let mut origins = vec![Origin {
+        merged: String::new(),
+        file: 0,
+        source: String::new(),
+    }];
+    for (index, document) in documents.enumerate() {
+        let file = index + 1;
+        match (&mut merged, document) {
+            (_, Value::Null) => {}
+            (Value::Mapping(base), Value::Mapping(over)) => {
+                merge_map(base, over, "", file, &mut origins);
+            }
+            (base, over) => {
+                // Not a mapping: the parse of the merged config reports it.
+                *base = over;
+                origins.push(Origin {
+                    merged: String::new(),
+                    file,
+                    source: String::new(),
+                });
+            }
+        }
+    }
+    (merged, origins)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn merge_map(
+    base: &mut serde_yaml::Mapping,
+    over: serde_yaml::Mapping,
+    path: &str,
+    file: usize,
+    origins: &mut Vec<Origin>,
+) {
+    for (key, value) in over {
+        let name = key.as_str().unwrap_or("?").to_owned();
+        let child = join(path, &name);
+        match (base.get_mut(&key), value) {
+            (Some(Value::Sequence(entries)), Value::Sequence(more))
+                if path.is_empty() && NAMED_LISTS.contains(&name.as_str()) =>
+            {
+                merge_named(entries, more, &name, file, origins);
+            }
+            (Some(Value::Mapping(inner)), Value::Mapping(more)) => {
+                merge_map(inner, more, &child, file, origins);
+            }
+            (_, value) => {
+                base.insert(key, value);
+                origins.push(Origin {
+                    merged: child.clone(),
+                    file,
+                    source: child,
+                });
+            }
+        }
+    }
+}
+
+fn merge_named(
+    entries: &mut Vec<Value>,
+    more: Vec<Value>,
+    list: &str,
+    file: usize,
+    origins: &mut Vec<Origin>,
+) {
+    let name_of = |entry: &Value| entry.get("name").and_then(Value::as_str).map(str::to_owned);
+    for (at, entry) in more.into_iter().enumerate() {
+        let existing = name_of(&entry).and_then(|name| {
+            entries
+                .iter()
+                .position(|e| name_of(e).as_deref() == Some(&name))
+        });
+        let index = match existing {
+            Some(index) => {
+                entries[index] = entry;
+                index
+            }
+            None => {
+                entries.push(entry);
+                entries.len() - 1
+            }
+        };
+        origins.push(Origin {
+            merged: format!("{list}[{index}]"),
+            file,
+            source: format!("{list}[{at}]"),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Value {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn maps_merge_scalars_and_lists_replace_named_entries_merge_by_name() {
+        let (merged, origins) = merge(vec![
+            yaml(
+                "broker: { urls: [a], keepalive_s: 60, tls: { ca_file: /ca } }\n\
+                 sensors: [{ name: t, file: /t }, { name: u, file: /u }]\n",
+            ),
+            yaml(
+                "broker: { urls: [b, c], tls: { cert_file: /c } }\n\
+                 sensors: [{ name: u, file: /u2 }, { name: v, file: /v }]\n",
+            ),
+            yaml("broker: { keepalive_s: 30 }\n"),
+        ]);
+        let expected = yaml(
+            "broker: { urls: [b, c], keepalive_s: 30, tls: { ca_file: /ca, cert_file: /c } }\n\
+             sensors: [{ name: t, file: /t }, { name: u, file: /u2 }, { name: v, file: /v }]\n",
+        );
+        assert_eq!(merged, expected);
+        let from = |merged: &str| {
+            origins
+                .iter()
+                .rev()
+                .find(|o| under(merged, &o.merged))
+                .map(|o| (o.file, o.source.clone()))
+                .unwrap()
+        };
+        assert_eq!(from("broker.urls"), (1, "broker.urls".to_owned()));
+        assert_eq!(
+            from("broker.keepalive_s"),
+            (2, "broker.keepalive_s".to_owned())
+        );
+        assert_eq!(from("broker.tls.ca_file"), (0, String::new()));
+        assert_eq!(from("sensors[1].file"), (1, "sensors[0]".to_owned()));
+        assert_eq!(from("sensors[2]"), (1, "sensors[1]".to_owned()));
+        assert_eq!(from("sensors[0]"), (0, String::new()));
+    }
+
+    #[test]
+    fn prefixes_end_at_a_key_boundary() {
+        assert!(under("sensors[1].file", "sensors[1]"));
+        assert!(!under("sensors[10]", "sensors[1]"));
+        assert!(!under("broker.urlsx", "broker.urls"));
+        assert!(under("anything", ""));
+    }
+}
