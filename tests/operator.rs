@@ -394,7 +394,7 @@ fn drop_ins_merge_over_the_config_and_findings_name_their_file() {
     );
     dir.write(
         "conf.d/20-sensors.yaml",
-        &format!(
+        format!(
             "sensors:\n  - {{ name: tank, file: {0}/run/tank }}\n  - {{ name: flow, file: {0}/run/flow }}\n",
             dir.path().display()
         ),
@@ -428,11 +428,14 @@ fn drop_ins_merge_over_the_config_and_findings_name_their_file() {
             && said.contains("sensors[0].i2c.address: expected a 7-bit address"),
         "{said}"
     );
-    // The main file's own keys still name the main file.
+    // The main file's own entries still name the main file, with its own index.
     assert!(
-        !said.contains(&format!("{}:", config.display()))
-            || said.contains("config is valid") == false,
+        said.contains(&format!("{}:4:5: sensors[0]: cpu_temp", config.display())),
         "{said}"
+    );
+    assert!(
+        said.contains("20-sensors.yaml:2:5: sensors[0]: tank = 42"),
+        "the replaced entry is the drop-in's: {said}"
     );
 }
 
