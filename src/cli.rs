@@ -4,6 +4,21 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The text of `--version`: the release, the commit and day it was built from, and the
+/// libraries that speak TLS and MQTT for it (OpenSSL as loaded now).
+pub fn long_version() -> String {
+    let built = std::env!("FIELDAGENT_BUILD_TS").parse::<u64>().unwrap_or(0) * 1000;
+    let day = crate::local_status::utc(built);
+    format!(
+        "{} (commit {}, built {})\nPaho C {} (paho-mqtt-sys with fieldagent's fixes)\n{}",
+        env!("CARGO_PKG_VERSION"),
+        env!("FIELDAGENT_COMMIT"),
+        day.split(' ').next().unwrap_or_default(),
+        env!("FIELDAGENT_PAHO_C"),
+        openssl::version::version()
+    )
+}
+
 /// Device agent for industrial Linux boards: sensors to MQTT telemetry, alerts and commands.
 #[derive(Debug, Parser)]
 #[command(name = "fieldagent", version, about)]
@@ -17,6 +32,15 @@ pub struct Cli {
         value_name = "PATH"
     )]
     pub config: PathBuf,
+
+    /// More log output from `run` than log.level says (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less: `run` logs warnings and errors only (-qq errors only); `check` prints only
+    /// warnings and errors.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
 
     #[command(subcommand)]
     pub command: Option<Command>,

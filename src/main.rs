@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use fieldagent::cli::{Cli, Command};
 use fieldagent::offline;
@@ -18,20 +18,30 @@ const EX_CONFIG: u8 = 78;
 const EX_NOT_RUNNING: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Only for --version: nothing may touch OpenSSL before the daemon's TLS floor is in place.
+    let mut command = Cli::command();
+    if std::env::args_os().any(|arg| arg == "--version") {
+        let text: &'static str = Box::leak(fieldagent::cli::long_version().into_boxed_str());
+        command = command.long_version(text);
+    }
+    let matches = command.get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Not locked: the daemon's threads log to stderr too.
     let mut err = std::io::stderr();
     let result = match cli.command {
-        Some(Command::Check { connect: true }) => offline::check_connect(&cli.config, &mut out)
+        Some(Command::Check { connect: true }) => offline::check_connect(&cli.config, cli.quiet > 0, &mut out)
             .map(|outcome| match outcome {
                 offline::ConnectOutcome::ConfigErrors => ExitCode::from(EX_CONFIG),
                 offline::ConnectOutcome::Failed => ExitCode::FAILURE,
                 offline::ConnectOutcome::Passed => ExitCode::SUCCESS,
             }),
         Some(Command::Check { connect: false }) => {
-            offline::check(&cli.config, &mut out).map(|outcome| {
+            offline::check(&cli.config, cli.quiet > 0, &mut out).map(|outcome| {
                 if outcome.errors > 0 {
                     ExitCode::from(EX_CONFIG)
                 } else {
@@ -55,7 +65,8 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Run) | None => {
-            fieldagent::daemon::start(&cli.config, &mut err).map(|()| ExitCode::SUCCESS)
+            let verbosity = cli.verbose as i8 - cli.quiet as i8;
+            fieldagent::daemon::start(&cli.config, verbosity, &mut err).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

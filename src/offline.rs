@@ -48,7 +48,9 @@ pub struct CheckOutcome {
 
 /// `fieldagent check`: every finding about the config, its certificates, the identity and one read
 /// of every sensor. Sensor failures are warnings: the agent runs and reports them.
-pub fn check(path: &Path, out: &mut dyn Write) -> Result<CheckOutcome, Error> {
+///
+/// `quiet` prints only warnings and errors.
+pub fn check(path: &Path, quiet: bool, out: &mut dyn Write) -> Result<CheckOutcome, Error> {
     let (config, mut report) = config::inspect(path)?;
     if let Some(config) = &config {
         probe(config, &mut report.items);
@@ -56,7 +58,18 @@ pub fn check(path: &Path, out: &mut dyn Write) -> Result<CheckOutcome, Error> {
     if !report.has_errors() {
         report.items.insert(0, Finding::ok("", "config is valid"));
     }
-    writeln!(out, "{report}")?;
+    let shown = Findings {
+        file: report.file.clone(),
+        items: report
+            .items
+            .iter()
+            .filter(|f| !quiet || f.severity >= Severity::Warning)
+            .cloned()
+            .collect(),
+    };
+    if !shown.items.is_empty() {
+        writeln!(out, "{shown}")?;
+    }
     let count = |severity| {
         report
             .items
@@ -314,13 +327,17 @@ pub enum ConnectOutcome {
 
 /// `fieldagent check --connect`: `check`, then, when it found no error, one real connection
 /// (see `probe`).
-pub fn check_connect(path: &Path, out: &mut dyn Write) -> Result<ConnectOutcome, Error> {
+pub fn check_connect(
+    path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> Result<ConnectOutcome, Error> {
     // The TLS floor before anything touches OpenSSL (the offline checks do).
     let floor = match config::inspect(path) {
         Ok((Some(config), _)) => Some(crate::probe::floor(config.config().broker.tls.min_version)?),
         _ => None,
     };
-    let outcome = check(path, out)?;
+    let outcome = check(path, quiet, out)?;
     if outcome.errors > 0 {
         return Ok(ConnectOutcome::ConfigErrors);
     }

@@ -24,6 +24,16 @@ fn spec_example(dir: &TestDir) -> std::path::PathBuf {
 fn version_and_help() {
     let output = fieldagent(&["--version"]);
     assert!(output.status.success());
+    let version = stdout(&output);
+    let first = version.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("fieldagent {} (commit ", env!("CARGO_PKG_VERSION")))
+            && first.contains(", built 20"),
+        "{version}"
+    );
+    assert!(version.contains("\nPaho C 1.3."), "{version}");
+    assert!(version.contains("\nOpenSSL 3."), "{version}");
+    let output = fieldagent(&["-V"]);
     assert_eq!(
         stdout(&output).trim(),
         format!("fieldagent {}", env!("CARGO_PKG_VERSION"))

@@ -90,7 +90,7 @@ fn broken_configs_name_key_line_and_cause() {
             format!("{BROKER}telemetry:\n  interval_s: soon\n"),
             "telemetry.interval_s",
             5,
-            "expected f64, found string \"soon\"",
+            "expected a number, found string \"soon\"",
         ),
         (
             format!("{BROKER}  reconnect: {{ initial_s: 30, max_s: 10 }}\n"),
@@ -240,7 +240,7 @@ fn broken_configs_name_key_line_and_cause() {
             format!("{BROKER}sensor:\n  - {{ name: t, file: /a }}\n"),
             "sensor",
             4,
-            "unknown key; expected one of broker, identity,",
+            "unknown key; did you mean `sensors`? expected one of broker, identity,",
         ),
         (
             format!("{BROKER}sensors:\n  - {{ file: /a }}\n"),

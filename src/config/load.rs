@@ -288,7 +288,13 @@ fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Confi
             "log" => set(&mut config.log, section(value, &key, findings)),
             _ => findings.push(Finding::error(
                 key.as_str(),
-                format!("unknown key; expected one of {}", SECTIONS.join(", ")),
+                format!(
+                    "unknown key; {}expected one of {}",
+                    did_you_mean(&key, SECTIONS.iter().copied())
+                        .map(|guess| format!("did you mean `{guess}`? "))
+                        .unwrap_or_default(),
+                    SECTIONS.join(", ")
+                ),
             )),
         }
     }
@@ -420,10 +426,13 @@ fn serde_finding(prefix: &str, err: &serde_path_to_error::Error<serde_yaml::Erro
             .trim_start_matches(", expected ")
             .trim_start_matches("one of ")
             .replace('`', "");
+        let guess = did_you_mean(name, expected.split(", "))
+            .map(|guess| format!("did you mean `{guess}`? "))
+            .unwrap_or_default();
         if expected.is_empty() {
             "unknown key".to_owned()
         } else {
-            format!("unknown key; expected one of {expected}")
+            format!("unknown key; {guess}expected one of {expected}")
         }
     } else if let Some(rest) = raw.strip_prefix("missing field `") {
         let name = rest.trim_end_matches('`');
@@ -437,11 +446,60 @@ fn serde_finding(prefix: &str, err: &serde_path_to_error::Error<serde_yaml::Erro
         .or_else(|| raw.strip_prefix("invalid value: "))
         .and_then(|rest| rest.split_once(", expected "))
     {
-        format!("expected {expected}, found {found}")
+        format!("expected {}, found {found}", plain_type(expected))
     } else {
         raw
     };
     Finding::error(key, message)
+}
+
+/// serde's names of Rust types in words a config's reader knows.
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        other => other
+            .replace("a sequence", "a list")
+            .replace("struct ", "a mapping of ")
+            .replace("a map", "a mapping"),
+    }
+}
+
+/// The closest of `candidates` to a misspelt `name`, when it is close enough to be meant: an
+/// edit distance of at most 2, and at most a third of the name.
+pub(crate) fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).clamp(1, 2);
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// serde_yaml appends " at line L column C" to some messages; positions are reported separately.
@@ -668,6 +726,28 @@ impl MarkedEventReceiver for Indexer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_key_gets_a_suggestion_and_types_read_plainly() {
+        let (_, findings) = inspect_str(
+            "broker: { urls: [\"mqtts://a\"], keepalive: 60, connect_timeout_s: soon }\nsensor: []\n",
+            Path::new("c.yaml"),
+        );
+        let text = findings.to_string();
+        assert!(
+            text.contains("broker.keepalive: unknown key; did you mean `keepalive_s`?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sensor: unknown key; did you mean `sensors`?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("connect_timeout_s: expected a whole number, 0 or more, found string \"soon\""),
+            "{text}"
+        );
+        assert_eq!(did_you_mean("zzz", ["broker", "log"]), None);
+    }
 
     #[test]
     fn positions_name_keys_and_list_entries() {

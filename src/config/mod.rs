@@ -642,6 +642,22 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    const ALL: [LogLevel; 5] = [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+
+    /// `steps` more verbose (negative: quieter), within trace..error.
+    pub fn shifted(self, steps: i8) -> LogLevel {
+        let at = Self::ALL.iter().position(|l| *l == self).unwrap_or(2) as i8;
+        Self::ALL[(at - steps).clamp(0, 4) as usize]
+    }
+}
+
 /// `auto` is journald when run by systemd, else stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

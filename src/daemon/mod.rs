@@ -72,7 +72,9 @@ pub struct Counters {
 
 /// `fieldagent run`: checks the config and what it points at, then runs the daemon until
 /// SIGTERM or SIGINT. Certificate errors refuse to start, as `check` would report them.
-pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
+///
+/// `verbosity` shifts `log.level`: +1 per `-v`, -1 per `-q`.
+pub fn start(path: &Path, verbosity: i8, warn: &mut dyn Write) -> Result<(), Error> {
     let config = crate::offline::load(path, warn)?;
     // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
     // In state_dir only: a shared temporary directory is no place for a file that decides the
@@ -82,7 +84,7 @@ pub fn start(path: &Path, warn: &mut dyn Write) -> Result<(), Error> {
     let floor = crate::mqtt::tls::enforce_floor(min, state_dir)?;
     crate::mqtt::tls::floor_holds(min).map_err(Error::TlsFloorIgnored)?;
     let log = &config.config().log;
-    if crate::service::init_logging(log.level, log.target)
+    if crate::service::init_logging(log.level.shifted(verbosity), log.target)
         == crate::service::LogSink::StderrNoJournal
     {
         tracing::warn!(
