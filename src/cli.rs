@@ -151,6 +151,38 @@ State: alert states, executed command ids, copies of the certificate in use.
         out
     }
 
+    /// Shell completions shipped in the .deb (packaging/completions/) are generated from these
+    /// definitions; `FIELDAGENT_BLESS=1 cargo test completions` writes them again.
+    #[test]
+    fn completions_match_the_cli() {
+        use clap_complete::Shell;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/completions");
+        for (shell, file) in [
+            (Shell::Bash, "fieldagent.bash"),
+            (Shell::Zsh, "_fieldagent"),
+            (Shell::Fish, "fieldagent.fish"),
+        ] {
+            let mut rendered = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut super::Cli::command(),
+                "fieldagent",
+                &mut rendered,
+            );
+            let path = dir.join(file);
+            if std::env::var_os("FIELDAGENT_BLESS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &rendered).unwrap();
+            }
+            let shipped = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                shipped == rendered,
+                "{} is out of date; run FIELDAGENT_BLESS=1 cargo test completions",
+                path.display()
+            );
+        }
+    }
+
     /// The man page shipped in the .deb (packaging/fieldagent.1) is rendered from these
     /// definitions; `FIELDAGENT_BLESS=1 cargo test man_page` writes it again after a change.
     #[test]

@@ -34,12 +34,15 @@ fn main() -> ExitCode {
     // Not locked: the daemon's threads log to stderr too.
     let mut err = std::io::stderr();
     let result = match cli.command {
-        Some(Command::Check { connect: true }) => offline::check_connect(&cli.config, cli.quiet > 0, &mut out)
-            .map(|outcome| match outcome {
-                offline::ConnectOutcome::ConfigErrors => ExitCode::from(EX_CONFIG),
-                offline::ConnectOutcome::Failed => ExitCode::FAILURE,
-                offline::ConnectOutcome::Passed => ExitCode::SUCCESS,
-            }),
+        Some(Command::Check { connect: true }) => {
+            offline::check_connect(&cli.config, cli.quiet > 0, &mut out).map(
+                |outcome| match outcome {
+                    offline::ConnectOutcome::ConfigErrors => ExitCode::from(EX_CONFIG),
+                    offline::ConnectOutcome::Failed => ExitCode::FAILURE,
+                    offline::ConnectOutcome::Passed => ExitCode::SUCCESS,
+                },
+            )
+        }
         Some(Command::Check { connect: false }) => {
             offline::check(&cli.config, cli.quiet > 0, &mut out).map(|outcome| {
                 if outcome.errors > 0 {

@@ -27,8 +27,10 @@ fn version_and_help() {
     let version = stdout(&output);
     let first = version.lines().next().unwrap_or_default();
     assert!(
-        first.starts_with(&format!("fieldagent {} (commit ", env!("CARGO_PKG_VERSION")))
-            && first.contains(", built 20"),
+        first.starts_with(&format!(
+            "fieldagent {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )) && first.contains(", built 20"),
         "{version}"
     );
     assert!(version.contains("\nPaho C 1.3."), "{version}");

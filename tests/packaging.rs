@@ -170,7 +170,7 @@ fn the_deb_has_its_metadata_and_files() {
     }
     assert_eq!(
         control_file(&deb, "conffiles").trim(),
-        "/etc/fieldagent/config.yaml"
+        "/etc/fieldagent/conf.d/README\n/etc/fieldagent/config.yaml"
     );
 
     let contents = dpkg_deb(&["--contents"], &deb);
@@ -202,6 +202,19 @@ fn the_deb_has_its_metadata_and_files() {
         ),
         (
             "./usr/share/doc/fieldagent/examples/mosquitto/fieldagent-services.acl",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/share/bash-completion/completions/fieldagent",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/share/zsh/vendor-completions/_fieldagent",
+            "-rw-r--r--",
+        ),
+        ("./etc/fieldagent/conf.d/README", "-rw-r--r--"),
+        (
+            "./usr/share/fish/vendor_completions.d/fieldagent.fish",
             "-rw-r--r--",
         ),
     ] {

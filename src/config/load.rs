@@ -743,7 +743,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("connect_timeout_s: expected a whole number, 0 or more, found string \"soon\""),
+            text.contains(
+                "connect_timeout_s: expected a whole number, 0 or more, found string \"soon\""
+            ),
             "{text}"
         );
         assert_eq!(did_you_mean("zzz", ["broker", "log"]), None);
