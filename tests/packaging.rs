@@ -170,7 +170,7 @@ fn the_deb_has_its_metadata_and_files() {
     }
     assert_eq!(
         control_file(&deb, "conffiles").trim(),
-        "/etc/fieldagent/conf.d/README\n/etc/fieldagent/config.yaml"
+        "/etc/fieldagent/config.yaml\n/etc/fieldagent/conf.d/README"
     );
 
     let contents = dpkg_deb(&["--contents"], &deb);
@@ -181,6 +181,12 @@ fn the_deb_has_its_metadata_and_files() {
         ("./usr/lib/sysusers.d/fieldagent.conf", "-rw-r--r--"),
         ("./usr/lib/tmpfiles.d/fieldagent.conf", "-rw-r--r--"),
         ("./usr/share/man/man1/fieldagent.1.gz", "-rw-r--r--"),
+        ("./usr/share/man/man5/fieldagent.yaml.5.gz", "-rw-r--r--"),
+        ("./usr/share/doc/fieldagent/configuration.md", "-rw-r--r--"),
+        (
+            "./usr/share/doc/fieldagent/examples/config.yaml",
+            "-rw-r--r--",
+        ),
         ("./usr/share/doc/fieldagent/README.md", "-rw-r--r--"),
         ("./usr/share/doc/fieldagent/copyright", "-rw-r--r--"),
         (

@@ -14,6 +14,8 @@ mod diff;
 mod dropin;
 mod finding;
 mod load;
+#[cfg(test)]
+mod reference;
 mod validate;
 
 use std::path::PathBuf;
