@@ -52,6 +52,7 @@ fn status_says_what_the_agent_does_offline_online_and_stopped() {
     let proxy = Proxy::start(broker.port, Mode::Refuse);
     let mut setup = Setup::new("node-st", &broker);
     setup.urls = vec![proxy.url()];
+    setup.top_extra = "alerts:\n  - { name: warm, sensor: cpu_temp, above: 60 }\n".to_owned();
     let mut agent = Agent::start_with(&dir, &pki, setup);
     let config = dir.path().join("node-st.yaml");
     let offline = status_until(&config, Duration::from_secs(10), |code, s| {
@@ -107,6 +108,15 @@ fn status_says_what_the_agent_does_offline_online_and_stopped() {
         s["connected"] == true && s["queued"]["alerts"] == 0
     });
     assert!(up["broker"].as_str().unwrap().contains("127.0.0.1"), "{up}");
+
+    // An alert raised now is in `status` within a pass or two, not at the next health tick.
+    dir.write("sys/class/thermal/thermal_zone1/temp", "85000\n");
+    let warm = status_until(&config, Duration::from_secs(5), |_, s| {
+        s["raised"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|a| a == "warm"))
+    });
+    assert_eq!(warm["connected"], true, "{warm}");
 
     // Stopped: exit 3, says so, and still shows what is on disk.
     agent.signal(Signal::SIGTERM);

@@ -140,6 +140,8 @@ pub(crate) struct Core {
     pub offline_since: u64,
     /// A write of `status.json` is under way (it is skipped, not queued, while one is).
     pub status_writing: Arc<std::sync::atomic::AtomicBool>,
+    /// The raised alerts and failing sensors `status.json` last said.
+    pub status_alerts: (Vec<String>, Vec<String>),
     /// After the session we are closing has gone, connect again after this (a primary host
     /// that went offline); at once when `None`.
     pub reconnect_after: Option<Duration>,
@@ -291,6 +293,7 @@ where
         server: None,
         offline_since: crate::model::now_ms(),
         status_writing: Arc::default(),
+        status_alerts: Default::default(),
         reconnect_after: None,
         lost_tx,
         incoming_tx,
@@ -613,6 +616,8 @@ impl Daemon {
             // A pass of the other mode's sampler cannot happen: a mode switch takes a restart.
             _ => {}
         }
+        // An alert raised or cleared, a sensor failing or back: `status` says so at once.
+        status::write_file_if_alerts_changed(&mut self.core);
     }
 
     pub(super) fn health_tick(&mut self) {

@@ -89,6 +89,36 @@ pub fn outbox_changed(durable: bool) {
     }
 }
 
+/// After a sampling pass: `status.json` again when the raised alerts or the failing sensors
+/// changed (a write per change, not per pass: boards have slow flash).
+pub fn write_file_if_alerts_changed(core: &mut Core) {
+    let now = alerts(core);
+    if now != core.status_alerts {
+        core.status_alerts = now;
+        write_file(core);
+    }
+}
+
+/// The raised alerts (`sensor_fault` once, when any sensor fails) and the failing sensors.
+fn alerts(core: &Core) -> (Vec<String>, Vec<String>) {
+    let book = core
+        .book
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let on = |map: &std::collections::BTreeMap<String, bool>| {
+        map.iter()
+            .filter(|(_, up)| **up)
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut raised = on(&book.state().raised);
+    let faults = on(&book.state().faults);
+    if !faults.is_empty() {
+        raised.push(crate::alerts::SENSOR_FAULT.to_owned());
+    }
+    (raised, faults)
+}
+
 /// Replaces `state_dir/status.json` with the daemon's state, on the blocking pool (the loop
 /// never waits on the disk); skipped while the previous write is still under way.
 pub fn write_file(core: &Core) {
@@ -97,24 +127,7 @@ pub fn write_file(core: &Core) {
         return;
     }
     let now = crate::model::now_ms();
-    let (raised, failing_sensors) = {
-        let book = core
-            .book
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let on = |map: &std::collections::BTreeMap<String, bool>| {
-            map.iter()
-                .filter(|(_, up)| **up)
-                .map(|(name, _)| name.clone())
-                .collect::<Vec<_>>()
-        };
-        let mut raised = on(&book.state().raised);
-        let faults = on(&book.state().faults);
-        if !faults.is_empty() {
-            raised.push(crate::alerts::SENSOR_FAULT.to_owned());
-        }
-        (raised, faults)
-    };
+    let (raised, failing_sensors) = alerts(core);
     let written = crate::local_status::Written {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
