@@ -126,6 +126,21 @@ impl BrokerPki {
         command
     }
 
+    /// The broker's certificate again, for these IP addresses.
+    pub fn issue_server(&self, ips: &[&str]) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, ips[0]);
+        params.subject_alt_names = ips
+            .iter()
+            .map(|ip| SanType::IpAddress(ip.parse().unwrap()))
+            .collect();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        std::fs::write(self.dir.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(self.dir.join("server.key"), key.serialize_pem()).unwrap();
+    }
+
     /// Writes `<name>.crt` and `<name>.key` for subject CN `cn`; returns (cert, key).
     pub fn issue(&self, name: &str, cn: &str, server: bool) -> (PathBuf, PathBuf) {
         self.issue_valid(name, cn, server, 365)

@@ -155,9 +155,9 @@ fn before_provisioning_the_agent_waits_for_its_certificates_then_starts() {
     let broker = Broker::start(&pki);
     crate::util::fake_sysfs(&dir);
     let etc = dir.path().join("etc");
+    // As shipped: a placeholder broker; provisioning writes a drop-in naming the real one.
     let config = dir.config(&format!(
-        "broker:\n  urls: [\"{}\"]\n  reconnect: {{ initial_s: 0.2, max_s: 1 }}\n  tls: {{ ca_file: {etc}/ca.pem, cert_file: {etc}/device.crt, key_file: {etc}/device.key }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\ntelemetry: {{ interval_s: 0.5 }}\nsensors:\n  - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}\n",
-        broker.url(),
+        "broker:\n  urls: [\"mqtts://127.0.0.1:1\"]\n  reconnect: {{ initial_s: 0.2, max_s: 1 }}\n  tls: {{ ca_file: {etc}/ca.pem, cert_file: {etc}/device.crt, key_file: {etc}/device.key }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\ntelemetry: {{ interval_s: 0.5 }}\nsensors:\n  - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}\n",
         etc = etc.display()
     ));
     let log = dir.path().join("agent.log");
@@ -182,8 +182,12 @@ fn before_provisioning_the_agent_waits_for_its_certificates_then_starts() {
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(said.contains("Not provisioned yet"), "{said}");
 
-    // Provisioning: the CA, the certificate and key (key first, as an installer would).
+    // Provisioning: the drop-in, then the key, the certificate and the CA, as an installer would.
     let subscriber = Subscriber::start(&broker, &pki, "devices/node-prov/status");
+    dir.write(
+        "conf.d/10-provisioning.yaml",
+        format!("broker:\n  urls: [\"{}\"]\n", broker.url()),
+    );
     let (cert, key) = pki.issue("node-prov", "node-prov", false);
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::copy(&key, etc.join("device.key")).unwrap();

@@ -1,9 +1,10 @@
 //! Before provisioning: `apt install` starts the unit before any certificate exists. Rather
 //! than exit 78 and show a failed unit, the agent waits for the TLS files its config names:
 //! ready for systemd, STATUS= and `status.json` saying what it waits for, the watchdog petted,
-//! SIGHUP re-reading the config (a provisioning drop-in may name other files), SIGTERM ending
-//! it. It looks again every 5 s and starts once every file exists; whatever is wrong with them
-//! then (a bad key, an expired certificate) is a config error as before.
+//! SIGTERM ending it. Every 5 s (and on SIGHUP) it reads the config again, drop-ins included,
+//! since provisioning usually writes one that names the broker and the files; it starts, with
+//! the config as it is then, once every file that config names exists. Whatever is wrong with
+//! them then (a bad key, an expired certificate) is a config error as before.
 //!
 //! Why here and not a systemd path unit: the files are wherever the config says, and a path
 //! unit would have to be told the same paths again (and kept in step with every drop-in).
@@ -48,6 +49,8 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
         crate::health::INTERVAL,
     );
     let mut hangups = service::hangups();
+    // The last reason the config was refused, logged once.
+    let mut refused: Option<String> = None;
     let shutdown = service::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -61,26 +64,29 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
                 service::notify(&[sd_notify::NotifyState::Watchdog]);
                 continue;
             }
-            Some(()) = hangups.recv() => {
-                let path = path.to_owned();
-                let reread = tokio::task::spawn_blocking(move || {
-                    let mut warnings = Vec::new();
-                    crate::offline::load(&path, &mut warnings).map_err(|err| err.to_string())
-                })
-                .await;
-                match reread {
-                    Ok(Ok(new)) => {
-                        tracing::info!("Reloaded while waiting for provisioning.");
-                        config = new;
-                    }
-                    Ok(Err(why)) => {
-                        tracing::error!(error = %why, "Reload refused; keeping the config read before.");
-                    }
-                    Err(_) => {}
-                }
-            }
+            Some(()) = hangups.recv() => {}
             _ = refresh.tick() => announce(&config, &missing),
             _ = look.tick() => {}
+        }
+        // Provisioning writes the files and, usually, a drop-in naming them: read it all again.
+        let path = path.to_owned();
+        let reread = tokio::task::spawn_blocking(move || {
+            let mut warnings = Vec::new();
+            crate::offline::load(&path, &mut warnings).map_err(|err| err.to_string())
+        })
+        .await;
+        match reread {
+            Ok(Ok(new)) => {
+                config = new;
+                refused = None;
+            }
+            Ok(Err(why)) => {
+                if refused.as_deref() != Some(why.as_str()) {
+                    tracing::error!(error = %why, "The config does not load; waiting with the one read before.");
+                    refused = Some(why);
+                }
+            }
+            Err(_) => {}
         }
         match missing_file(&config) {
             None => {
