@@ -9,6 +9,8 @@
 #![allow(unsafe_code)]
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Unix time in seconds when this binary was built (see build.rs).
 pub const BUILD_TS_S: u64 = match u64::from_str_radix(env!("FIELDAGENT_BUILD_TS"), 10) {
@@ -16,15 +18,33 @@ pub const BUILD_TS_S: u64 = match u64::from_str_radix(env!("FIELDAGENT_BUILD_TS"
     Err(_) => 0,
 };
 
+/// How long a look at timesyncd's flag and the kernel's NTP state holds. The sampler asks on
+/// every pass; the answer changes once, when NTP first sets the clock, so a minute's delay in
+/// believing it costs nothing and saves a `statx` and an `adjtimex` per pass.
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// The last look: when (monotonic) and what it found.
+static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+
 /// True when timestamps from the system clock are true.
 pub fn synced(now_ms: u64) -> bool {
     if now_ms / 1000 < BUILD_TS_S {
         return false;
     }
-    if Path::new("/run/systemd/timesync/synchronized").exists() {
-        return true;
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match *last {
+        Some((at, synced)) if at.elapsed() < RECHECK => synced,
+        _ => {
+            let synced = look();
+            *last = Some((Instant::now(), synced));
+            synced
+        }
     }
-    kernel_synced()
+}
+
+/// timesyncd's flag, else the kernel's state.
+fn look() -> bool {
+    Path::new("/run/systemd/timesync/synchronized").exists() || kernel_synced()
 }
 
 /// The kernel's view: adjtimex in read-only mode (modes 0) returns TIME_ERROR, and sets
