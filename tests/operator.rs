@@ -160,6 +160,8 @@ fn before_provisioning_the_agent_waits_for_its_certificates_then_starts() {
         "broker:\n  urls: [\"mqtts://127.0.0.1:1\"]\n  reconnect: {{ initial_s: 0.2, max_s: 1 }}\n  tls: {{ ca_file: {etc}/ca.pem, cert_file: {etc}/device.crt, key_file: {etc}/device.key }}\nsysfs_root: @DIR@/sys\nstate_dir: @DIR@/state\ntelemetry: {{ interval_s: 0.5 }}\nsensors:\n  - {{ name: cpu_temp, thermal_zone: {{ type: cpu-thermal }} }}\n",
         etc = etc.display()
     ));
+    // An empty CA file (created, not written yet, or emptied by a power cut) is not there yet.
+    dir.write("etc/ca.pem", "");
     let log = dir.path().join("agent.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fieldagent"))
         .args(["--config", config.to_str().unwrap(), "run"])

@@ -1,4 +1,5 @@
-//! Before provisioning: `apt install` starts the unit before any certificate exists. Rather
+//! Before provisioning: `apt install` starts the unit before any certificate exists (an empty
+//! file counts as not there yet). Rather
 //! than exit 78 and show a failed unit, the agent waits for the TLS files its config names:
 //! ready for systemd, STATUS= and `status.json` saying what it waits for, the watchdog petted,
 //! SIGTERM ending it. Every 5 s (and on SIGHUP) it reads the config again, drop-ins included,
@@ -18,14 +19,19 @@ use crate::service;
 /// How often the files are looked for.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
-/// The first TLS file `config` names that does not exist. A file that cannot be looked at (a
-/// directory without permission) counts as there: the checks after this say what is wrong.
+/// The first TLS file `config` names that does not exist or is empty (an installer that has
+/// created it and not written it yet, or a power cut that came before the file reached the
+/// disk). A file that cannot be looked at (a directory without permission) counts as there: the
+/// checks after this say what is wrong.
 pub fn missing_file(config: &ValidConfig) -> Option<PathBuf> {
     let tls = &config.config().broker.tls;
     [&tls.ca_file, &tls.cert_file, &tls.key_file]
         .into_iter()
         .flatten()
-        .find(|path| matches!(path.try_exists(), Ok(false)))
+        .find(|path| match std::fs::metadata(path) {
+            Ok(meta) => meta.is_file() && meta.len() == 0,
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+        })
         .cloned()
 }
 

@@ -501,6 +501,9 @@ impl Run {
         guest.ok("echo 0 > /run/toggle");
         let started = Instant::now();
         guest.write_file("/etc/fieldagent/ca.pem", &ca);
+        // As a provisioning tool does: on the disk before anything else happens (a power cut
+        // right after provisioning would otherwise leave empty files).
+        guest.ok("sync");
         let online = self.online(Duration::from_secs(60));
         let shown = self
             .guest()
@@ -652,7 +655,13 @@ impl Run {
             if status["connected"] == true && status["queued"]["alerts"] == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "never drained: {out}");
+            if Instant::now() >= deadline {
+                let (_, journal, _) = self.guest().sh(
+                    "systemctl status fieldagent --no-pager; journalctl -u fieldagent -b --no-pager | tail -40; ls -la /etc/fieldagent /etc/fieldagent/conf.d",
+                    Duration::from_secs(60),
+                );
+                panic!("never drained: {out}\n{journal}");
+            }
             std::thread::sleep(Duration::from_secs(1));
         }
         std::thread::sleep(Duration::from_secs(2));
