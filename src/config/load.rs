@@ -81,9 +81,6 @@ pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigErr
         path: super::dropin::directory(path),
         source,
     })?;
-    if dropins.is_empty() {
-        return Ok(inspect_str(&text, path));
-    }
     let mut texts = vec![(path.to_owned(), text)];
     for file in dropins {
         let text = read(&file)?;
@@ -92,7 +89,8 @@ pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigErr
     Ok(inspect_many(&texts, path))
 }
 
-/// The config file and its drop-ins (`texts[0]` is the config file), merged.
+/// The config file and its drop-ins (`texts[0]` is the config file), merged. Findings come in
+/// file order: the config file's first, by line and column, then each drop-in's.
 fn inspect_many(texts: &[(PathBuf, String)], path: &Path) -> (Option<ValidConfig>, Findings) {
     let mut findings = Findings {
         file: path.to_owned(),
@@ -154,30 +152,9 @@ fn inspect_many(texts: &[(PathBuf, String)], path: &Path) -> (Option<ValidConfig
     (valid.map(|valid| valid.with_positions(positions)), findings)
 }
 
+/// One text with no drop-ins: the same path as a file with its drop-ins.
 fn inspect_str(text: &str, path: &Path) -> (Option<ValidConfig>, Findings) {
-    let mut findings = Findings {
-        file: path.to_owned(),
-        items: Vec::new(),
-    };
-    let positions = match Positions::index(text) {
-        Ok(positions) => positions,
-        Err(finding) => {
-            findings.items.push(finding);
-            return (None, findings);
-        }
-    };
-    let parsed = parse(text, &mut findings.items);
-    let valid = parsed
-        .and_then(|(config, partial)| validate(config, &partial, &mut findings.items))
-        .map(|valid| valid.with_positions(positions));
-    if let Some(valid) = &valid {
-        valid.locate(&mut findings.items);
-    }
-    // File order reads best; findings without a position (none so far) go last.
-    findings
-        .items
-        .sort_by_key(|f| f.position.unwrap_or((usize::MAX, 0)));
-    (valid, findings)
+    inspect_many(&[(path.to_owned(), text.to_owned())], path)
 }
 
 /// What validation needs to know about entries that failed to parse: it reports nothing more
@@ -192,20 +169,6 @@ pub(crate) struct Partial {
     pub actuator_index: Vec<usize>,
     /// The broker section did not parse; its defaults stand in and are not checked.
     pub broker_failed: bool,
-}
-
-fn parse(text: &str, findings: &mut Vec<Finding>) -> Option<(Config, Partial)> {
-    let document: Value = match serde_yaml::from_str(text) {
-        Ok(document) => document,
-        Err(err) => {
-            let mut finding =
-                Finding::error("", format!("not valid YAML: {}", strip_location(&err)));
-            finding.position = err.location().map(|l| (l.line(), l.column()));
-            findings.push(finding);
-            return None;
-        }
-    };
-    parse_document(document, findings)
 }
 
 fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Config, Partial)> {

@@ -140,8 +140,8 @@ pub(crate) struct Core {
     pub offline_since: u64,
     /// A write of `status.json` is under way (it is skipped, not queued, while one is).
     pub status_writing: Arc<std::sync::atomic::AtomicBool>,
-    /// The raised alerts and failing sensors `status.json` last said.
-    pub status_alerts: (Vec<String>, Vec<String>),
+    /// The alert book's event counter when `status.json` was last written after a pass.
+    pub status_alerts: u64,
     /// After the session we are closing has gone, connect again after this (a primary host
     /// that went offline); at once when `None`.
     pub reconnect_after: Option<Duration>,
@@ -293,7 +293,7 @@ where
         server: None,
         offline_since: crate::model::now_ms(),
         status_writing: Arc::default(),
-        status_alerts: Default::default(),
+        status_alerts: 0,
         reconnect_after: None,
         lost_tx,
         incoming_tx,

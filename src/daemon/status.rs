@@ -89,13 +89,19 @@ pub fn outbox_changed(durable: bool) {
     }
 }
 
-/// After a sampling pass: `status.json` again when the raised alerts or the failing sensors
-/// changed (a write per change, not per pass: boards have slow flash).
+/// After a sampling pass: `status.json` again when an alert event was made since the last
+/// write (a raise or clear, a sensor failing or back: each one advances the alert book's event
+/// counter). One comparison per pass, no copy; a write per change, not per pass: boards have
+/// slow flash.
 pub fn write_file_if_alerts_changed(core: &mut Core) {
-    let now = alerts(core);
-    if now != core.status_alerts {
-        core.status_alerts = now;
-        write_file(core);
+    let events = core
+        .book
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .state()
+        .counter;
+    if events != core.status_alerts && write_file(core) {
+        core.status_alerts = events;
     }
 }
 
@@ -120,11 +126,12 @@ fn alerts(core: &Core) -> (Vec<String>, Vec<String>) {
 }
 
 /// Replaces `state_dir/status.json` with the daemon's state, on the blocking pool (the loop
-/// never waits on the disk); skipped while the previous write is still under way.
-pub fn write_file(core: &Core) {
+/// never waits on the disk); skipped while the previous write is still under way. Whether a
+/// write started.
+pub fn write_file(core: &Core) -> bool {
     use std::sync::atomic::AtomicBool;
     if core.status_writing.swap(true, Ordering::AcqRel) {
-        return;
+        return false;
     }
     let now = crate::model::now_ms();
     let (raised, failing_sensors) = alerts(core);
@@ -169,4 +176,5 @@ pub fn write_file(core: &Core) {
         }
         busy.store(false, Ordering::Release);
     });
+    true
 }

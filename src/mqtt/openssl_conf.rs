@@ -40,6 +40,7 @@ impl Conf {
     }
 
     /// Parses `text` as one file (includes are read from disk).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Conf {
         let mut conf = Conf::default();
         let mut section = DEFAULT.to_owned();
