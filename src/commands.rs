@@ -11,7 +11,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::ActuatorConfig;
+use crate::actuators::Target;
+use crate::config::ActuatorSpec;
 
 /// Payloads larger than this are refused unread.
 pub const MAX_PAYLOAD: usize = 4096;
@@ -21,9 +22,9 @@ pub const MAX_PAYLOAD: usize = 4096;
 pub enum Action {
     Ping,
     Read,
-    /// Write `value` (one of the actuator's allowed values) to `file`.
+    /// Set `target` to `value` (one of the actuator's allowed values).
     Write {
-        file: std::path::PathBuf,
+        target: Target,
         value: String,
     },
 }
@@ -89,11 +90,7 @@ struct Payload {
 }
 
 /// Checks one incoming command. `name` is the last topic level.
-pub fn parse(
-    name: &str,
-    payload: &[u8],
-    actuators: &[ActuatorConfig],
-) -> Result<Command, Response> {
+pub fn parse(name: &str, payload: &[u8], actuators: &[ActuatorSpec]) -> Result<Command, Response> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Response::refused(
             None,
@@ -164,7 +161,7 @@ pub fn parse(
                 )));
             };
             Action::Write {
-                file: actuator.file.clone(),
+                target: actuator.target.clone(),
                 value: allowed_value(actuator, value).map_err(refuse)?,
             }
         }
@@ -178,7 +175,7 @@ pub fn parse(
 }
 
 /// `value`, if `actuator`'s allow-list has it; else why not.
-pub fn allowed_value(actuator: &ActuatorConfig, value: Option<String>) -> Result<String, String> {
+pub fn allowed_value(actuator: &ActuatorSpec, value: Option<String>) -> Result<String, String> {
     let name = &actuator.name;
     let Some(value) = value else {
         return Err(format!(
@@ -205,7 +202,7 @@ pub fn allowed_value(actuator: &ActuatorConfig, value: Option<String>) -> Result
 pub fn write(file: &Path, value: &str) -> Result<(), String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
-    // No create: an actuator is a file that exists (a GPIO value, a sysfs knob).
+    // No create: an actuator is a file that exists (an LED's brightness, a sysfs knob).
     let mut handle = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -242,10 +239,11 @@ pub fn unfit_actuator(kind: std::fs::FileType) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn actuators() -> Vec<ActuatorConfig> {
-        vec![ActuatorConfig {
+    fn actuators() -> Vec<ActuatorSpec> {
+        vec![ActuatorSpec {
+            key: "actuators[0]".to_owned(),
             name: "fan".to_owned(),
-            file: "/sys/class/gpio/gpio17/value".into(),
+            target: Target::File("/sys/class/leds/fan/brightness".into()),
             values: vec!["0".to_owned(), "1".to_owned()],
         }]
     }
@@ -265,7 +263,7 @@ mod tests {
     #[test]
     fn commands() {
         let fan = |value: &str| Action::Write {
-            file: "/sys/class/gpio/gpio17/value".into(),
+            target: Target::File("/sys/class/leds/fan/brightness".into()),
             value: value.to_owned(),
         };
         check("fan", r#"{"id":"a1","value":"1"}"#, Ok(fan("1")));

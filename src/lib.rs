@@ -11,6 +11,9 @@
 //! - `identity`: the client ID from certificate CN, board serial or MAC.
 //! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
 //! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
+//! - `modbus`: Modbus TCP and RTU lines, one thread each, and the coalescing of requests.
+//! - `gpio`: GPIO lines through the character device, shared per process; edge watching.
+//! - `actuators`: what a command may set (a file, a GPIO output, a Modbus coil or register).
 //! - `model`: plain data shared by all, such as `Sample`.
 //! - `offline`: the `check`, `identity` and `read` commands.
 //! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`.
@@ -19,6 +22,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod actuators;
 pub mod alerts;
 pub mod certs;
 pub mod cli;
@@ -27,10 +31,12 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dedupe;
+pub mod gpio;
 pub mod health;
 pub mod i2c;
 pub mod identity;
 pub mod local_status;
+pub mod modbus;
 pub mod model;
 pub mod mqtt;
 pub mod offline;

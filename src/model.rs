@@ -79,6 +79,10 @@ pub enum SensorError {
     },
     #[error("i2c bus {bus} addr {addr:#04x}: {reason}")]
     I2c { bus: u32, addr: u16, reason: String },
+    /// A device on a field bus (Modbus) or a GPIO line: `what` names it, e.g.
+    /// `modbus tcp://192.0.2.10:502 unit 1 holding 100 f32`.
+    #[error("{what}: {reason}")]
+    Device { what: String, reason: String },
     #[error("{what}: no answer within {deadline_s} s; not read again until that read returns")]
     Timeout { what: String, deadline_s: f64 },
 }

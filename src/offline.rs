@@ -150,11 +150,45 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
 }
 
 /// Every actuator's file: there, not a symlink (writes do not follow one), not a FIFO or a
-/// socket, and writable by the user the service runs as.
+/// socket, and writable by the user the service runs as; every GPIO output's line found. Modbus
+/// devices are not written to by a check.
 fn probe_actuators(config: &ValidConfig, found: &mut Vec<Finding>) {
-    for (index, actuator) in config.config().actuators.iter().enumerate() {
-        let key = format!("actuators[{index}].file");
-        let path = &actuator.file;
+    for actuator in &config.actuators {
+        let path = match &actuator.target {
+            crate::actuators::Target::File(path) => path,
+            crate::actuators::Target::Gpio(spec) => {
+                let key = format!("{}.gpio", actuator.key);
+                match crate::gpio::backend().find(&spec.chip, &spec.line) {
+                    Ok(line) => found.push(Finding::ok(
+                        &key,
+                        format!(
+                            "line {} of {}; the agent holds it while it runs",
+                            line.offset,
+                            line.chip.display()
+                        ),
+                    )),
+                    Err(why) => found.push(Finding::warning(
+                        &key,
+                        format!(
+                            "{why}; commands to {} will fail until it exists",
+                            actuator.name
+                        ),
+                    )),
+                }
+                continue;
+            }
+            crate::actuators::Target::Modbus(point) => {
+                found.push(Finding::ok(
+                    format!("{}.modbus", actuator.key),
+                    format!(
+                        "{}; written by commands only, never by check",
+                        point.describe()
+                    ),
+                ));
+                continue;
+            }
+        };
+        let key = format!("{}.file", actuator.key);
         let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(err) => {
@@ -278,12 +312,14 @@ pub fn read(
                         .iter()
                         .find(|(n, _)| n == name)
                         .map_or_else(String::new, |(_, err)| err.to_string());
-                    [
-                        name.to_string(),
-                        "ERROR".to_owned(),
-                        unit,
-                        format!("{}: {err}", sensor.describe()),
-                    ]
+                    let described = sensor.describe();
+                    // An error that names its source already is not prefixed twice.
+                    let source = if err.starts_with(&described) {
+                        err
+                    } else {
+                        format!("{described}: {err}")
+                    };
+                    [name.to_string(), "ERROR".to_owned(), unit, source]
                 }
             };
             rows.push(row);

@@ -6,13 +6,15 @@ use std::collections::HashSet;
 
 use super::finding::Finding;
 use super::validate::{
-    check_absolute, check_qos, substitute, unknown_placeholder, validate_topic_id, SensorSource,
-    SensorSpec,
+    check_absolute, check_qos, substitute, unknown_placeholder, validate_topic_id, ActuatorSpec,
+    SensorSource, SensorSpec,
 };
 use super::{
-    ActuatorConfig, AlertConfig, Config, FileConfig, FileField, I2cChip, I2cConfig, SensorConfig,
-    SparkplugConfig,
+    ActuatorConfig, AlertConfig, Config, FileConfig, FileField, GpioInputConfig, I2cChip,
+    I2cConfig, ModbusConfig, SensorConfig, SparkplugConfig,
 };
+use crate::actuators::Target;
+use crate::modbus::{Point, Table, Transport};
 
 /// Names end up in JSON keys, topics (actuators) and Sparkplug metric names; `.` separates a
 /// sensor from its quantity.
@@ -104,7 +106,7 @@ pub(super) fn check_sensors(
     specs
 }
 
-const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, w1, i2c, system";
+const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, w1, i2c, modbus, gpio, system";
 
 fn sensor_source(
     key: &str,
@@ -118,6 +120,8 @@ fn sensor_source(
         ("file", sensor.file.is_some()),
         ("w1", sensor.w1.is_some()),
         ("i2c", sensor.i2c.is_some()),
+        ("modbus", sensor.modbus.is_some()),
+        ("gpio", sensor.gpio.is_some()),
         ("system", sensor.system.is_some()),
     ]
     .into_iter()
@@ -274,6 +278,12 @@ fn sensor_source(
     if let Some(i2c) = &sensor.i2c {
         check_i2c(&format!("{key}.i2c"), i2c, findings);
         return Some(SensorSource::I2c(i2c.clone()));
+    }
+    if let Some(modbus) = &sensor.modbus {
+        return check_modbus(&format!("{key}.modbus"), modbus, findings).map(SensorSource::Modbus);
+    }
+    if let Some(gpio) = &sensor.gpio {
+        return check_gpio_input(&format!("{key}.gpio"), gpio, findings).map(SensorSource::Gpio);
     }
     let metrics = sensor.system.clone().unwrap_or_default();
     if metrics.is_empty() {
@@ -501,8 +511,9 @@ pub(super) fn check_actuators(
     actuators: &[ActuatorConfig],
     indices: &[usize],
     findings: &mut Vec<Finding>,
-) {
+) -> Vec<ActuatorSpec> {
     let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(actuators.len());
     for (position, actuator) in actuators.iter().enumerate() {
         let key = format!("actuators[{}]", file_index(indices, position));
         if check_name(&format!("{key}.name"), &actuator.name, findings) {
@@ -523,7 +534,6 @@ pub(super) fn check_actuators(
                 findings,
             );
         }
-        check_absolute(&format!("{key}.file"), &actuator.file, findings);
         if actuator.values.is_empty() {
             findings.push(Finding::error(
                 format!("{key}.values"),
@@ -538,6 +548,303 @@ pub(super) fn check_actuators(
                     format!("expected each value once, found \"{value}\" again"),
                 ));
             }
+        }
+        let present: Vec<&str> = [
+            ("file", actuator.file.is_some()),
+            ("gpio", actuator.gpio.is_some()),
+            ("modbus", actuator.modbus.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if present.len() != 1 {
+            let found = if present.is_empty() {
+                "none".to_owned()
+            } else {
+                present.join(" and ")
+            };
+            findings.push(Finding::error(
+                &key,
+                format!("expected exactly one target key (file, gpio, modbus), found {found}"),
+            ));
+            continue;
+        }
+        let target = if let Some(file) = &actuator.file {
+            check_absolute(&format!("{key}.file"), file, findings);
+            Target::File(file.clone())
+        } else if let Some(gpio) = &actuator.gpio {
+            let gkey = format!("{key}.gpio");
+            check_chip_and_line(&gkey, &gpio.chip, &gpio.line, findings);
+            for (value_index, value) in actuator.values.iter().enumerate() {
+                if let Err(why) = crate::gpio::level(value) {
+                    findings.push(Finding::error(format!("{key}.values[{value_index}]"), why));
+                }
+            }
+            Target::Gpio(crate::gpio::OutputSpec {
+                chip: gpio.chip.clone(),
+                line: gpio.line.clone(),
+                active_low: gpio.active_low,
+            })
+        } else {
+            let Some(modbus) = &actuator.modbus else {
+                continue;
+            };
+            if modbus.max_span.is_some() {
+                findings.push(Finding::error(
+                    format!("{key}.modbus.max_span"),
+                    "max_span applies to a sensor's reads; an actuator writes one value",
+                ));
+            }
+            let Some(point) = check_modbus(&format!("{key}.modbus"), modbus, findings) else {
+                continue;
+            };
+            if !matches!(point.table, Table::Coil | Table::Holding) {
+                findings.push(Finding::error(
+                    format!("{key}.modbus.table"),
+                    format!(
+                        "expected coil or holding (the tables a device lets you write), found {}",
+                        point.table.as_str()
+                    ),
+                ));
+            } else {
+                for (value_index, value) in actuator.values.iter().enumerate() {
+                    if let Err(why) = point.encode(value) {
+                        findings.push(Finding::error(format!("{key}.values[{value_index}]"), why));
+                    }
+                }
+            }
+            if point.unit == 0 {
+                findings.push(Finding::error(
+                    format!("{key}.modbus.unit"),
+                    "unit 0 is a broadcast: no device answers it, so a command could not say what happened",
+                ));
+            }
+            Target::Modbus(point)
+        };
+        specs.push(ActuatorSpec {
+            key,
+            name: actuator.name.clone(),
+            target,
+            values: actuator.values.clone(),
+        });
+    }
+    specs
+}
+
+/// Checks `modbus:` of a sensor or an actuator at `key`; the point when it can be built.
+fn check_modbus(key: &str, modbus: &ModbusConfig, findings: &mut Vec<Finding>) -> Option<Point> {
+    let transport = match Transport::parse(&modbus.url) {
+        Ok(transport) => Some(transport),
+        Err(why) => {
+            findings.push(Finding::error(format!("{key}.url"), why));
+            None
+        }
+    };
+    if let Some(Transport::Rtu(_)) = &transport {
+        if !(1..=247).contains(&modbus.unit) {
+            findings.push(Finding::error(
+                format!("{key}.unit"),
+                format!(
+                    "expected a unit 1..=247 on a serial line, found {}",
+                    modbus.unit
+                ),
+            ));
+        }
+    }
+    let bits = modbus.table.is_bits();
+    if bits && modbus.value_type.is_some() {
+        findings.push(Finding::error(
+            format!("{key}.type"),
+            format!(
+                "a {} is one bit (read as 0 or 1): type applies to holding and input registers only",
+                if modbus.table == Table::Coil { "coil" } else { "discrete input" }
+            ),
+        ));
+    }
+    let value_type = modbus.value_type.unwrap_or_default();
+    if modbus.word_order.is_some() && (bits || value_type.registers() == 1) {
+        findings.push(Finding::error(
+            format!("{key}.word_order"),
+            format!(
+                "word_order orders the two registers of a u32, i32 or f32; found it with {}",
+                if bits {
+                    modbus.table.as_str()
+                } else {
+                    value_type.as_str()
+                }
+            ),
+        ));
+    }
+    let count = if bits { 1 } else { value_type.registers() };
+    if u32::from(modbus.address) + u32::from(count) > 65_536 {
+        findings.push(Finding::error(
+            format!("{key}.address"),
+            format!(
+                "a {} needs {count} registers from {}, past the last address 65535",
+                value_type.as_str(),
+                modbus.address
+            ),
+        ));
+    }
+    let timeout_s = modbus
+        .timeout_s
+        .unwrap_or(crate::modbus::DEFAULT_TIMEOUT.as_secs_f64());
+    if !(0.05..=crate::modbus::MAX_TIMEOUT_S).contains(&timeout_s) {
+        findings.push(Finding::error(
+            format!("{key}.timeout_s"),
+            format!(
+                "expected 0.05 to {} seconds, found {timeout_s}",
+                crate::modbus::MAX_TIMEOUT_S
+            ),
+        ));
+    }
+    let max_span = modbus.max_span.unwrap_or(crate::modbus::DEFAULT_MAX_SPAN);
+    let limit = modbus.table.protocol_max();
+    if max_span < count || max_span > limit {
+        findings.push(Finding::error(
+            format!("{key}.max_span"),
+            format!(
+                "expected {count} to {limit} (the protocol's most for a {} read), found {max_span}",
+                modbus.table.as_str()
+            ),
+        ));
+    }
+    Some(Point {
+        transport: transport?,
+        unit: modbus.unit,
+        table: modbus.table,
+        address: modbus.address,
+        value_type,
+        word_order: modbus.word_order.unwrap_or_default(),
+        timeout: std::time::Duration::from_secs_f64(
+            timeout_s.clamp(0.05, crate::modbus::MAX_TIMEOUT_S),
+        ),
+        max_span: max_span.clamp(count, limit),
+    })
+}
+
+fn check_chip_and_line(
+    key: &str,
+    chip: &str,
+    line: &crate::gpio::LineRef,
+    findings: &mut Vec<Finding>,
+) {
+    if chip.trim().is_empty() {
+        findings.push(Finding::error(
+            format!("{key}.chip"),
+            "expected a chip such as gpiochip0 or its label, found an empty one",
+        ));
+    }
+    if let crate::gpio::LineRef::Name(name) = line {
+        if name.trim().is_empty() {
+            findings.push(Finding::error(
+                format!("{key}.line"),
+                "expected an offset such as 17 or a line name such as GPIO17, found an empty name",
+            ));
+        }
+    }
+}
+
+fn check_gpio_input(
+    key: &str,
+    gpio: &GpioInputConfig,
+    findings: &mut Vec<Finding>,
+) -> Option<crate::gpio::InputSpec> {
+    check_chip_and_line(key, &gpio.chip, &gpio.line, findings);
+    let debounce = match gpio.debounce_ms {
+        Some(_) if !gpio.edges => {
+            findings.push(Finding::error(
+                format!("{key}.debounce_ms"),
+                "debounce_ms applies to edges; set edges: true or remove it",
+            ));
+            crate::gpio::DEFAULT_DEBOUNCE
+        }
+        Some(ms) if ms > 1000 => {
+            findings.push(Finding::error(
+                format!("{key}.debounce_ms"),
+                format!("expected 0 to 1000 milliseconds, found {ms}"),
+            ));
+            crate::gpio::DEFAULT_DEBOUNCE
+        }
+        Some(ms) => std::time::Duration::from_millis(u64::from(ms)),
+        None => crate::gpio::DEFAULT_DEBOUNCE,
+    };
+    Some(crate::gpio::InputSpec {
+        chip: gpio.chip.clone(),
+        line: gpio.line.clone(),
+        bias: gpio.bias,
+        active_low: gpio.active_low,
+        edges: gpio.edges,
+        debounce,
+    })
+}
+
+/// One serial line with one set of settings, and one GPIO line used once, across sensors and
+/// actuators.
+pub(super) fn check_shared_devices(
+    sensors: &[SensorSpec],
+    actuators: &[ActuatorSpec],
+    findings: &mut Vec<Finding>,
+) {
+    let mut serial: std::collections::HashMap<std::path::PathBuf, (String, Transport)> =
+        std::collections::HashMap::new();
+    let mut lines: std::collections::HashMap<(String, crate::gpio::LineRef), String> =
+        std::collections::HashMap::new();
+    let points = sensors
+        .iter()
+        .filter_map(|s| match &s.source {
+            SensorSource::Modbus(point) => Some((format!("{}.modbus.url", s.key), point)),
+            _ => None,
+        })
+        .chain(actuators.iter().filter_map(|a| match &a.target {
+            Target::Modbus(point) => Some((format!("{}.modbus.url", a.key), point)),
+            _ => None,
+        }));
+    for (key, point) in points {
+        if let Transport::Rtu(settings) = &point.transport {
+            match serial.get(&settings.path) {
+                Some((first, transport)) if *transport != point.transport => {
+                    findings.push(Finding::error(
+                        key,
+                        format!(
+                            "{} is already used as {transport} at {first}; one serial line has one set of settings",
+                            settings.path.display()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    serial.insert(settings.path.clone(), (key, point.transport.clone()));
+                }
+            }
+        }
+    }
+    let gpio_lines = sensors
+        .iter()
+        .filter_map(|s| match &s.source {
+            SensorSource::Gpio(input) => Some((
+                format!("{}.gpio", s.key),
+                input.chip.clone(),
+                input.line.clone(),
+            )),
+            _ => None,
+        })
+        .chain(actuators.iter().filter_map(|a| match &a.target {
+            Target::Gpio(output) => Some((
+                format!("{}.gpio", a.key),
+                output.chip.clone(),
+                output.line.clone(),
+            )),
+            _ => None,
+        }));
+    for (key, chip, line) in gpio_lines {
+        if let Some(first) = lines.get(&(chip.clone(), line.clone())) {
+            findings.push(Finding::error(
+                key,
+                format!("line {line} of {chip} is already used at {first}; a line is one input or one output"),
+            ));
+        } else {
+            lines.insert((chip, line), key);
         }
     }
 }

@@ -26,7 +26,9 @@ use serde::Deserialize;
 pub use diff::Changes;
 pub use finding::{Finding, Findings, Severity};
 pub use load::{inspect, load, load_str, ConfigError};
-pub use validate::{validate_topic_id, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig};
+pub use validate::{
+    validate_topic_id, ActuatorSpec, Endpoint, Scheme, SensorSource, SensorSpec, ValidConfig,
+};
 
 /// Where the daemon and the offline commands look for the config when neither `--config` nor
 /// `FIELDAGENT_CONFIG` says otherwise.
@@ -380,7 +382,69 @@ pub struct SensorConfig {
     #[serde(default)]
     pub i2c: Option<I2cConfig>,
     #[serde(default)]
+    pub modbus: Option<ModbusConfig>,
+    #[serde(default)]
+    pub gpio: Option<GpioInputConfig>,
+    #[serde(default)]
     pub system: Option<Vec<SystemMetric>>,
+}
+
+/// `modbus:` of a sensor or an actuator: one value on a Modbus device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusConfig {
+    /// `tcp://host[:502]` or `rtu:///dev/ttyUSB0?baud=9600&parity=E&data=8&stop=1`.
+    pub url: String,
+    /// The unit (slave) id: 1..=247 on a serial line, 0..=255 over TCP.
+    #[serde(default = "default_modbus_unit")]
+    pub unit: u8,
+    pub table: crate::modbus::Table,
+    /// The zero-based address on the wire.
+    pub address: u16,
+    #[serde(default, rename = "type")]
+    pub value_type: Option<crate::modbus::ValueType>,
+    #[serde(default)]
+    pub word_order: Option<crate::modbus::WordOrder>,
+    /// How long the device has to answer one request.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// The most registers (or coils) one coalesced request may span.
+    #[serde(default)]
+    pub max_span: Option<u16>,
+}
+
+fn default_modbus_unit() -> u8 {
+    1
+}
+
+/// `gpio:` of a sensor: an input line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioInputConfig {
+    /// `gpiochip0`, `/dev/gpiochip0` or the chip's label.
+    pub chip: String,
+    /// The offset on the chip, or the line's name.
+    pub line: crate::gpio::LineRef,
+    #[serde(default)]
+    pub bias: crate::gpio::Bias,
+    #[serde(default)]
+    pub active_low: bool,
+    /// A settled change wakes the sampler at once instead of waiting for the next pass.
+    #[serde(default)]
+    pub edges: bool,
+    /// How long the line must be stable after an edge (with `edges`).
+    #[serde(default)]
+    pub debounce_ms: Option<u32>,
+}
+
+/// `gpio:` of an actuator: an output line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioOutputConfig {
+    pub chip: String,
+    pub line: crate::gpio::LineRef,
+    #[serde(default)]
+    pub active_low: bool,
 }
 
 /// A thermal zone, found by the contents of its `type` file.
@@ -596,12 +660,19 @@ pub enum AlertSeverity {
     Critical,
 }
 
-/// One entry of `actuators:` — a file a remote command may write one of `values` to.
+/// One entry of `actuators:` — a file, GPIO line or Modbus coil or register a remote command may
+/// set to one of `values`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActuatorConfig {
     pub name: String,
-    pub file: PathBuf,
+    /// Exactly one of `file`, `gpio` and `modbus`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub gpio: Option<GpioOutputConfig>,
+    #[serde(default)]
+    pub modbus: Option<ModbusConfig>,
     pub values: Vec<String>,
 }
 

@@ -130,6 +130,10 @@ mod tests {
         keys_of::<FileFieldConfig>("sensors[].file", &mut accepted);
         keys_of::<W1Config>("sensors[].w1", &mut accepted);
         keys_of::<I2cConfig>("sensors[].i2c", &mut accepted);
+        keys_of::<ModbusConfig>("sensors[].modbus", &mut accepted);
+        keys_of::<GpioInputConfig>("sensors[].gpio", &mut accepted);
+        keys_of::<ModbusConfig>("actuators[].modbus", &mut accepted);
+        keys_of::<GpioOutputConfig>("actuators[].gpio", &mut accepted);
         keys_of::<AlertConfig>("alerts[]", &mut accepted);
         keys_of::<ActuatorConfig>("actuators[]", &mut accepted);
         keys_of::<SparkplugConfig>("sparkplug", &mut accepted);

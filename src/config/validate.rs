@@ -22,6 +22,8 @@ pub struct ValidConfig {
     pub endpoints: Vec<Endpoint>,
     /// `sensors`, each with exactly one source.
     pub sensors: Vec<SensorSpec>,
+    /// `actuators`, each with exactly one target.
+    pub actuators: Vec<ActuatorSpec>,
     /// Where each key stood in the file, to place findings made after loading.
     positions: std::sync::Arc<Positions>,
 }
@@ -100,7 +102,19 @@ pub enum SensorSource {
         device: String,
     },
     I2c(I2cConfig),
+    Modbus(crate::modbus::Point),
+    Gpio(crate::gpio::InputSpec),
     System(Vec<SystemMetric>),
+}
+
+/// One configured actuator, its target resolved to exactly one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActuatorSpec {
+    /// Where it stands in the file, e.g. `actuators[1]`.
+    pub key: String,
+    pub name: String,
+    pub target: crate::actuators::Target,
+    pub values: Vec<String>,
 }
 
 impl SensorSource {
@@ -158,7 +172,8 @@ pub(crate) fn validate(
         &partial_names,
         findings,
     );
-    check_actuators(&config.actuators, &partial.actuator_index, findings);
+    let actuators = check_actuators(&config.actuators, &partial.actuator_index, findings);
+    super::components::check_shared_devices(&sensors, &actuators, findings);
     if let Some(sparkplug) = &config.sparkplug {
         check_sparkplug(sparkplug, &config, &sensors, findings);
     }
@@ -166,6 +181,7 @@ pub(crate) fn validate(
         config,
         endpoints,
         sensors,
+        actuators,
         positions: Default::default(),
     })
 }

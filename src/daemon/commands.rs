@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::delivery::TokenBucket;
 use super::event::Event;
 use crate::commands::{self, Action, Command, Response};
-use crate::config::{ActuatorConfig, SensorSpec};
+use crate::config::{ActuatorSpec, SensorSpec};
 use crate::dedupe::Dedupe;
 use crate::model::Sample;
 use crate::sensors::Sensors;
@@ -66,7 +66,7 @@ impl Commands {
         name: &str,
         payload: &[u8],
         retained: bool,
-        actuators: &[ActuatorConfig],
+        actuators: &[ActuatorSpec],
     ) -> Option<Response> {
         let command = match commands::parse(name, payload, actuators) {
             Ok(command) => command,
@@ -298,9 +298,16 @@ fn execute(command: &Command, context: &Context) -> Response {
                 response.data.extend(map);
             }
         }
-        Action::Write { file, value } => {
-            if let Err(reason) = commands::write(file, value) {
-                return Response::refused(Some(&command.id), &command.name, reason);
+        Action::Write { target, value } => {
+            match crate::actuators::set(target, value) {
+                Ok(said) => {
+                    if let Some(said) = said {
+                        response.data.insert("device".to_owned(), said.into());
+                    }
+                }
+                Err(reason) => {
+                    return Response::refused(Some(&command.id), &command.name, reason);
+                }
             }
             response
                 .data
@@ -314,10 +321,11 @@ fn execute(command: &Command, context: &Context) -> Response {
 mod tests {
     use super::*;
 
-    fn actuators() -> Vec<ActuatorConfig> {
-        vec![ActuatorConfig {
+    fn actuators() -> Vec<ActuatorSpec> {
+        vec![ActuatorSpec {
+            key: "actuators[0]".to_owned(),
             name: "fan".to_owned(),
-            file: "/nonexistent/fan".into(),
+            target: crate::actuators::Target::File("/nonexistent/fan".into()),
             values: vec!["0".to_owned(), "1".to_owned()],
         }]
     }
@@ -364,9 +372,10 @@ mod tests {
         let busy = (0..5)
             .filter_map(|id| {
                 let key = format!("k{id}");
-                let actuators = vec![ActuatorConfig {
+                let actuators = vec![ActuatorSpec {
+                    key: "actuators[0]".to_owned(),
                     name: key.clone(),
-                    file: "/nonexistent".into(),
+                    target: crate::actuators::Target::File("/nonexistent".into()),
                     values: vec!["1".to_owned()],
                 }];
                 commands.arrive(&key, &payload(id), false, &actuators)

@@ -11,7 +11,6 @@
 //! Sparkplug ids) ends it with NDEATH and starts the next, as a certificate renewal does. The
 //! node's own health (plain mode's health topic) is in its `Node Info/…` metrics.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -330,10 +329,10 @@ fn node(config: &ValidConfig, alerts: &SavedState) -> Node {
             now,
         );
     }
-    for actuator in &config.config().actuators {
+    for actuator in &config.actuators {
         node.set(
             &format!("{ACTUATORS}{}", actuator.name),
-            actuator_value(&actuator.file),
+            actuator_value(&actuator.target),
             now,
         );
     }
@@ -394,20 +393,11 @@ pub async fn next_bd_seq(state_dir: PathBuf, last: u64) -> u64 {
     }
 }
 
-/// An actuator's current value as a metric: its file's text, or null when unreadable. Opened
+/// An actuator's current value as a metric: a file's text or a GPIO line's level, or null when
+/// unreadable (or a Modbus register, which is not read outside a command). A file is opened
 /// non-blocking, so a FIFO cannot hold up the caller.
-fn actuator_value(file: &std::path::Path) -> MetricValue {
-    use std::io::Read;
-    let mut text = String::new();
-    let read = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(file)
-        .and_then(|mut handle| handle.read_to_string(&mut text));
-    match read {
-        Ok(_) => MetricValue::Text(text.trim().to_owned()),
-        Err(_) => MetricValue::Null,
-    }
+fn actuator_value(target: &crate::actuators::Target) -> MetricValue {
+    crate::actuators::current(target).map_or(MetricValue::Null, MetricValue::Text)
 }
 
 /// An NCMD write to `Actuators/<name>`: through the same allow-list as plain commands, on the
@@ -416,7 +406,6 @@ fn actuator_value(file: &std::path::Path) -> MetricValue {
 fn write(core: &Core, name: &str, value: String) {
     let Some(actuator) = core
         .config
-        .config()
         .actuators
         .iter()
         .find(|a| a.name == name)
@@ -435,11 +424,18 @@ fn write(core: &Core, name: &str, value: String) {
     let events = core.events.clone();
     let name = name.to_owned();
     tokio::spawn(async move {
-        let file = actuator.file;
+        let target = actuator.target;
         let started = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
-            let result = crate::commands::write(&file, &value).map(|()| value);
-            (result, actuator_value(&file))
+            let result = crate::actuators::set(&target, &value).map(|_| value.clone());
+            let now = match (&target, &result) {
+                // A Modbus register is not read back; what was acknowledged is what it holds.
+                (crate::actuators::Target::Modbus(_), Ok(value)) => {
+                    MetricValue::Text(value.clone())
+                }
+                _ => actuator_value(&target),
+            };
+            (result, now)
         });
         let (result, value) = match tokio::time::timeout(WRITE_DEADLINE, job).await {
             Ok(Ok(done)) => done,

@@ -145,6 +145,9 @@ pub(crate) struct Core {
     /// After the session we are closing has gone, connect again after this (a primary host
     /// that went offline); at once when `None`.
     pub reconnect_after: Option<Duration>,
+    /// The GPIO outputs of the actuators, held while the agent runs (their levels kept until a
+    /// command sets them).
+    pub held_outputs: Vec<Arc<dyn crate::gpio::Output>>,
     /// Paho's channels, for a new session after a reload.
     lost_tx: mpsc::Sender<MqttEvent>,
     incoming_tx: mpsc::Sender<Incoming>,
@@ -274,6 +277,7 @@ where
     let (store, store_thread) = store::start(outbox, Arc::clone(&ledger), events_tx.clone());
     let stats = Arc::new(SamplerStats::default());
     let started = Instant::now();
+    let held_outputs = crate::actuators::hold(&config.actuators);
     let core = Core {
         link: Link::new(&config.config().broker.reconnect, Instant::now()),
         config,
@@ -295,6 +299,7 @@ where
         status_writing: Arc::default(),
         status_alerts: 0,
         reconnect_after: None,
+        held_outputs,
         lost_tx,
         incoming_tx,
     };
@@ -562,7 +567,7 @@ impl Daemon {
                     &name,
                     &message.payload,
                     message.retained,
-                    &self.core.config.config().actuators,
+                    &self.core.config.actuators,
                 ) {
                     self.answer(answer, false);
                 }

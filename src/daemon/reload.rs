@@ -179,6 +179,8 @@ impl Daemon {
             self.core.config = config;
             self.core.identity = identity;
         }
+        // Built before the old ones go: a line in both stays held throughout.
+        self.core.held_outputs = crate::actuators::hold(&self.core.config.actuators);
         if nothing {
             tracing::info!("Reloaded; nothing changed.");
         } else {

@@ -122,11 +122,19 @@ struct Setup {
     stuck: Arc<Mutex<HashSet<usize>>>,
 }
 
+/// What the sampler thread's wait between passes can be woken by.
+enum Signal {
+    /// End the thread.
+    Stop,
+    /// A source changed between passes (a GPIO edge): make a pass now.
+    Wake,
+}
+
 /// The running sampler: its current thread and how to stop it.
 pub struct Sampler {
     setup: Setup,
     progress: Arc<Progress>,
-    stop: std_mpsc::Sender<()>,
+    stop: std_mpsc::Sender<Signal>,
 }
 
 impl Sampler {
@@ -191,21 +199,22 @@ impl Sampler {
         self.progress.retired.store(true, Ordering::Relaxed);
         let (progress, stop) = spawn(self.setup.clone());
         self.progress = progress;
-        self.stop = stop;
+        let _ = std::mem::replace(&mut self.stop, stop).send(Signal::Stop);
     }
 
     /// Stops sampling: the thread ends at its next wait (a read stuck in the kernel is not
     /// waited for; it exits when the read returns).
     pub fn stop(&mut self) {
         self.progress.retired.store(true, Ordering::Relaxed);
-        // Dropping the sender wakes the thread from its wait between passes.
-        self.stop = std_mpsc::channel().0;
+        // Wakes the thread from its wait between passes.
+        let _ = self.stop.send(Signal::Stop);
     }
 }
 
 /// Starts one sampler thread; a new generation of the alert book is its.
-fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<()>) {
-    let (stop, stopped) = std_mpsc::channel::<()>();
+fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<Signal>) {
+    let (stop, stopped) = std_mpsc::channel::<Signal>();
+    let waker = Mutex::new(stop.clone());
     let progress = Arc::new(Progress {
         reading: AtomicUsize::new(0),
         since_ms: AtomicU64::new(0),
@@ -223,16 +232,34 @@ fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<()>) {
     let thread_progress = Arc::clone(&progress);
     std::thread::Builder::new()
         .name("sampler".to_owned())
-        .spawn(move || sample(setup, thread_progress, generation, stopped))
+        .spawn(move || {
+            let wake: crate::sensors::Wake = Arc::new(move || {
+                let _ = waker
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .send(Signal::Wake);
+            });
+            sample(setup, thread_progress, generation, stopped, wake)
+        })
         .expect("the sampler thread can be spawned");
     (progress, stop)
 }
 
 /// The body of one sampler thread.
-fn sample(setup: Setup, progress: Arc<Progress>, generation: u64, stop: std_mpsc::Receiver<()>) {
+fn sample(
+    setup: Setup,
+    progress: Arc<Progress>,
+    generation: u64,
+    stop: std_mpsc::Receiver<Signal>,
+    wake: crate::sensors::Wake,
+) {
     let config = setup.config.config();
     let interval = Duration::from_secs_f64(config.telemetry.interval_s);
     let mut sensors = Sensors::new(&setup.config.sensors, &config.sysfs_root);
+    sensors.watch(&wake);
+    drop(wake);
+    // This pass was asked for by a source between two scheduled ones.
+    let mut woken = false;
     let mut sample = Sample::default();
     let mut failing: Vec<Arc<str>> = Vec::new();
     let mut seq: u64 = 0;
@@ -250,6 +277,7 @@ fn sample(setup: Setup, progress: Arc<Progress>, generation: u64, stop: std_mpsc
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        sensors.begin_pass();
         for index in 0..sensors.len() {
             if stuck.contains(&index) {
                 sensors.skip_stuck(index, DEADLINE, &mut sample);
@@ -300,16 +328,29 @@ fn sample(setup: Setup, progress: Arc<Progress>, generation: u64, stop: std_mpsc
             }
             Err(mpsc::error::TrySendError::Closed(_)) => break,
         }
-        next += interval;
+        if !woken {
+            next += interval;
+        }
         let now = Instant::now();
         if next < now {
             // A slow pass skips ticks rather than bursting.
             next = now;
         }
-        match stop.recv_timeout(next - now) {
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+        woken = match stop.recv_timeout(next - now) {
+            Err(std_mpsc::RecvTimeoutError::Timeout) => false,
+            Ok(Signal::Wake) => {
+                // Several edges at once make one pass.
+                let mut stopping = false;
+                while let Ok(signal) = stop.try_recv() {
+                    stopping |= matches!(signal, Signal::Stop);
+                }
+                if stopping {
+                    break;
+                }
+                true
+            }
             _ => break,
-        }
+        };
     }
     // A read that came back after the deadline: that sensor is read again from now on.
     if let Some(index) = mine {

@@ -145,13 +145,9 @@ impl Daemon {
             return;
         };
         let name = name.to_owned();
-        let id = crate::commands::parse(
-            &name,
-            &message.payload,
-            &self.core.config.config().actuators,
-        )
-        .ok()
-        .map(|command| command.id);
+        let id = crate::commands::parse(&name, &message.payload, &self.core.config.actuators)
+            .ok()
+            .map(|command| command.id);
         let response =
             Response::refused(id.as_deref(), &name, "the agent is stopping; not executed");
         self.answer(response, false);

@@ -9,7 +9,9 @@
 //! dedicated thread, never on an async runtime worker.
 
 pub mod file;
+mod gpio;
 mod i2c;
+mod modbus;
 mod sysfs;
 mod system;
 pub mod w1;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use crate::config::{SensorSource, SensorSpec};
 use crate::i2c::I2cBus;
+use crate::modbus::poll::Poll;
 use crate::model::Sample;
 
 pub use sysfs::hwmon_kind;
@@ -40,7 +43,14 @@ pub(crate) trait Source: Send {
 
     /// The unit of quantity `index` after the source's own conversion.
     fn unit(&self, index: usize) -> Option<&'static str>;
+
+    /// Calls `wake` when the source's value changes between passes (GPIO edges); most sources
+    /// have nothing to say between passes.
+    fn watch(&mut self, _wake: &Wake) {}
 }
+
+/// How a source asks for a pass now.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// A configured sensor: its source plus scale, offset and the names of its values.
 pub struct Sensor {
@@ -65,6 +75,22 @@ impl Sensor {
     }
 
     pub(crate) fn with_buses(spec: SensorSpec, sysfs_root: &Path, open_bus: BusOpener) -> Sensor {
+        let modbus = match &spec.source {
+            SensorSource::Modbus(point) => {
+                Some((Arc::new(Poll::new(std::slice::from_ref(point))), 0))
+            }
+            _ => None,
+        };
+        Sensor::build(spec, sysfs_root, open_bus, modbus)
+    }
+
+    /// `modbus` is the poll a Modbus sensor reads through, and its point's index there.
+    fn build(
+        spec: SensorSpec,
+        sysfs_root: &Path,
+        open_bus: BusOpener,
+        modbus: Option<(Arc<Poll>, usize)>,
+    ) -> Sensor {
         let quantities = spec.source.quantities();
         let names: Vec<Arc<str>> = if quantities.is_empty() {
             vec![Arc::from(spec.name.as_str())]
@@ -92,6 +118,12 @@ impl Sensor {
             SensorSource::I2c(config) => {
                 Box::new(i2c::I2cSource::new(config.clone(), open_bus(config.bus)))
             }
+            SensorSource::Modbus(point) => {
+                let (poll, index) =
+                    modbus.unwrap_or_else(|| (Arc::new(Poll::new(std::slice::from_ref(point))), 0));
+                Box::new(modbus::ModbusSource::new(point.clone(), poll, index))
+            }
+            SensorSource::Gpio(input) => Box::new(gpio::GpioSource::new(input.clone())),
         };
         let results = names.iter().map(|_| Ok(f64::NAN)).collect();
         Sensor {
@@ -166,6 +198,8 @@ pub struct Sensors {
     sensors: Vec<Sensor>,
     /// For a sensor made anew after its read was abandoned.
     sysfs_root: PathBuf,
+    /// The Modbus requests of the set, if it has Modbus sensors.
+    poll: Option<Arc<Poll>>,
 }
 
 impl Sensors {
@@ -179,12 +213,53 @@ impl Sensors {
         sysfs_root: &Path,
         open_bus: BusOpener,
     ) -> Sensors {
+        // One poll for every Modbus sensor of the set, so their registers are coalesced.
+        let points: Vec<crate::modbus::Point> = specs
+            .iter()
+            .filter_map(|spec| match &spec.source {
+                SensorSource::Modbus(point) => Some(point.clone()),
+                _ => None,
+            })
+            .collect();
+        let poll = (!points.is_empty()).then(|| Arc::new(Poll::new(&points)));
+        let mut next_point = 0;
+        let sensors = specs
+            .iter()
+            .map(|spec| {
+                let modbus = match (&spec.source, &poll) {
+                    (SensorSource::Modbus(_), Some(poll)) => {
+                        next_point += 1;
+                        Some((Arc::clone(poll), next_point - 1))
+                    }
+                    _ => None,
+                };
+                Sensor::build(spec.clone(), sysfs_root, open_bus, modbus)
+            })
+            .collect();
         Sensors {
-            sensors: specs
-                .iter()
-                .map(|spec| Sensor::with_buses(spec.clone(), sysfs_root, open_bus))
-                .collect(),
+            sensors,
             sysfs_root: sysfs_root.to_owned(),
+            poll,
+        }
+    }
+
+    /// Starts a pass: queues the Modbus requests, so every device works while the other
+    /// sensors are read.
+    pub fn begin_pass(&self) {
+        if let Some(poll) = &self.poll {
+            poll.kick();
+        }
+    }
+
+    /// Modbus requests per pass (for `read -v` and the measurement).
+    pub fn modbus_requests(&self) -> usize {
+        self.poll.as_ref().map_or(0, |poll| poll.requests())
+    }
+
+    /// Lets sources with events between passes (GPIO edges) call `wake`.
+    pub fn watch(&mut self, wake: &Wake) {
+        for sensor in &mut self.sensors {
+            sensor.source.watch(wake);
         }
     }
 
@@ -193,6 +268,7 @@ impl Sensors {
         sample.values.clear();
         sample.errors.clear();
         sample.ts_ms = crate::model::now_ms();
+        self.begin_pass();
         for sensor in &mut self.sensors {
             sensor.read_into(sample);
         }
@@ -208,6 +284,7 @@ impl Sensors {
             ts_ms: crate::model::now_ms(),
             ..Sample::default()
         };
+        self.begin_pass();
         let pending: Vec<_> = std::mem::take(&mut self.sensors)
             .into_iter()
             .map(|mut sensor| {

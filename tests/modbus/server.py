@@ -1,0 +1,60 @@
+"""A Modbus server for fieldagent's tests: pymodbus (an implementation we did not write), over
+TCP on a loopback port or RTU on a serial device (a pseudo-terminal the test relays).
+
+    server.py tcp PORT
+    server.py rtu DEVICE
+
+Units 1 and 3 hold the same known values (zero-based addresses, as on the wire):
+  holding 0 = 1234 (u16), 1 = 0xFF9C (-100 as i16), 2..3 = 0x0001 0x0000 (65536 as u32, big),
+          4..5 = 0xFFFF 0xFFFE (-2 as i32), 6..7 = 0x4148 0x0000 (12.5 as f32, big),
+          8..9 = 0x0000 0x4148 (12.5 as f32, little), 10..49 = 10..49;
+  input 0..49 = 100 + address; coil 0..49 = address % 2; discrete 0..49 = 1 - address % 2.
+Anything at address 50 or above is "illegal data address" (exception 2). Prints "ready" once
+it serves.
+"""
+
+import asyncio
+import logging
+import sys
+
+from pymodbus.datastore import (
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+    ModbusSlaveContext,
+)
+from pymodbus.framer import FramerType
+from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
+
+SIZE = 50
+
+
+def unit():
+    # pymodbus adds 1 to the address on the wire before it looks in a block, so each block
+    # starts at 1 to put wire address 0 at its first value.
+    holding = [1234, 0xFF9C, 0x0001, 0x0000, 0xFFFF, 0xFFFE, 0x4148, 0x0000, 0x0000, 0x4148]
+    holding += list(range(10, SIZE))
+    return ModbusSlaveContext(
+        hr=ModbusSequentialDataBlock(1, holding),
+        ir=ModbusSequentialDataBlock(1, [100 + a for a in range(SIZE)]),
+        co=ModbusSequentialDataBlock(1, [a % 2 for a in range(SIZE)]),
+        di=ModbusSequentialDataBlock(1, [1 - a % 2 for a in range(SIZE)]),
+    )
+
+
+async def main():
+    logging.basicConfig(level=logging.ERROR)
+    kind, where = sys.argv[1], sys.argv[2]
+    context = ModbusServerContext(slaves={1: unit(), 3: unit()}, single=False)
+    if kind == "tcp":
+        server = StartAsyncTcpServer(context=context, address=("127.0.0.1", int(where)))
+    else:
+        server = StartAsyncSerialServer(
+            context=context, port=where, framer=FramerType.RTU, baudrate=19200
+        )
+    task = asyncio.create_task(server)
+    await asyncio.sleep(0.5)
+    print("ready", flush=True)
+    await task
+
+
+asyncio.run(main())
