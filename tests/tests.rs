@@ -15,6 +15,7 @@ mod daemon;
 mod fleet_broker;
 mod identity;
 mod interop;
+mod modbus;
 mod operator;
 mod outbox;
 mod packaging;

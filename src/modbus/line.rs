@@ -88,10 +88,6 @@ impl Slot {
                 .0;
         }
     }
-
-    pub fn is_done(&self) -> bool {
-        self.lock().is_some()
-    }
 }
 
 struct Job {

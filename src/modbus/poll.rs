@@ -75,8 +75,14 @@ impl Poll {
                 if state.failing.is_some() != failing_last {
                     continue;
                 }
-                if state.slot.as_ref().is_some_and(|slot| !slot.is_done()) {
-                    continue;
+                if let Some(slot) = &state.slot {
+                    match slot.wait_until(now) {
+                        // Not run yet: never queued twice.
+                        None => continue,
+                        // Done since the last take: whether the device answers counts for
+                        // whether this pass waits for it.
+                        Some(outcome) => state.failing = lost(&outcome),
+                    }
                 }
                 let request = &planned.request;
                 state.slot = Some(
@@ -160,6 +166,22 @@ impl Poll {
                 Err(failure)
             }
         }
+    }
+}
+
+/// Why the device did not answer, if it did not (an exception is an answer).
+fn lost(outcome: &Outcome) -> Option<Failure> {
+    match outcome {
+        Err(failure @ Failure::NoAnswer(_)) => Some(failure.clone()),
+        Ok(parts) => parts
+            .iter()
+            .find_map(|p| {
+                p.as_ref()
+                    .err()
+                    .filter(|f| matches!(f, Failure::NoAnswer(_)))
+            })
+            .cloned(),
+        Err(Failure::Exception(_)) => None,
     }
 }
 
