@@ -16,6 +16,8 @@ CARGO_DEB_VERSION=3.8.0
 
 # The rumqttd the interop tests run against (tests/interop.rs).
 RUMQTTD_VERSION=0.20.0
+# The Modbus server of tests/modbus.rs (PyPI), in a venv under target/interop/pymodbus.
+PYMODBUS_VERSION=3.8.6
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -75,6 +77,14 @@ ensure_test_tools() {
   if [ ! -d tests/brokers/node_modules/aedes ]; then
     say "npm ci in tests/brokers (aedes)"
     (cd tests/brokers && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
+  # The Modbus server of tests/modbus.rs: pymodbus from PyPI, with pyserial for RTU.
+  apt_install python3 python3-venv
+  if ! target/interop/pymodbus/bin/python -c "import pymodbus, serial" >/dev/null 2>&1; then
+    say "pip install pymodbus $PYMODBUS_VERSION into target/interop/pymodbus (once)"
+    python3 -m venv target/interop/pymodbus
+    target/interop/pymodbus/bin/pip install --quiet --disable-pip-version-check \
+      "pymodbus[serial]==$PYMODBUS_VERSION"
   fi
   # Not --locked: the lock file of rumqttd 0.20.0 pins metrics 0.22.1, which today's Rust
   # refuses to compile (rust-lang/rust#141402); the newest compatible versions build.

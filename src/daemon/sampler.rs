@@ -478,3 +478,85 @@ impl AlertBook {
         self.path = config.config().state_dir.join(ALERTS_FILE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GPIO input with `edges` starts a pass the moment it settles, and an `equals` alert on
+    /// it is in the outbox then, not a sampling interval (here a minute) later.
+    #[test]
+    fn an_edge_raises_an_equals_alert_at_once() {
+        let (_guard, sim) = crate::gpio::sim::install(&["DOOR"]);
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            r#"broker: {{ urls: ["mqtts://127.0.0.1:1"], tls: {{ ca_file: /etc/ssl/certs/ca-certificates.crt }} }}
+state_dir: "{}"
+telemetry: {{ interval_s: 60 }}
+sensors:
+  - {{ name: door, gpio: {{ chip: gpiochip0, line: DOOR, bias: pull-up, active_low: true, edges: true, debounce_ms: 5 }} }}
+alerts:
+  - {{ name: door_open, sensor: door, equals: 0, severity: critical }}
+"#,
+            dir.path().display()
+        );
+        let (config, _) =
+            crate::config::load_str(&yaml, std::path::Path::new("c.yaml")).expect("valid");
+        // Closed at start (the contact pulls the line to ground).
+        sim.drive(0, Some(false));
+        let (events_tx, _events_rx) = mpsc::channel(64);
+        let (outbox, _) = crate::outbox::Outbox::open(dir.path(), 100);
+        let (store, store_thread) = super::super::store::start(
+            outbox,
+            Arc::new(Mutex::new(crate::dedupe::Dedupe::open(
+                dir.path().join("commands.json"),
+                10,
+            ))),
+            events_tx,
+        );
+        let book = Arc::new(Mutex::new(AlertBook::load(&config, "node-g")));
+        let (passes_tx, mut passes) = mpsc::channel(8);
+        let mut sampler = Sampler::start(
+            &config,
+            book,
+            Arc::default(),
+            store.clone(),
+            AlertSink::Outbox {
+                topic: Arc::from("devices/node-g/alerts"),
+            },
+            passes_tx,
+        );
+        let first = passes.blocking_recv().expect("the first pass");
+        let Pass::Json(first) = first else {
+            unreachable!()
+        };
+        assert!(first.contains(r#""door":1"#), "{first}");
+
+        let opened = Instant::now();
+        sim.drive(0, None); // the door opens: the pull-up takes the line high, which reads 0
+        let second = passes.blocking_recv().expect("a pass on the edge");
+        let latency = opened.elapsed();
+        let Pass::Json(second) = second else {
+            unreachable!()
+        };
+        assert!(second.contains(r#""door":0"#), "{second}");
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        // The alert reaches the outbox (the store syncs it before the state says raised).
+        let outbox = dir.path().join(crate::outbox::FILE);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let bytes = std::fs::read(&outbox).unwrap_or_default();
+            if String::from_utf8_lossy(&bytes)
+                .contains(r#""alert":"door_open","state":"raised""#)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no alert in the outbox");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sampler.stop();
+        drop(passes);
+        store.send(Request::Stop);
+        store_thread.join().unwrap();
+    }
+}

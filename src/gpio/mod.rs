@@ -15,6 +15,8 @@
 pub mod linux;
 #[cfg(test)]
 pub mod sim;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

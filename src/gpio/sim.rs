@@ -242,3 +242,15 @@ impl Drop for SimOutput {
         self.state.0.lock().unwrap().lines[self.offset as usize].requested = false;
     }
 }
+
+/// One test at a time may swap the process's GPIO backend: this lock is held while one does.
+static BACKEND_LOCK: Mutex<()> = Mutex::new(());
+
+/// Installs a simulated chip with lines named `names` as the process's GPIO backend, for as long
+/// as the guard lives.
+pub fn install(names: &[&str]) -> (std::sync::MutexGuard<'static, ()>, Arc<Sim>) {
+    let guard = BACKEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let sim = Arc::new(Sim::new(names));
+    super::use_backend(Arc::clone(&sim) as Arc<dyn Backend>);
+    (guard, sim)
+}
