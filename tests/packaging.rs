@@ -64,7 +64,7 @@ fn sysusers_makes_the_user_and_its_groups() {
             && l.ends_with(":/var/lib/fieldagent:/usr/sbin/nologin")),
         "{passwd}"
     );
-    for name in ["i2c", "gpio"] {
+    for name in ["i2c", "gpio", "dialout"] {
         assert!(
             group
                 .lines()
@@ -180,6 +180,10 @@ fn the_deb_has_its_metadata_and_files() {
         ("./usr/lib/systemd/system/fieldagent.service", "-rw-r--r--"),
         ("./usr/lib/sysusers.d/fieldagent.conf", "-rw-r--r--"),
         ("./usr/lib/tmpfiles.d/fieldagent.conf", "-rw-r--r--"),
+        (
+            "./usr/lib/udev/rules.d/60-fieldagent-gpio.rules",
+            "-rw-r--r--",
+        ),
         ("./usr/share/man/man1/fieldagent.1.gz", "-rw-r--r--"),
         ("./usr/share/man/man5/fieldagent.yaml.5.gz", "-rw-r--r--"),
         ("./usr/share/doc/fieldagent/configuration.md", "-rw-r--r--"),
@@ -249,6 +253,10 @@ fn the_deb_has_its_metadata_and_files() {
     // Upgrades restart a running service; removal stops it (dh_installsystemd's scripts).
     let postinst = control_file(&deb, "postinst");
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
+    assert!(
+        postinst.contains("udevadm trigger --subsystem-match=gpio"),
+        "{postinst}"
+    );
     assert!(postinst.contains("_dh_action=restart"), "{postinst}");
     assert!(postinst.contains("deb-systemd-helper enable fieldagent.service"));
     let prerm = control_file(&deb, "prerm");

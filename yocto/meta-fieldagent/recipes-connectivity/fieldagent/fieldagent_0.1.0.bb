@@ -39,16 +39,20 @@ inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 SYSTEMD_SERVICE:${PN} = "fieldagent.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
-# The service user, and the groups that give it /dev/i2c-N and GPIO (made if the image lacks them).
+# The service user, and the groups that give it /dev/i2c-N, /dev/gpiochipN and serial lines
+# (made if the image lacks them).
 USERADD_PACKAGES = "${PN}"
-GROUPADD_PARAM:${PN} = "--system --force i2c; --system --force gpio"
-USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/fieldagent --no-create-home --shell /sbin/nologin --user-group --groups i2c,gpio fieldagent"
+GROUPADD_PARAM:${PN} = "--system --force i2c; --system --force gpio; --system --force dialout"
+USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/fieldagent --no-create-home --shell /sbin/nologin --user-group --groups i2c,gpio,dialout fieldagent"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/packaging/systemd/fieldagent.service ${D}${systemd_system_unitdir}/
     install -d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/packaging/tmpfiles.d/fieldagent.conf ${D}${nonarch_libdir}/tmpfiles.d/
+    # /dev/gpiochipN to group gpio.
+    install -d ${D}${nonarch_base_libdir}/udev/rules.d
+    install -m 0644 ${S}/packaging/udev/60-fieldagent-gpio.rules ${D}${nonarch_base_libdir}/udev/rules.d/
     install -d ${D}${sysconfdir}/fieldagent
     install -m 0644 ${S}/packaging/config.yaml ${D}${sysconfdir}/fieldagent/config.yaml
     install -d ${D}${docdir}/${BPN}/examples/mosquitto
@@ -59,7 +63,7 @@ do_install:append() {
     install -d ${D}${sysconfdir}/fieldagent/conf.d
 }
 
-FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf"
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-gpio.rules"
 CONFFILES:${PN} = "${sysconfdir}/fieldagent/config.yaml"
 # The unit's ExecReload uses /bin/kill (busybox, procps or util-linux provide it).
 RDEPENDS:${PN} = "ca-certificates"
