@@ -197,11 +197,19 @@ fn generate(root: &Path, crates: &[Crate]) -> String {
     }
     for name in names {
         out.push_str(&format!("\nLicense: {name}\n"));
-        if name == "Apache-2.0" {
-            out.push_str(
-                " On Debian systems, the complete text of the Apache License, Version 2.0 can be\n \
-                 found in /usr/share/common-licenses/Apache-2.0.\n",
-            );
+        // Licences Debian ships in /usr/share/common-licenses are named there, not copied (as
+        // policy 12.5 asks; lintian warns about a full GPL in a copyright file).
+        let common = match name.as_str() {
+            "Apache-2.0" => Some(("the Apache License, Version 2.0", "Apache-2.0")),
+            "GPL-3.0-only" => Some(("the GNU General Public License, version 3", "GPL-3")),
+            "MPL-2.0" => Some(("the Mozilla Public License, version 2.0", "MPL-2.0")),
+            _ => None,
+        };
+        if let Some((title, file)) = common {
+            out.push_str(&format!(
+                " On Debian systems, the complete text of {title} can be\n \
+                 found in /usr/share/common-licenses/{file}.\n"
+            ));
             continue;
         }
         let path = root.join(LICENSES).join(&name);

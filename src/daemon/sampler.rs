@@ -546,9 +546,7 @@ alerts:
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let bytes = std::fs::read(&outbox).unwrap_or_default();
-            if String::from_utf8_lossy(&bytes)
-                .contains(r#""alert":"door_open","state":"raised""#)
-            {
+            if String::from_utf8_lossy(&bytes).contains(r#""alert":"door_open","state":"raised""#) {
                 break;
             }
             assert!(Instant::now() < deadline, "no alert in the outbox");

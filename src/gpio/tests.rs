@@ -42,7 +42,10 @@ fn inputs_by_label_and_line_name_with_bias_and_active_low() {
     let mut other = door.clone();
     other.bias = Bias::PullDown;
     let err = super::input(&other).err().unwrap();
-    assert!(err.contains("held by this agent with other settings"), "{err}");
+    assert!(
+        err.contains("held by this agent with other settings"),
+        "{err}"
+    );
     drop((line, again));
     assert!(!sim.is_requested(1), "released when the last user lets go");
 

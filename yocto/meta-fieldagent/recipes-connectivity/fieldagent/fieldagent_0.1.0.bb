@@ -8,14 +8,16 @@ CVE_PRODUCT = "fieldagent"
 # Everything linked into the binary: our code (Apache-2.0), Eclipse Paho C (vendor/paho-mqtt-sys,
 # EPL-2.0 or EDL-1.0, i.e. BSD-3-Clause), the Rust standard library and every crate, as
 # packaging/copyright lists them (tests/copyright.rs checks that this line matches it).
-LICENSE = "Apache-2.0 & BSD-3-Clause & EPL-2.0 & MIT & Zlib & (Apache-2.0 | BSL-1.0) & (Apache-2.0 | MIT) & (BSD-3-Clause | EPL-2.0) & (MIT | Unlicense)"
+LICENSE = "Apache-2.0 & BSD-3-Clause & EPL-2.0 & MIT & MPL-2.0 & Zlib & (Apache-2.0 | BSL-1.0) & (Apache-2.0 | MIT) & (BSD-3-Clause | EPL-2.0) & (GPL-3.0-only | MIT) & (MIT | Unlicense)"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57 \
                     file://vendor/paho-mqtt-sys/paho.mqtt.c/epl-v20;md5=d9fc0efef5228704e7f5b37f27192723 \
                     file://vendor/paho-mqtt-sys/paho.mqtt.c/edl-v10;md5=3adfcc70f5aeb7a44f3f9b495aa1fbf3 \
                     file://packaging/licenses/BSD-3-Clause;md5=7b3ab643b9ce041de515d1ed092a36d4 \
                     file://packaging/licenses/BSL-1.0;md5=e4224ccaecb14d942c71d31bef20d78c \
                     file://packaging/licenses/EPL-2.0;md5=d9fc0efef5228704e7f5b37f27192723 \
+                    file://packaging/licenses/GPL-3.0-only;md5=1ebbd3e34237af26da5dc08a4e440464 \
                     file://packaging/licenses/MIT;md5=838c366f69b72c5df05c96dff79b35f2 \
+                    file://packaging/licenses/MPL-2.0;md5=815ca599c9df247a0c7f619bab123dad \
                     file://packaging/licenses/Unlicense;md5=7246f848faa4e9c9fc0ea91122d6e680 \
                     file://packaging/licenses/Zlib;md5=fb5b2aa93de324ae34ef980db1829efa"
 
