@@ -78,14 +78,7 @@ ensure_test_tools() {
     say "npm ci in tests/brokers (aedes)"
     (cd tests/brokers && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
   fi
-  # The Modbus server of tests/modbus.rs: pymodbus from PyPI, with pyserial for RTU.
-  apt_install python3 python3-venv
-  if ! target/interop/pymodbus/bin/python -c "import pymodbus, serial" >/dev/null 2>&1; then
-    say "pip install pymodbus $PYMODBUS_VERSION into target/interop/pymodbus (once)"
-    python3 -m venv target/interop/pymodbus
-    target/interop/pymodbus/bin/pip install --quiet --disable-pip-version-check \
-      "pymodbus[serial]==$PYMODBUS_VERSION"
-  fi
+  ensure_pymodbus
   # Not --locked: the lock file of rumqttd 0.20.0 pins metrics 0.22.1, which today's Rust
   # refuses to compile (rust-lang/rust#141402); the newest compatible versions build.
   # verify-client-cert makes it require and check client certificates.
@@ -93,6 +86,18 @@ ensure_test_tools() {
     say "cargo install rumqttd $RUMQTTD_VERSION into target/interop (once)"
     cargo install --quiet "rumqttd@$RUMQTTD_VERSION" --features verify-client-cert \
       --root target/interop/rumqttd
+  fi
+}
+
+# The Modbus server of tests/modbus.rs and the cross smoke test: pymodbus from PyPI, with
+# pyserial for RTU, in a venv under target/interop/pymodbus.
+ensure_pymodbus() {
+  apt_install python3 python3-venv
+  if ! target/interop/pymodbus/bin/python -c "import pymodbus, serial" >/dev/null 2>&1; then
+    say "pip install pymodbus $PYMODBUS_VERSION into target/interop/pymodbus (once)"
+    python3 -m venv target/interop/pymodbus
+    target/interop/pymodbus/bin/pip install --quiet --disable-pip-version-check \
+      "pymodbus[serial]==$PYMODBUS_VERSION"
   fi
 }
 
