@@ -19,6 +19,9 @@
 //!   turns a guest flush into an fdatasync of the image file), booted again, N times, every
 //!   second cycle with the broker behind a proxy that accepts connections and never answers (the
 //!   connects hang); then drained: the alert ids' counter must have no gap;
+//! - modbus: a second UART (ttyS1, the kernel's 8250 driver) whose other end is a pty on the
+//!   host with pymodbus serving RTU on it; a drop-in adds a sensor on /dev/ttyS1 and the service,
+//!   as its own user in its sandbox (group dialout, `DeviceAllow=char-ttyS`), publishes its value;
 //! - upgrade and purge: a newer .deb keeps the edited conffile and the state; purge removes the
 //!   state and the user and keeps the provisioned key.
 //!
@@ -89,6 +92,9 @@ fn main() {
     }
     if wanted("reboot") {
         run.reboot(&mut report);
+    }
+    if wanted("modbus") {
+        run.modbus(&mut report);
     }
     if wanted("powercut") {
         run.power_cuts(cycles, &mut report);
@@ -331,13 +337,17 @@ impl Vm {
                 "socket,path={},server=on,wait=off,id=qga0",
                 socket.display()
             ))
+            // ttyS1 in the guest; its other end a pty on the host, named in qemu.log.
+            .args(["-chardev", "pty,id=rtu"])
+            .args(["-device", "isa-serial,chardev=rtu"])
             .args(["-device", "virtio-serial"])
             .args([
                 "-device",
                 "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // qemu names the pty of ttyS1 on stdout.
+            .stdout(std::fs::File::create(dir.join("qemu.out")).unwrap())
             .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap())
             .spawn()
             .expect("qemu-system-x86_64 (scripts/system-image installs it)");
@@ -368,7 +378,7 @@ struct Run {
     dir: TestDir,
     pki: BrokerPki,
     /// Kept running until the run ends.
-    _broker: Broker,
+    broker: Broker,
     proxy: Proxy,
     disk: PathBuf,
     vm: Option<Vm>,
@@ -413,7 +423,7 @@ impl Run {
         Run {
             dir,
             pki,
-            _broker: broker,
+            broker: broker,
             proxy,
             disk,
             vm: None,
@@ -556,6 +566,92 @@ impl Run {
             format!(
                 "TMP102 on i2c-stub (bus {bus}): {}; on the chipset's SMBus adapter (bus {piix4}, nothing at 0x48): {chipset} {err}",
                 read["values"]["stub"]
+            ),
+        );
+    }
+
+    fn modbus(&mut self, report: &mut Report) {
+        // "char device redirected to /dev/pts/N (label rtu)"
+        let log = std::fs::read_to_string(self.dir.path().join("qemu.out")).unwrap_or_default();
+        let Some(pty) = log
+            .lines()
+            .filter(|l| l.contains("label rtu"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/dev/pts/")))
+            .last()
+            .map(str::to_owned)
+        else {
+            report.verdict(
+                "modbus",
+                false,
+                format!("no pty for ttyS1 in qemu.out: {log}"),
+            );
+            return;
+        };
+        let mut server = Command::new(Path::new(ROOT).join("target/interop/pymodbus/bin/python"))
+            .arg(Path::new(ROOT).join("tests/modbus/server.py"))
+            .args(["rtu", &pty])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pymodbus (scripts/system-test installs it)");
+        let mut ready = String::new();
+        let _ = BufReader::new(server.stdout.take().unwrap()).read_line(&mut ready);
+        let telemetry = Subscriber::start_as(
+            &self.broker,
+            &self.pki,
+            &format!("devices/{ID}/telemetry"),
+            0,
+            "telemetry-observer",
+        );
+        let started = Instant::now();
+        let guest = self.guest();
+        let device = guest.ok("stat -c '%G %a' /dev/ttyS1");
+        guest.write_file(
+            "/etc/fieldagent/conf.d/50-modbus.yaml",
+            b"sensors:\n  - { name: flow, modbus: { url: \"rtu:///dev/ttyS1?baud=19200&parity=N\", unit: 3, table: input, address: 7, timeout_s: 0.5 } }\n",
+        );
+        guest.ok("systemctl reload fieldagent");
+        let reading = telemetry.wait_for(Duration::from_secs(60), |m| {
+            m.payload.contains("\"flow\":107")
+        });
+        let took = started.elapsed();
+        let last = if reading.is_none() {
+            telemetry
+                .collect(Duration::from_secs(2))
+                .last()
+                .map(|m| m.payload.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let journal = if reading.is_none() {
+            self.guest()
+                .sh(
+                    "journalctl -u fieldagent -n 20 --no-pager",
+                    Duration::from_secs(30),
+                )
+                .1
+        } else {
+            String::new()
+        };
+        let _ = server.kill();
+        let _ = server.wait();
+        // Leave the rest of the run as it was.
+        self.guest()
+            .ok("rm /etc/fieldagent/conf.d/50-modbus.yaml && systemctl reload fieldagent");
+        if reading.is_some() {
+            report.figure(
+                "modbus: drop-in with an RTU sensor on ttyS1 to its value at the broker",
+                format!("{:.1} s", took.as_secs_f64()),
+            );
+        }
+        report.verdict(
+            "modbus",
+            reading.is_some(),
+            format!(
+                "pymodbus on the host end ({pty}) of the guest's ttyS1 ({}), read by the service: {} {last} {journal}",
+                device.trim(),
+                if reading.is_some() { "flow 107" } else { "no value" }
             ),
         );
     }
