@@ -138,7 +138,7 @@ fn broken_configs_name_key_line_and_cause() {
             format!("{BROKER}sensors:\n  - {{ name: t, thermal_zone: {{ type: x }}, file: /a }}\n"),
             "sensors[0]",
             5,
-            "expected exactly one source key (thermal_zone, hwmon, iio, file, w1, i2c, system), found thermal_zone and file",
+            "expected exactly one source key (thermal_zone, hwmon, iio, file, w1, i2c, modbus, gpio, system), found thermal_zone and file",
         ),
         (
             format!("{BROKER}sensors:\n  - {{ name: t, file: {{ path: /run/b, key: level, column: 2 }} }}\n"),
