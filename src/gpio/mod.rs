@@ -249,9 +249,20 @@ impl EdgeWatch {
 impl Drop for EdgeWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.line.interrupt();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // Another watch of the same shared line (a sampler that replaced a stuck one) may take
+        // a wake-up meant for this one: wake until this thread has seen it, for a second at most,
+        // and never wait for a thread that did not end.
+        for _ in 0..200 {
+            self.line.interrupt();
+            if thread.is_finished() {
+                let _ = thread.join();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        tracing::warn!("A GPIO edge thread did not end; left behind.");
     }
 }

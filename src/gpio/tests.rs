@@ -155,3 +155,53 @@ fn outputs_keep_their_level_until_the_first_command() {
     drop(held);
     assert!(!sim.is_requested(0), "released with the agent");
 }
+
+/// Two watches on one shared line (a sampler that replaced a stuck one has its own): dropping
+/// either ends its own thread, and the other keeps waking on edges.
+#[test]
+fn two_watches_on_one_line_each_stop_alone() {
+    let (_guard, sim) = install(&["DOOR"]);
+    let mut door = input("gpiochip0", LineRef::Offset(0));
+    door.edges = true;
+    door.debounce = Duration::from_millis(1);
+    let (_, line) = super::input(&door).unwrap();
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let watch = |wakes: &Arc<AtomicUsize>| {
+        let counted = Arc::clone(wakes);
+        EdgeWatch::start(
+            Arc::clone(&line),
+            door.debounce,
+            Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap()
+    };
+    let old = watch(&Arc::new(AtomicUsize::new(0)));
+    let new = watch(&wakes);
+    std::thread::sleep(Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    drop(old);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    sim.drive(0, Some(true));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        wakes.load(Ordering::SeqCst),
+        1,
+        "the remaining watch still wakes"
+    );
+    drop(new);
+}
+
+/// The kernel's backend, asked for a chip this machine does not have: a clear error naming the
+/// chip (and, where there are chips, the ones there are), not a panic or a hang.
+#[test]
+fn the_kernel_backend_names_a_missing_chip() {
+    let err = linux::Linux
+        .find("no-such-chip", &LineRef::Offset(17))
+        .unwrap_err();
+    assert!(
+        err.starts_with("no GPIO chip named or labelled \"no-such-chip\""),
+        "{err}"
+    );
+}
