@@ -3,12 +3,10 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use super::{Backend, Bias, Found, Input, InputSpec, LineRef, Output, Stop};
 use gpiocdev::line::{Bias as LineBias, EdgeDetection, Value};
 use gpiocdev::request::{Config, Request};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-
-use super::{Backend, Bias, Found, Input, InputSpec, LineRef, Output};
 
 /// The consumer name the kernel shows for our lines (`gpioinfo`).
 const CONSUMER: &str = "fieldagent";
@@ -97,12 +95,9 @@ impl Backend for Linux {
             config.with_edge_detection(EdgeDetection::BothEdges);
         }
         let request = request(config, found)?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|err| format!("cannot make an eventfd: {err}"))?;
         Ok(Box::new(LinuxInput {
             request,
             offset: found.offset,
-            wake,
         }))
     }
 
@@ -143,7 +138,6 @@ fn request(config: Config, found: &Found) -> Result<Request, String> {
 struct LinuxInput {
     request: Request,
     offset: u32,
-    wake: EventFd,
 }
 
 impl Input for LinuxInput {
@@ -154,29 +148,21 @@ impl Input for LinuxInput {
             .map_err(|err| format!("cannot read line {}: {err}", self.offset))
     }
 
-    fn wait_edge(&self) -> Result<bool, String> {
+    fn wait_edge(&self, stop: &Stop) -> Result<bool, String> {
         let mut fds = [
             PollFd::new(self.request.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.fd(), PollFlags::POLLIN),
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(false),
             Err(err) => return Err(format!("cannot wait for edges: {err}")),
         }
-        let woken = fds[1]
-            .revents()
-            .is_some_and(|events| events.contains(PollFlags::POLLIN));
-        if woken {
-            let _ = self.wake.read();
+        if stop.is_raised() {
             return Ok(false);
         }
         self.drain()?;
         Ok(true)
-    }
-
-    fn interrupt(&self) {
-        let _ = self.wake.write(1);
     }
 
     fn drain(&self) -> Result<(), String> {

@@ -99,11 +99,12 @@ pub trait Backend: Send + Sync {
 pub trait Input: Send + Sync {
     /// The logical value (active-low applied).
     fn value(&self) -> Result<bool, String>;
-    /// Waits for an edge event or [`Input::interrupt`]; true when an event came. Events are
+    /// Waits for an edge event or for `stop` to be raised; true when an event came. Events are
     /// consumed.
-    fn wait_edge(&self) -> Result<bool, String>;
-    /// Wakes a [`Input::wait_edge`] in another thread.
-    fn interrupt(&self);
+    fn wait_edge(&self, stop: &Stop) -> Result<bool, String>;
+    /// Lets waiters look at their [`Stop`] again (the simulation's condition variable; the
+    /// kernel's backend polls the stop's eventfd and needs nothing).
+    fn wake(&self) {}
     /// Consumes every edge event waiting.
     fn drain(&self) -> Result<(), String>;
 }
@@ -133,6 +134,10 @@ pub fn backend() -> Arc<dyn Backend> {
 #[cfg(test)]
 pub fn use_backend(backend: Arc<dyn Backend>) {
     *backend_slot().lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    // Lines of the previous backend (a sampler thread of an earlier test may still be ending)
+    // are not this one's.
+    inputs().lock().unwrap_or_else(|p| p.into_inner()).clear();
+    outputs().lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
 fn inputs() -> &'static InputRegistry {
@@ -193,12 +198,45 @@ pub fn level(value: &str) -> Result<bool, String> {
     }
 }
 
+/// One waiter's way out of [`Input::wait_edge`]: a flag, and an eventfd the kernel's backend
+/// polls beside the line. Each watch has its own, so two watches of one shared line never take
+/// each other's.
+pub struct Stop {
+    raised: std::sync::atomic::AtomicBool,
+    fd: nix::sys::eventfd::EventFd,
+}
+
+impl Stop {
+    pub fn new() -> Result<Stop, String> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        Ok(Stop {
+            raised: std::sync::atomic::AtomicBool::new(false),
+            fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|err| format!("cannot make an eventfd: {err}"))?,
+        })
+    }
+
+    pub fn raise(&self) {
+        self.raised.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.fd.write(1);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+}
+
 /// Watches an input's edges on a thread of its own and calls `wake` once per settled change:
 /// after an edge it waits `debounce`, consumes the edges of the bounce, and wakes only when the
 /// level differs from the one it last reported. Stops (and joins) when dropped.
 pub struct EdgeWatch {
     line: Arc<dyn Input>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -208,15 +246,14 @@ impl EdgeWatch {
         debounce: Duration,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<EdgeWatch, String> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new()?);
         let mut last = line.value()?;
         let (thread_line, thread_stop) = (Arc::clone(&line), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
             .name("gpio-edges".to_owned())
             .spawn(move || loop {
-                let edge = thread_line.wait_edge();
-                if thread_stop.load(Ordering::Relaxed) {
+                let edge = thread_line.wait_edge(&thread_stop);
+                if thread_stop.is_raised() {
                     return;
                 }
                 match edge {
@@ -248,21 +285,10 @@ impl EdgeWatch {
 
 impl Drop for EdgeWatch {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        // Another watch of the same shared line (a sampler that replaced a stuck one) may take
-        // a wake-up meant for this one: wake until this thread has seen it, for a second at most,
-        // and never wait for a thread that did not end.
-        for _ in 0..200 {
-            self.line.interrupt();
-            if thread.is_finished() {
-                let _ = thread.join();
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        self.stop.raise();
+        self.line.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        tracing::warn!("A GPIO edge thread did not end; left behind.");
     }
 }

@@ -3,11 +3,10 @@
 //! request's bias when nothing drives it, and a request that owns it. Edge events queue like the
 //! kernel's, one per level change of an input requested with edge detection.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{Backend, Bias, Found, Input, InputSpec, LineRef, Output};
+use super::{Backend, Bias, Found, Input, InputSpec, LineRef, Output, Stop};
 
 #[derive(Default)]
 struct Line {
@@ -33,7 +32,6 @@ impl Line {
 #[derive(Default)]
 struct State {
     lines: Vec<Line>,
-    interrupted: HashMap<u32, bool>,
 }
 
 /// One simulated chip: `gpiochip0` labelled `gpio-sim.0-node0`.
@@ -55,13 +53,7 @@ impl Sim {
         Sim {
             name: "gpiochip0".to_owned(),
             label: "gpio-sim.0-node0".to_owned(),
-            state: Arc::new((
-                Mutex::new(State {
-                    lines,
-                    interrupted: HashMap::new(),
-                }),
-                Condvar::new(),
-            )),
+            state: Arc::new((Mutex::new(State { lines }), Condvar::new())),
         }
     }
 
@@ -178,11 +170,11 @@ impl Input for SimInput {
         Ok(state.lines[self.offset as usize].level() != self.active_low)
     }
 
-    fn wait_edge(&self) -> Result<bool, String> {
+    fn wait_edge(&self, stop: &Stop) -> Result<bool, String> {
         let (lock, ready) = &*self.state;
         let mut state = lock.lock().unwrap();
         loop {
-            if state.interrupted.remove(&self.offset).unwrap_or(false) {
+            if stop.is_raised() {
                 return Ok(false);
             }
             let line = &mut state.lines[self.offset as usize];
@@ -194,10 +186,10 @@ impl Input for SimInput {
         }
     }
 
-    fn interrupt(&self) {
-        let (lock, ready) = &*self.state;
-        lock.lock().unwrap().interrupted.insert(self.offset, true);
-        ready.notify_all();
+    fn wake(&self) {
+        // Taken and released so a waiter between its look at the stop and its wait sees it.
+        drop(self.state.0.lock().unwrap());
+        self.state.1.notify_all();
     }
 
     fn drain(&self) -> Result<(), String> {
