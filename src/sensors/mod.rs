@@ -343,3 +343,116 @@ impl Sensors {
         self.sensors.is_empty()
     }
 }
+
+#[cfg(test)]
+mod alloc_tests {
+    //! A pass over sysfs sensors and system metrics allocates nothing once warm: a counting
+    //! allocator (this test binary's global allocator) counts per thread.
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::config::SystemMetric;
+
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    #[allow(unsafe_code)]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+            // SAFETY: the caller's contract is the system allocator's.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+
+    fn spec(name: &str, source: SensorSource) -> SensorSpec {
+        SensorSpec {
+            key: format!("sensors[{name}]"),
+            name: name.to_owned(),
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            source,
+        }
+    }
+
+    /// The footprint bench's workload: 10 thermal zones, 10 hwmon inputs and 4 system metrics.
+    /// After two passes (which open the files), 20 more allocate nothing on the reading thread.
+    /// (Memory through sysinfo is refreshed at most once a second, so not within these passes;
+    /// the CPU metric made an error message on every pass until this test found it.)
+    #[test]
+    fn a_warm_pass_allocates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut specs = Vec::new();
+        for i in 0..10 {
+            let zone = dir.path().join(format!("class/thermal/thermal_zone{i}"));
+            std::fs::create_dir_all(&zone).unwrap();
+            std::fs::write(zone.join("type"), format!("zone{i}\n")).unwrap();
+            std::fs::write(zone.join("temp"), format!("{}\n", 40000 + i)).unwrap();
+            let hwmon = dir.path().join(format!("class/hwmon/hwmon{i}"));
+            std::fs::create_dir_all(&hwmon).unwrap();
+            std::fs::write(hwmon.join("name"), format!("chip{i}\n")).unwrap();
+            std::fs::write(hwmon.join("in1_input"), "12000\n").unwrap();
+            specs.push(spec(
+                &format!("zone{i}"),
+                SensorSource::ThermalZone {
+                    zone_type: format!("zone{i}"),
+                },
+            ));
+            specs.push(spec(
+                &format!("volts{i}"),
+                SensorSource::Hwmon {
+                    chip: format!("chip{i}"),
+                    input: "in1".to_owned(),
+                },
+            ));
+        }
+        let without_memory = specs.clone();
+        specs.push(spec(
+            "sys",
+            SensorSource::System(vec![
+                SystemMetric::CpuPercent,
+                SystemMetric::MemUsedPercent,
+                SystemMetric::Load1,
+                SystemMetric::UptimeS,
+            ]),
+        ));
+        let mut sample = Sample::default();
+        for (what, specs) in [("sysfs", without_memory), ("sysfs and system", specs)] {
+            let mut sensors = Sensors::new(&specs, dir.path());
+            sensors.read_all(&mut sample);
+            sensors.read_all(&mut sample);
+            assert!(sample.errors.is_empty(), "{:?}", sample.errors);
+            let before = allocations();
+            for _ in 0..20 {
+                sensors.read_all(&mut sample);
+            }
+            let made = allocations() - before;
+            assert_eq!(made, 0, "{what}: {made} allocations in 20 passes");
+        }
+    }
+}

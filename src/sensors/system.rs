@@ -103,10 +103,13 @@ impl SystemSource {
     fn read_metric(&mut self, metric: SystemMetric) -> Result<f64, SensorError> {
         match metric {
             SystemMetric::CpuPercent => {
-                let now = cpu_times(self.stat.read(metric)?).ok_or(SensorError::System {
-                    metric: metric.as_str(),
-                    reason: "no cpu line in /proc/stat".to_owned(),
-                })?;
+                // ok_or_else: the error's String is made only when there is an error (ok_or made
+                // it on every pass, the one allocation of a warm pass).
+                let now =
+                    cpu_times(self.stat.read(metric)?).ok_or_else(|| SensorError::System {
+                        metric: metric.as_str(),
+                        reason: "no cpu line in /proc/stat".to_owned(),
+                    })?;
                 // The first pass: the average since boot (it does not wait for a second
                 // reading); every later one, the use since the pass before.
                 let (busy, total) = match self.cpu_before {
