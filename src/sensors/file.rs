@@ -5,11 +5,15 @@
 //! disconnected` is not -1, `0x7f` is not 0). For bridge files with several values, the config
 //! picks one: by key (`level=12.5`, `level: 12.5`) or by column of the first line.
 //!
-//! The file is opened on every read, unlike sysfs attributes: writers usually replace such files
-//! by renaming a new one over them, and a kept descriptor would read the old one forever.
+//! Writers usually replace such files by renaming a new one over them, so a kept descriptor could
+//! read the old one forever. The file is kept open all the same, and each read first asks the
+//! path which file it names (one `stat`): the same device and inode is read again with one
+//! `pread`; another is opened anew. Two system calls a read instead of five (open, fstat, two
+//! reads, close). The inode cannot be reused by a new file while the old one is held open, so
+//! the comparison cannot be fooled.
 
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use super::{SensorError, Source};
@@ -21,6 +25,8 @@ const MAX_BYTES: usize = 4096;
 pub(crate) struct FileSource {
     path: PathBuf,
     field: FileField,
+    /// The file the path named at the last read, with its device and inode.
+    held: Option<(File, u64, u64)>,
     /// Reused between reads.
     buf: Vec<u8>,
 }
@@ -30,33 +36,56 @@ impl FileSource {
         FileSource {
             path,
             field,
-            buf: Vec::with_capacity(256),
+            held: None,
+            buf: Vec::new(),
         }
     }
 
+    /// The open file the path names now: the held one if it still is, else opened anew.
+    fn file(&mut self) -> Result<&File, std::io::Error> {
+        let now = std::fs::metadata(&self.path)?;
+        let same = self
+            .held
+            .as_ref()
+            .is_some_and(|(_, dev, ino)| (*dev, *ino) == (now.dev(), now.ino()));
+        if !same {
+            self.held = None;
+            if !now.file_type().is_file() {
+                return Err(not_regular(now.file_type()));
+            }
+            // Non-blocking, and only a regular file: opening a FIFO with no writer would block
+            // the sampler until one appears (and it may have replaced the file since the stat).
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(&self.path)?;
+            let opened = file.metadata()?;
+            if !opened.file_type().is_file() {
+                return Err(not_regular(opened.file_type()));
+            }
+            self.held = Some((file, opened.dev(), opened.ino()));
+        }
+        Ok(&self.held.as_ref().expect("held just above").0)
+    }
+
     fn read_value(&mut self) -> Result<f64, SensorError> {
-        let read_error = |source| SensorError::Read {
-            path: self.path.clone(),
+        let read_error = |path: &PathBuf, source| SensorError::Read {
+            path: path.clone(),
             source,
         };
-        // Non-blocking, and only a regular file: opening a FIFO with no writer would block the
-        // sampler until one appears.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&self.path)
-            .map_err(read_error)?;
-        let file_type = file.metadata().map_err(read_error)?.file_type();
-        if !file_type.is_file() {
-            return Err(read_error(std::io::Error::other(format!(
-                "not a regular file but {}",
-                describe_type(file_type)
-            ))));
-        }
-        self.buf.clear();
-        file.take(MAX_BYTES as u64)
-            .read_to_end(&mut self.buf)
-            .map_err(read_error)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(MAX_BYTES, 0);
+        let read = self.file().and_then(|file| file.read_at(&mut buf, 0));
+        let length = match read {
+            Ok(length) => length,
+            Err(err) => {
+                self.held = None;
+                self.buf = buf;
+                return Err(read_error(&self.path, err));
+            }
+        };
+        buf.truncate(length);
+        self.buf = buf;
         parse(&self.buf, &self.field).map_err(|err| match err {
             ParseError::NotANumber(found) => SensorError::NotANumber {
                 path: self.path.clone(),
@@ -68,6 +97,13 @@ impl FileSource {
             },
         })
     }
+}
+
+fn not_regular(file_type: std::fs::FileType) -> std::io::Error {
+    std::io::Error::other(format!(
+        "not a regular file but {}",
+        describe_type(file_type)
+    ))
 }
 
 /// Why a file gave no value.
@@ -249,5 +285,33 @@ mod tests {
                 "bytes that are not UTF-8 text".to_owned()
             ))
         );
+    }
+
+    /// The file is held open between reads; whatever a writer does, a read gives what the path
+    /// names now: rewritten in place, replaced by rename, removed, replaced by a FIFO, back.
+    #[test]
+    fn a_held_file_follows_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tank");
+        let mut source = FileSource::new(path.clone(), FileField::Whole);
+        std::fs::write(&path, "1\n").unwrap();
+        assert_eq!(source.read_value().unwrap(), 1.0);
+        std::fs::write(&path, "2\n").unwrap(); // in place: the same inode
+        assert_eq!(source.read_value().unwrap(), 2.0);
+        let next = dir.path().join("tank.new");
+        std::fs::write(&next, "3\n").unwrap();
+        std::fs::rename(&next, &path).unwrap(); // a new inode under the same name
+        assert_eq!(source.read_value().unwrap(), 3.0);
+        std::fs::write(&path, "").unwrap();
+        assert!(source.read_value().is_err(), "an emptied file is no number");
+        std::fs::remove_file(&path).unwrap();
+        let err = source.read_value().unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = source.read_value().unwrap_err().to_string();
+        assert!(err.contains("not a regular file but a FIFO"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "4").unwrap();
+        assert_eq!(source.read_value().unwrap(), 4.0);
     }
 }

@@ -400,7 +400,8 @@ mod alloc_tests {
         }
     }
 
-    /// The footprint bench's workload: 10 thermal zones, 10 hwmon inputs and 4 system metrics.
+    /// The footprint bench's workload: 10 thermal zones, 10 hwmon inputs and 4 system metrics,
+    /// plus a `file:` sensor.
     /// After two passes (which open the files), 20 more allocate nothing on the reading thread.
     /// (Memory through sysinfo is refreshed at most once a second, so not within these passes;
     /// the CPU metric made an error message on every pass until this test found it.)
@@ -431,6 +432,15 @@ mod alloc_tests {
                 },
             ));
         }
+        let tank = dir.path().join("tank");
+        std::fs::write(&tank, "42\n").unwrap();
+        specs.push(spec(
+            "tank",
+            SensorSource::File {
+                path: tank,
+                field: crate::config::FileField::Whole,
+            },
+        ));
         let without_memory = specs.clone();
         specs.push(spec(
             "sys",
