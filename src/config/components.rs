@@ -106,14 +106,38 @@ pub(super) fn check_sensors(
     specs
 }
 
-const SOURCE_KEYS: &str = "thermal_zone, hwmon, iio, file, w1, i2c, modbus, gpio, system";
+/// Whether exactly one of the `(key, set)` pairs is set; if not, an error at `key` naming them
+/// all and those that were set.
+fn exactly_one(key: &str, what: &str, keys: &[(&str, bool)], findings: &mut Vec<Finding>) -> bool {
+    let present: Vec<&str> = keys
+        .iter()
+        .filter_map(|(name, set)| set.then_some(*name))
+        .collect();
+    if present.len() == 1 {
+        return true;
+    }
+    let all: Vec<&str> = keys.iter().map(|(name, _)| *name).collect();
+    let found = if present.is_empty() {
+        "none".to_owned()
+    } else {
+        present.join(" and ")
+    };
+    findings.push(Finding::error(
+        key,
+        format!(
+            "expected exactly one {what} key ({}), found {found}",
+            all.join(", ")
+        ),
+    ));
+    false
+}
 
 fn sensor_source(
     key: &str,
     sensor: &SensorConfig,
     findings: &mut Vec<Finding>,
 ) -> Option<SensorSource> {
-    let present: Vec<&str> = [
+    let present = [
         ("thermal_zone", sensor.thermal_zone.is_some()),
         ("hwmon", sensor.hwmon.is_some()),
         ("iio", sensor.iio.is_some()),
@@ -123,20 +147,8 @@ fn sensor_source(
         ("modbus", sensor.modbus.is_some()),
         ("gpio", sensor.gpio.is_some()),
         ("system", sensor.system.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if present.len() != 1 {
-        let found = if present.is_empty() {
-            "none".to_owned()
-        } else {
-            present.join(" and ")
-        };
-        findings.push(Finding::error(
-            key,
-            format!("expected exactly one source key ({SOURCE_KEYS}), found {found}"),
-        ));
+    ];
+    if !exactly_one(key, "source", &present, findings) {
         return None;
     }
     if let Some(zone) = &sensor.thermal_zone {
@@ -549,24 +561,12 @@ pub(super) fn check_actuators(
                 ));
             }
         }
-        let present: Vec<&str> = [
+        let present = [
             ("file", actuator.file.is_some()),
             ("gpio", actuator.gpio.is_some()),
             ("modbus", actuator.modbus.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
-        if present.len() != 1 {
-            let found = if present.is_empty() {
-                "none".to_owned()
-            } else {
-                present.join(" and ")
-            };
-            findings.push(Finding::error(
-                &key,
-                format!("expected exactly one target key (file, gpio, modbus), found {found}"),
-            ));
+        ];
+        if !exactly_one(&key, "target", &present, findings) {
             continue;
         }
         let target = if let Some(file) = &actuator.file {

@@ -117,14 +117,7 @@ impl Backend for Sim {
 
     fn input(&self, found: &Found, spec: &InputSpec) -> Result<Box<dyn Input>, String> {
         let mut state = self.state.0.lock().unwrap();
-        let line = &mut state.lines[found.offset as usize];
-        if line.requested {
-            return Err(format!(
-                "cannot request line {} of /dev/gpiochip0: Device or resource busy",
-                found.offset
-            ));
-        }
-        line.requested = true;
+        let line = claim(&mut state, found.offset)?;
         line.edges = spec.edges;
         line.pull = match spec.bias {
             Bias::PullUp => Some(true),
@@ -142,20 +135,25 @@ impl Backend for Sim {
 
     fn output(&self, found: &Found, active_low: bool) -> Result<Box<dyn Output>, String> {
         let mut state = self.state.0.lock().unwrap();
-        let line = &mut state.lines[found.offset as usize];
-        if line.requested {
-            return Err(format!(
-                "cannot request line {} of /dev/gpiochip0: Device or resource busy",
-                found.offset
-            ));
-        }
-        line.requested = true;
+        claim(&mut state, found.offset)?;
         Ok(Box::new(SimOutput {
             state: Arc::clone(&self.state),
             offset: found.offset,
             active_low,
         }))
     }
+}
+
+/// Line `offset` for a new request: one request per line, as the kernel allows.
+fn claim(state: &mut State, offset: u32) -> Result<&mut Line, String> {
+    let line = &mut state.lines[offset as usize];
+    if line.requested {
+        return Err(format!(
+            "cannot request line {offset} of /dev/gpiochip0: Device or resource busy"
+        ));
+    }
+    line.requested = true;
+    Ok(line)
 }
 
 struct SimInput {

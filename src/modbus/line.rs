@@ -297,15 +297,7 @@ fn run(transport: Transport, queue: std_mpsc::Receiver<Job>) {
             continue;
         };
         let outcome = runtime.block_on(execute(open, &job, gap, &mut quiet_since));
-        let lost = match &outcome {
-            Err(Failure::NoAnswer(why)) => Some(why.clone()),
-            Ok(parts) => parts.iter().find_map(|part| match part {
-                Err(Failure::NoAnswer(why)) => Some(why.clone()),
-                _ => None,
-            }),
-            _ => None,
-        };
-        match lost {
+        match lost(&outcome) {
             Some(why) => {
                 unit_down.insert(job.unit, (Instant::now(), why));
                 // A late answer must not be read as the next one's: start clean.
@@ -316,6 +308,18 @@ fn run(transport: Transport, queue: std_mpsc::Receiver<Job>) {
             }
         }
         job.slot.put(outcome);
+    }
+}
+
+/// Why the device did not answer, if it did not (an exception is an answer).
+pub fn lost(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Err(Failure::NoAnswer(why)) => Some(why.clone()),
+        Ok(parts) => parts.iter().find_map(|part| match part {
+            Err(Failure::NoAnswer(why)) => Some(why.clone()),
+            _ => None,
+        }),
+        Err(Failure::Exception(_)) => None,
     }
 }
 

@@ -80,11 +80,6 @@ fn last_span_limit(request: &Request, points: &[Point]) -> u16 {
         .unwrap_or(u16::MAX)
 }
 
-/// One request per point, as a reader that does not coalesce would make: for the measurement.
-pub fn naive(points: &[Point]) -> usize {
-    points.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,7 +122,6 @@ mod tests {
         points.reverse(); // the config's order does not matter
         let requests = plan(&points);
         assert_eq!(points.len(), 20);
-        assert_eq!(naive(&points), 20);
         let shapes: Vec<(String, Table, u16, u16)> = requests
             .iter()
             .map(|r| (r.transport.to_string(), r.table, r.start, r.count))

@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::line::{self, Line, Outcome, Slot, Work};
+
+/// Why the device did not answer, if it did not, as the failure a waiting sensor gets.
+fn lost(outcome: &Outcome) -> Option<Failure> {
+    line::lost(outcome).map(Failure::NoAnswer)
+}
 use super::plan::{self, Request};
 use super::{Failure, Point};
 
@@ -133,18 +138,7 @@ impl Poll {
         let mut state = planned.lock();
         match outcome {
             Some(outcome) => {
-                state.failing = match &outcome {
-                    Err(failure @ Failure::NoAnswer(_)) => Some(failure.clone()),
-                    Ok(parts) => parts
-                        .iter()
-                        .find_map(|p| {
-                            p.as_ref()
-                                .err()
-                                .filter(|f| matches!(f, Failure::NoAnswer(_)))
-                        })
-                        .cloned(),
-                    Err(Failure::Exception(_)) => None,
-                };
+                state.failing = lost(&outcome);
                 match outcome {
                     Ok(parts) => parts
                         .into_iter()
@@ -166,22 +160,6 @@ impl Poll {
                 Err(failure)
             }
         }
-    }
-}
-
-/// Why the device did not answer, if it did not (an exception is an answer).
-fn lost(outcome: &Outcome) -> Option<Failure> {
-    match outcome {
-        Err(failure @ Failure::NoAnswer(_)) => Some(failure.clone()),
-        Ok(parts) => parts
-            .iter()
-            .find_map(|p| {
-                p.as_ref()
-                    .err()
-                    .filter(|f| matches!(f, Failure::NoAnswer(_)))
-            })
-            .cloned(),
-        Err(Failure::Exception(_)) => None,
     }
 }
 
