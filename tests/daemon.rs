@@ -429,6 +429,30 @@ fn a_half_open_connection_is_noticed_within_keepalive() {
     );
 }
 
+/// Paho's threads wait longer while idle (vendor/paho-mqtt-sys/FIELDAGENT.md, the third change);
+/// its keepalive pings must still go out in time. A quiet agent (telemetry every 60 s) announces a
+/// keepalive of 12 s, so its receive thread polls every 1.2 s rather than every second; over 30 s,
+/// well past the broker's timeout of 1.5 keepalives, it pings and the broker keeps it.
+#[test]
+fn a_quiet_connection_pings_in_time_and_stays_up() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let mut setup = Setup::new("node-q", &broker);
+    setup.keepalive_s = 24;
+    setup.telemetry = "{ interval_s: 60 }".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-q", Duration::from_secs(10)).expect("online");
+    std::thread::sleep(Duration::from_secs(30));
+    let log = broker.log();
+    assert!(log.contains("as node-q (p2, c0, k12,"), "{log}");
+    let pings = log.matches("Received PINGREQ from node-q").count();
+    assert!(pings >= 2, "{pings} pings in 30 s; broker log:\n{log}");
+    assert!(!log.contains("node-q has exceeded timeout"), "{log}");
+    assert!(!agent.log().contains("Connection lost."), "{}", agent.log());
+}
+
 #[test]
 fn a_restarted_broker_gets_the_online_status_again() {
     let dir = TestDir::new();

@@ -12,6 +12,7 @@
 //! `sampler`, `commands`); a stop takes at most [`SHUTDOWN_WAIT`], whatever is pending.
 
 mod admit;
+mod chores;
 mod commands;
 mod connect;
 mod delivery;
@@ -327,33 +328,36 @@ where
         sd_notify::NotifyState::Status("sampling; connecting"),
     ]);
     status::write_file(&daemon.core);
-    let watchdog = service::watchdog();
-    let mut watchdog_timer = tokio::time::interval(watchdog.map_or(FOREVER, |w| w / 2));
-    let mut health_timer = tokio::time::interval_at(
-        tokio::time::Instant::now() + crate::health::INTERVAL,
+    // The watchdog, health and housekeeping ride on the passes, with one backstop timer.
+    let mut chores = chores::Chores::new(
+        Instant::now(),
+        service::watchdog(),
         crate::health::INTERVAL,
+        HOUSEKEEPING,
     );
-    // One timer for the slow checks: a stuck sensor read, a renewed certificate.
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alarm = chores::Alarm::new();
     let mut hangups = daemon.reload_from.as_ref().map(|_| service::hangups());
     let first_shutdown = shutdown();
     tokio::pin!(first_shutdown);
     let signal = loop {
+        alarm.set(chores.wake_at());
         let next_attempt = daemon.core.link.next_attempt();
         let pump_at = daemon.pump_at();
         tokio::select! {
             biased;
             signal = &mut first_shutdown => break signal,
-            _ = watchdog_timer.tick(), if watchdog.is_some() => daemon.pet_watchdog(),
             Some(event) = events.recv() => daemon.on_event(event),
             Some(MqttEvent::Lost) = lost.recv() => daemon.on_lost(),
             () = sleep_until(next_attempt), if next_attempt.is_some() => daemon.connect(),
             () = sleep_until(pump_at), if pump_at.is_some() => daemon.pump(),
             Some(message) = incoming.recv() => daemon.on_incoming(message),
-            Some(pass) = passes.recv() => daemon.on_pass(pass),
-            _ = health_timer.tick() => daemon.health_tick(),
-            _ = housekeeping.tick() => daemon.housekeeping(),
+            Some(pass) = passes.recv() => {
+                daemon.on_pass(pass);
+                daemon.chores(chores.due(Instant::now()));
+            }
+            () = alarm.ring() => {
+                daemon.chores(chores.due(Instant::now()));
+            }
             Some(()) = next_hangup(&mut hangups) => daemon.reload(),
         }
     };
@@ -632,6 +636,19 @@ impl Daemon {
         }
         status::notify(&self.core);
         status::write_file(&self.core);
+    }
+
+    /// The timed chores that are due (see `chores`).
+    fn chores(&mut self, due: chores::Due) {
+        if due.pet {
+            self.pet_watchdog();
+        }
+        if due.health {
+            self.health_tick();
+        }
+        if due.housekeeping {
+            self.housekeeping();
+        }
     }
 
     /// Every `HOUSEKEEPING`: a sensor read stuck past its deadline is isolated, and a renewed

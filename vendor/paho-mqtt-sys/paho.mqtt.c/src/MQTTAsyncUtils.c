@@ -67,6 +67,8 @@ static int cmdMessageIDCompare(void* a, void* b);
 static void MQTTAsync_retry(void);
 static MQTTPacket* MQTTAsync_cycle(SOCKET* sock, unsigned long timeout, int* rc);
 static int MQTTAsync_connecting(MQTTAsyncs* m);
+static int MQTTAsync_busy(void);
+static long MQTTAsync_receiveWait(void);
 
 extern MQTTProtocol state; /* defined in MQTTAsync.c */
 extern ClientStates* bstate; /* defined in MQTTAsync.c */
@@ -104,6 +106,11 @@ extern evt_type send_evt;
 #if !defined(min)
 #define min(a, b) (((a) < (b)) ? (a) : (b))
 #endif
+
+/* fieldagent: the send thread's wait while no client is connecting, disconnecting or waiting to
+ * reconnect and no command is queued (see MQTTAsync_sendThread). */
+#define SEND_IDLE_WAIT_MS 5000
+
 
 void MQTTAsync_sleep(long milliseconds)
 {
@@ -1857,7 +1864,13 @@ thread_return_type WINAPI MQTTAsync_sendThread(void* n)
 		}
 		if ((rc = Thread_wait_evt(send_evt, timeout)) != 0 && rc != ETIMEDOUT)
 			Log(LOG_ERROR, -1, "Error %d waiting for send event", rc);
-		timeout = 1000; /* 1 second for follow on waits */
+		/* fieldagent: upstream waits 1 second whatever the state, so an idle client wakes this
+		 * thread every second only for MQTTAsync_checkTimeouts, which has work only while a
+		 * client connects, disconnects or waits to reconnect. Every command signals send_evt, so
+		 * while none of that is going on the wait is SEND_IDLE_WAIT_MS; otherwise 1 second. */
+		MQTTAsync_lock_mutex(mqttasync_mutex);
+		timeout = MQTTAsync_busy() ? 1000 : SEND_IDLE_WAIT_MS;
+		MQTTAsync_unlock_mutex(mqttasync_mutex);
 		MQTTAsync_checkTimeouts();
 	}
 	sendThread_state = STOPPING;
@@ -2093,9 +2106,16 @@ thread_return_type WINAPI MQTTAsync_receiveThread(void* n)
 		if (MQTTAsync_tostop)
 			break;
 
+		/* fieldagent: upstream keeps the first 10 ms until a socket is ready, then waits 1000 ms;
+		 * here the wait after that depends on the state (MQTTAsync_receiveWait), so it is
+		 * worked out again after every poll, not only after one that found a socket ready. */
 		if (sock == 0)
+		{
+			if (timeout >= 1000L)
+				timeout = MQTTAsync_receiveWait();
 			continue;
-		timeout = 1000L;
+		}
+		timeout = MQTTAsync_receiveWait();
 
 		/* find client corresponding to socket */
 		if (ListFindItem(MQTTAsync_handles, &sock, clientSockCompare) == NULL)
@@ -2436,6 +2456,12 @@ static void MQTTAsync_stop(void)
 		{
 			int count = 0;
 			MQTTAsync_tostop = 1;
+			/* fieldagent: wake both threads now rather than at their next timeout, which is
+			 * longer than upstream's 1 second while idle (see MQTTAsync_receiveWait). */
+			if (sendThread_state != STOPPED)
+				Thread_signal_evt(send_evt);
+			if (receiveThread_state != STOPPED)
+				Socket_interrupt();
 			while ((sendThread_state != STOPPED || receiveThread_state != STOPPED) && MQTTAsync_tostop != 0 && ++count < 100)
 			{
 				MQTTAsync_unlock_mutex(mqttasync_mutex);
@@ -2707,6 +2733,46 @@ void setRetryLoopInterval(int keepalive)
 		retryLoopIntervalms = 100;
 	else if (retryLoopIntervalms  > 5000)
 		retryLoopIntervalms = 5000;
+}
+
+
+/* fieldagent: whether a client is connecting, disconnecting or waiting to reconnect, a socket
+ * write is unfinished, or a command is queued: then the threads keep upstream's 1 second waits.
+ * Called with mqttasync_mutex held. */
+static int MQTTAsync_busy(void)
+{
+	ListElement* current = NULL;
+	int busy = 0;
+
+	while (!busy && ListNextElement(MQTTAsync_handles, &current))
+	{
+		MQTTAsyncs* m = (MQTTAsyncs*)(current->content);
+
+		busy = m->c->connect_state != NOT_IN_PROGRESS || m->pending_write != NULL ||
+			(m->automaticReconnect && m->retrying);
+	}
+	if (!busy)
+	{
+		MQTTAsync_lock_mutex(mqttcommand_mutex);
+		busy = MQTTAsync_commands->count > 0;
+		MQTTAsync_unlock_mutex(mqttcommand_mutex);
+	}
+	return busy;
+}
+
+
+/* fieldagent: how long the receive thread's poll waits for a packet. Upstream waits 1 second, so
+ * an idle connection wakes the thread every second, though the only timed work it does there
+ * (keepalive pings, in MQTTAsync_retry) is due every retryLoopIntervalms (a tenth of the
+ * keepalive, 0.1 to 5 seconds). While idle the poll waits that long, at least 1 second; while
+ * busy (see MQTTAsync_busy), 1 second. A connect, a new socket and MQTTAsync_stop interrupt the
+ * poll through the socket pair, and a socket with an unfinished write is polled for POLLOUT.
+ * Called with mqttasync_mutex held. */
+static long MQTTAsync_receiveWait(void)
+{
+	if (MQTTAsync_busy() || retryLoopIntervalms < 1000)
+		return 1000L;
+	return (long)retryLoopIntervalms;
 }
 
 

@@ -823,6 +823,11 @@ SOCKET Socket_getReadySocket(int more_work, int timeout, mutex_type mutex, int* 
 					mod_s.saved.cur_fd, mod_s.saved.nfds);
 				mod_s.saved.fds_read[mod_s.saved.cur_fd].events |= POLLOUT;
 			}
+			/* fieldagent: so is a socket with an unfinished write, which upstream continues
+			 * only at the next poll, up to its timeout later; that timeout is longer while
+			 * idle (MQTTAsync_receiveWait in MQTTAsyncUtils.c). */
+			else if (!Socket_noPendingWrites(mod_s.saved.fds_read[mod_s.saved.cur_fd].fd))
+				mod_s.saved.fds_read[mod_s.saved.cur_fd].events |= POLLOUT;
 			mod_s.saved.cur_fd = (mod_s.saved.cur_fd == mod_s.saved.nfds - 1) ? -1 : mod_s.saved.cur_fd + 1;
 		}
 
@@ -1524,6 +1529,11 @@ int Socket_new(const char* addr, size_t addr_len, int port, SOCKET* sock)
 					Log(TRACE_MIN, 15, "Connect pending");
 					Socket_interrupt();
 				}
+				/* fieldagent: a connect that completed at once also interrupts the receive
+				 * thread's poll, so that it polls the new socket now rather than after its
+				 * timeout, which is longer while idle (MQTTAsync_receiveWait). */
+				else if (rc == 0)
+					Socket_interrupt();
 			}
             /* Prevent socket leak by closing unusable sockets,
                as reported in https://github.com/eclipse/paho.mqtt.c/issues/135 */
