@@ -5,17 +5,24 @@
 //! Connects with CONFIG's broker settings and identity (the agent's `Session`), then publishes
 //! COUNT messages of about 200 bytes on `bench/rate`:
 //! - QoS 0 the way live telemetry goes: straight to Paho (`Session::publish`);
-//! - QoS 1 the way alerts go: each pushed into the outbox in `state_dir` (write + fdatasync)
-//!   and drained with a window of 10 in flight, leaving the outbox on PUBACK (the daemon's store
-//!   and delivery do the same, on the store's thread and the event loop).
+//! - QoS 1 the way alerts go: a producer thread hands the messages over as fast as it can, and
+//!   they go into the outbox in `state_dir` the way the daemon's store writes them: every message
+//!   that arrived while the last `fdatasync` ran is written and shares the next one (group
+//!   commit); only synced messages are sent, with a window of 10 in flight, leaving the outbox on
+//!   PUBACK (the daemon does the same on the store's thread and the event loop).
 //!
+//!   publish_rate CONFIG 1 COUNT single
+//!
+//! syncs each message alone before sending it: messages that come one at a time, each slower
+//! than a sync (the path before group commit).
 //!
 //!   publish_rate CONFIG 1 COUNT backlog
 //!
 //! queues the COUNT messages in the outbox first and then drains them: the path of a backlog
 //! after an outage (the messages are on disk already; sending them costs no fsync).
 //!
-//! Rates are measured by bench/run at a subscriber; this prints the publisher's own elapsed time.
+//! Rates are measured by bench/run at a subscriber; this prints the publisher's own elapsed time
+//! and the number of `fdatasync`s the outbox made.
 
 use std::time::{Duration, Instant};
 
@@ -29,11 +36,13 @@ fn futures_window() -> std::collections::VecDeque<(u64, paho_mqtt::DeliveryToken
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: publish_rate CONFIG QOS COUNT [backlog]";
+    let usage = "usage: publish_rate CONFIG QOS COUNT [backlog|single]";
     let path = std::path::PathBuf::from(args.next().expect(usage));
     let qos: u8 = args.next().expect(usage).parse().expect(usage);
     let count: usize = args.next().expect(usage).parse().expect(usage);
-    let backlog = args.next().as_deref() == Some("backlog");
+    let mode = args.next();
+    let backlog = mode.as_deref() == Some("backlog");
+    let single = mode.as_deref() == Some("single");
     let (config, _) = fieldagent::config::load(&path).expect("config loads");
     let identity = fieldagent::identity::resolve(config.config()).expect("identity");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -59,6 +68,7 @@ fn main() {
             )
         };
         let mut start = Instant::now();
+        let mut syncs = 0u64;
         if qos == 0 {
             // As live telemetry goes (`Session::publish`), keeping at most 64 ahead of what Paho
             // has written: Paho C queues at most 100 commands (its max_buffered_messages) and
@@ -90,14 +100,47 @@ fn main() {
                     outbox.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
                     pushed += 1;
                 }
+                syncs += 1;
                 start = Instant::now();
             }
+            // The producer: the sampler handing alert events to the store, as fast as it can.
+            let (arrive, arrived) = std::sync::mpsc::channel::<String>();
+            let producer = (!backlog).then(|| {
+                std::thread::spawn(move || {
+                    for i in 0..count {
+                        if arrive.send(payload(i)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            });
             let mut delivered = 0;
             let mut inflight = futures_window();
             while delivered < count {
-                if pushed < count {
-                    outbox.push(Kind::Alert, qos, "bench/rate", payload(pushed).as_bytes(), None);
-                    pushed += 1;
+                // The store's turn: what arrived is written, then one fdatasync for it all.
+                let mut wrote = false;
+                if !backlog {
+                    let first = if inflight.is_empty() && pushed < count {
+                        arrived.recv().ok()
+                    } else {
+                        arrived.try_recv().ok()
+                    };
+                    let mut next = first;
+                    while let Some(message) = next {
+                        if single {
+                            outbox.push(Kind::Alert, qos, "bench/rate", message.as_bytes(), None);
+                            syncs += 1;
+                        } else {
+                            outbox.push_deferred(Kind::Alert, qos, "bench/rate", message.as_bytes(), None);
+                            wrote = true;
+                        }
+                        pushed += 1;
+                        next = if single { None } else { arrived.try_recv().ok() };
+                    }
+                }
+                if wrote {
+                    outbox.sync();
+                    syncs += 1;
                 }
                 while inflight.len() < 10 {
                     let Some(Ok(message)) = outbox.take_next() else {
@@ -117,13 +160,16 @@ fn main() {
                     }
                 }
             }
+            if let Some(producer) = producer {
+                producer.join().expect("producer");
+            }
         }
         let elapsed = start.elapsed().as_secs_f64();
         // Let Paho write out what it holds before disconnecting.
         tokio::time::sleep(Duration::from_millis(500)).await;
         session.closer().disconnect(Duration::from_secs(2)).await;
         println!(
-            r#"{{"qos":{qos},"count":{count},"publisher_seconds":{elapsed:.3}}}"#
+            r#"{{"qos":{qos},"count":{count},"publisher_seconds":{elapsed:.3},"fdatasyncs":{syncs}}}"#
         );
     });
 }

@@ -33,7 +33,7 @@ apt_install() {
   fi
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  apt-get update -qq || say "apt-get update reported errors (a mirror mid-sync?); going on with the indexes it has"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
