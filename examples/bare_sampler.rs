@@ -14,7 +14,8 @@ use fieldagent::model::Sample;
 use fieldagent::sensors::Sensors;
 
 fn main() {
-    let path = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: bare_sampler CONFIG"));
+    let path =
+        std::path::PathBuf::from(std::env::args().nth(1).expect("usage: bare_sampler CONFIG"));
     let (config, _) = fieldagent::config::load(&path).expect("config loads");
     let interval = Duration::from_secs_f64(config.config().telemetry.interval_s);
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);

@@ -9,12 +9,12 @@ use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::pkey::{PKey, Private};
-use openssl::x509::X509;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use openssl::x509::{X509Ref, X509};
 
 use crate::config::{BrokerConfig, Finding, Severity};
-use crate::identity::leaf_der;
+use crate::identity::leaf;
 
 /// A certificate that expires sooner than this gets a warning.
 const RENEW_WARNING_S: i64 = 30 * 24 * 3600;
@@ -162,21 +162,14 @@ fn probe_ca(key: &str, path: &Path, now_s: i64, expired: Severity, findings: &mu
         }
     };
     if let [only] = certs.as_slice() {
-        if let Ok(der) = only.to_der() {
-            check_validity(key, path, &der, now_s, expired, "CA certificate", findings);
-        }
+        check_validity(key, path, only, now_s, expired, "CA certificate", findings);
         return;
     }
     // A bundle (often the system's) holds many roots, some long expired; only the one that
     // signed the broker matters, so the bundle is judged as a whole.
     let lapsed = certs
         .iter()
-        .filter_map(|cert| cert.to_der().ok())
-        .filter_map(|der| {
-            X509Certificate::from_der(&der)
-                .ok()
-                .map(|(_, c)| c.validity().not_after.timestamp())
-        })
+        .filter_map(|cert| unix_time(cert.not_after()))
         .filter(|not_after| *not_after < now_s)
         .count();
     if lapsed == certs.len() {
@@ -211,59 +204,68 @@ fn probe_cert(
     findings: &mut Vec<Finding>,
 ) -> Option<X509> {
     let bytes = read_file(key, path, findings)?;
-    let der = match leaf_der(&bytes) {
-        Ok(der) => der,
+    let cert = match leaf(&bytes) {
+        Ok(cert) => cert,
         Err(reason) => {
             findings.push(Finding::error(key, format!("{}: {reason}", path.display())));
             return None;
         }
     };
-    if !check_validity(key, path, &der, now_s, expired, "certificate", findings) {
-        return None;
-    }
-    match X509::from_der(&der) {
-        Ok(cert) => Some(cert),
-        Err(err) => {
-            findings.push(Finding::error(
-                key,
-                format!("{}: not an X.509 certificate: {err}", path.display()),
-            ));
-            None
-        }
-    }
+    check_validity(key, path, &cert, now_s, expired, "certificate", findings);
+    Some(cert)
 }
 
-/// Checks the validity period; false when the certificate does not parse at all.
+/// Seconds since the Unix epoch of an ASN.1 time (None only if OpenSSL cannot compare it).
+fn unix_time(time: &Asn1TimeRef) -> Option<i64> {
+    let epoch = Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(time).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
+
+/// The subject as `C=.., O=.., CN=..`, in the order of the certificate.
+fn subject(cert: &X509Ref) -> String {
+    let parts: Vec<String> = cert
+        .subject_name()
+        .entries()
+        .map(|entry| {
+            let name = entry.object().nid().short_name().unwrap_or("?");
+            let value = entry.data().to_string().unwrap_or_else(|_| "?".to_owned());
+            format!("{name}={value}")
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// Checks the validity period.
 fn check_validity(
     key: &str,
     path: &Path,
-    der: &[u8],
+    cert: &X509Ref,
     now_s: i64,
     expired: Severity,
     what: &str,
     findings: &mut Vec<Finding>,
-) -> bool {
-    let cert = match X509Certificate::from_der(der) {
-        Ok((_, cert)) => cert,
-        Err(err) => {
-            findings.push(Finding::error(
-                key,
-                format!("{}: not an X.509 certificate: {err}", path.display()),
-            ));
-            return false;
-        }
+) {
+    let subject = subject(cert);
+    let (Some(not_after), Some(not_before)) =
+        (unix_time(cert.not_after()), unix_time(cert.not_before()))
+    else {
+        findings.push(Finding::error(
+            key,
+            format!(
+                "{}: the validity period of {what} {subject} does not parse",
+                path.display()
+            ),
+        ));
+        return;
     };
-    let subject = cert.subject().to_string();
-    let validity = cert.validity();
-    let not_after = validity.not_after.timestamp();
-    let not_before = validity.not_before.timestamp();
     if not_after < now_s {
         let mut finding = Finding::error(
             key,
             format!(
                 "{what} {subject} in {} expired on {}; renew it",
                 path.display(),
-                validity.not_after
+                cert.not_after()
             ),
         );
         finding.severity = expired;
@@ -275,7 +277,7 @@ fn check_validity(
                 "{what} {subject} in {} expires in {} days ({}); renew it soon",
                 path.display(),
                 (not_after - now_s) / 86_400,
-                validity.not_after
+                cert.not_after()
             ),
         ));
     }
@@ -285,11 +287,10 @@ fn check_validity(
             format!(
                 "{what} {subject} in {} is not valid before {}; is the clock set (NTP, RTC)?",
                 path.display(),
-                validity.not_before
+                cert.not_before()
             ),
         ));
     }
-    true
 }
 
 fn probe_key(key: &str, path: &Path, findings: &mut Vec<Finding>) -> Option<PKey<Private>> {

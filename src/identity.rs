@@ -9,7 +9,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use x509_parser::prelude::{FromDer, X509Certificate};
+use openssl::nid::Nid;
+use openssl::x509::X509;
 
 use crate::config::{validate_topic_id, Config, IdentitySource};
 
@@ -117,33 +118,32 @@ pub fn certificate_cn(path: &Path) -> Result<Option<String>, IdentityError> {
         reason,
     };
     let bytes = std::fs::read(path).map_err(|err| fail(err.to_string()))?;
-    let der = leaf_der(&bytes).map_err(fail)?;
-    let (_, cert) = X509Certificate::from_der(&der)
-        .map_err(|err| fail(format!("not an X.509 certificate: {err}")))?;
-    let cn = cert.subject().iter_common_name().next();
+    let cert = leaf(&bytes).map_err(fail)?;
+    let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next();
     match cn {
         None => Ok(None),
         Some(cn) => cn
-            .as_str()
-            .map(|s| Some(s.to_owned()))
+            .data()
+            .to_string()
+            .map(Some)
             .map_err(|err| fail(format!("subject CN is not a string: {err}"))),
     }
 }
 
-/// The DER bytes of the first certificate (the leaf, in a chain file), from PEM or DER.
-pub(crate) fn leaf_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// The first certificate (the leaf, in a chain file), from PEM or DER.
+pub(crate) fn leaf(bytes: &[u8]) -> Result<X509, String> {
     // DER starts with a SEQUENCE tag; PEM with text.
     if bytes.first() == Some(&0x30) {
-        return Ok(bytes.to_vec());
+        return X509::from_der(bytes).map_err(|err| format!("not an X.509 certificate: {err}"));
     }
-    for pem in x509_parser::pem::Pem::iter_from_buffer(bytes) {
-        match pem {
-            Ok(pem) if pem.label == "CERTIFICATE" => return Ok(pem.contents),
-            Ok(_) => continue,
-            Err(err) => return Err(format!("not a PEM or DER certificate: {err}")),
-        }
+    if !bytes
+        .windows(27)
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err("no CERTIFICATE block found (expected PEM or DER)".to_owned());
     }
-    Err("no CERTIFICATE block found (expected PEM or DER)".to_owned())
+    // OpenSSL skips blocks of other kinds (a key before the certificate) to the first one.
+    X509::from_pem(bytes).map_err(|err| format!("not a PEM or DER certificate: {err}"))
 }
 
 fn from_certificate(path: &Path) -> Result<Result<Identity, String>, IdentityError> {
