@@ -453,6 +453,67 @@ fn a_quiet_connection_pings_in_time_and_stays_up() {
     assert!(!agent.log().contains("Connection lost."), "{}", agent.log());
 }
 
+/// Voluntary context switches of every thread of `pid`, by thread name: each one is a wait
+/// that ended, a wakeup.
+fn wakeups(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let name = format!("{}/{}", field("Name:"), task.file_name().to_string_lossy());
+        threads.push((name, field("voluntary_ctxt_switches:").parse().unwrap_or(0)));
+    }
+    threads
+}
+
+/// An idle agent sleeps: with nothing to send for a minute, its threads wake a few times in
+/// 10 s, not every second each (Paho C as released: its two threads once a second each; tokio
+/// timers for the chores: more). Expected here: the loop's backstop every 3.9 s, Paho's send
+/// thread every 5 s, its receive thread every 3 s (a tenth of the announced keepalive of 30 s).
+#[test]
+fn an_idle_agent_sleeps() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/status");
+    let mut setup = Setup::new("node-i", &broker);
+    setup.keepalive_s = 60;
+    setup.telemetry = "{ interval_s: 60 }".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(&subscriber, "node-i", Duration::from_secs(10)).expect("online");
+    // Past start-up: the connect, the first pass and health, the blocking pool's idle threads.
+    std::thread::sleep(Duration::from_secs(12));
+    let before = wakeups(agent.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let after = wakeups(agent.pid());
+    let mut total = 0;
+    let mut by_thread = Vec::new();
+    for (name, count) in &after {
+        let was = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c);
+        total += count - was;
+        by_thread.push(format!("{name}: {}", count - was));
+    }
+    assert!(
+        total <= 16,
+        "{total} wakeups in 10 s ({by_thread:?}); log:\n{}",
+        agent.log()
+    );
+}
+
 #[test]
 fn a_restarted_broker_gets_the_online_status_again() {
     let dir = TestDir::new();
