@@ -2,18 +2,15 @@
 //! housekeeping (a stuck sensor read, a renewed certificate).
 //!
 //! They ride on the sampler's passes: each pass ends with [`Chores::due`], which says which are
-//! due. One backstop timer ([`Chores::wake_at`]) does them when passes are sparse or stop. Three
-//! periodic timers of their own cost wakeups beside the passes: tokio's timer wheel wakes the
-//! thread to move a timer more than 4.096 s away onto a finer level before it fires (measured with
-//! strace: about three wakeups per housekeeping tick and per health tick, none needed). The
-//! backstop is always less than [`BACKSTOP`] away, so it sits on the wheel's fine levels, and at
-//! one pass a second it never fires.
+//! due. One backstop ([`Chores::wake_at`], an [`Alarm`]) does them when passes are sparse or
+//! stop, at most [`BACKSTOP`] after the last pass or chore; at one pass a second it never rings.
 //!
-//! The backstop is an [`Alarm`], a kernel timer (timerfd), not a tokio timer: tokio's wheel also
-//! wakes the thread at every 4.096 s boundary that a timer's deadline lies beyond, to move it
-//! onto a finer level, and a deadline seconds ahead that moves with every pass always lies beyond
-//! the next boundary (a wakeup every 4.096 s, measured). A timerfd wakes the thread only when it
-//! expires; moving it costs one `timerfd_settime` a pass.
+//! Not tokio timers: tokio's timer wheel wakes the thread to move a timer onto a finer level
+//! before it fires, at every 4.096 s boundary its deadline lies beyond. Measured with strace,
+//! three periodic timers of their own (watchdog, health, housekeeping) cost about three such
+//! wakeups per tick each beside the passes, and a tokio backstop that moves with every pass one
+//! every 4.096 s. A timerfd wakes the thread only when it expires; moving it costs one
+//! `timerfd_settime` a pass.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -24,7 +21,9 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// The backstop's distance from the last pass or chore. Under tokio's 4.096 s level, with room.
+/// How long after the last pass or chore the backstop rings: when passes stop or are sparse,
+/// housekeeping and health are at most this late. Shorter than housekeeping's 5 s period, so a
+/// stuck sensor read is noticed within two periods.
 pub const BACKSTOP: Duration = Duration::from_millis(3_900);
 
 /// The chores due now; see [`Chores::due`].
@@ -267,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn without_passes_the_backstop_does_the_chores_and_each_wait_stays_on_the_fine_wheel() {
+    fn without_passes_the_backstop_does_the_chores_at_most_its_distance_apart() {
         let trace = drive(
             Some(Duration::from_secs(60)),
             None,
