@@ -2736,7 +2736,7 @@ void setRetryLoopInterval(int keepalive)
 }
 
 
-/* fieldagent: whether a client is connecting, disconnecting or waiting to reconnect, a socket
+/* fieldagent: whether a client is connecting, disconnecting or waiting to reconnect, a publish's
  * write is unfinished, or a command is queued: then the threads keep upstream's 1 second waits.
  * Called with mqttasync_mutex held. */
 static int MQTTAsync_busy(void)
@@ -2765,8 +2765,9 @@ static int MQTTAsync_busy(void)
  * an idle connection wakes the thread every second, though the only timed work it does there
  * (keepalive pings, in MQTTAsync_retry) is due every retryLoopIntervalms (a tenth of the
  * keepalive, 0.1 to 5 seconds). While idle the poll waits that long, at least 1 second; while
- * busy (see MQTTAsync_busy), 1 second. A connect, a new socket and MQTTAsync_stop interrupt the
- * poll through the socket pair, and a socket with an unfinished write is polled for POLLOUT.
+ * busy (see MQTTAsync_busy), 1 second. A connect, a new socket, a partial write and
+ * MQTTAsync_stop interrupt the poll through the socket pair, and a socket with an unfinished
+ * write is polled for POLLOUT.
  * Called with mqttasync_mutex held. */
 static long MQTTAsync_receiveWait(void)
 {

@@ -1061,6 +1061,10 @@ int SSLSocket_putdatas(SSL* ssl, SOCKET socket, char* buf0, size_t buf0len, Pack
 			ListAppend(mod_s.write_pending, sockmem, sizeof(int));
 #if defined(USE_SELECT)
 			FD_SET(socket, &(mod_s.pending_wset));
+#else
+			/* fieldagent: as in Socket_putdatas, wake the receive thread's poll so that its
+			 * next one waits for POLLOUT on this socket and the write continues at once. */
+			Socket_interrupt();
 #endif
 			rc = TCPSOCKET_INTERRUPTED;
 		}

@@ -1126,6 +1126,12 @@ int Socket_putdatas(SOCKET socket, char* buf0, size_t buf0len, PacketBuffers buf
 			}
 #if defined(USE_SELECT)
 			FD_SET(socket, &(mod_s.pending_wset));
+#else
+			/* fieldagent: the receive thread polls this socket for POLLOUT from its next poll on
+			 * (Socket_getReadySocket); interrupt the poll it may be in now, whose timeout is
+			 * longer than upstream's 1 second while idle (MQTTAsync_receiveWait), so the write
+			 * continues as soon as the socket drains. */
+			Socket_interrupt();
 #endif
 			rc = TCPSOCKET_INTERRUPTED;
 		}
