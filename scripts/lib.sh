@@ -161,3 +161,14 @@ CONF
   for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   echo "$pid"
 }
+
+# "tid name ns slices" for each thread of process $1 (schedstat: ns on CPU, times scheduled in);
+# a thread that ends while this runs is left out.
+per_thread() {
+  local task line
+  for task in /proc/"$1"/task/*; do
+    line=$({ tr -d ' ' < "$task/comm" && awk '{ print $1, $3 }' "$task/schedstat"; } 2>/dev/null | paste -sd' ') || continue
+    [ -n "$line" ] && echo "${task##*/} $line"
+  done
+  return 0
+}
