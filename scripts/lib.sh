@@ -65,7 +65,8 @@ ensure_cargo_deb() {
 # Debian 12's nodejs and npm; a machine that already has node and npm (e.g. NodeSource's) keeps
 # them.
 ensure_test_tools() {
-  apt_install protobuf-compiler
+  # libfaketime: the wall clock stepped under a running agent (tests/lifecycle.rs).
+  apt_install protobuf-compiler libfaketime
   command -v node >/dev/null 2>&1 || apt_install nodejs
   command -v npm >/dev/null 2>&1 || apt_install npm
   if [ ! -d tests/sparkplug/node_modules/sparkplug-payload ]; then

@@ -1,8 +1,10 @@
 //! Alert rules as state machines: thresholds with hysteresis, `for_s`, discrete `equals`, and the
 //! built-in `sensor_fault`.
 //!
-//! Pure: no I/O, no clock. [`Alerts::evaluate`] takes a sample and the time, changes state and
-//! returns the events to publish. The state is plain data ([`SavedState`]) that the caller
+//! Pure: no I/O, no clock. [`Alerts::evaluate`] takes a sample (whose wall-clock `ts_ms` goes
+//! into the events) and the monotonic time (which `for_s` is measured on, so a step of the wall
+//! clock neither stretches nor skips the hold), changes state and returns the events to
+//! publish. The state is plain data ([`SavedState`]) that the caller
 //! persists in `state_dir` after any change, so a restart never raises an alert again and clears
 //! one whose condition ended meanwhile.
 
@@ -132,7 +134,7 @@ pub struct SavedState {
     pub faults: BTreeMap<String, bool>,
 }
 
-/// Where the change of a rule's condition started, for `for_s`.
+/// Where the change of a rule's condition started, for `for_s` (monotonic milliseconds).
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending {
     since_ms: Option<u64>,
@@ -218,9 +220,16 @@ impl Alerts {
         }
     }
 
-    /// Evaluates every rule on `sample` at `now_ms`; returns the events in rule order, sensor
-    /// faults first. A rule whose sensor failed neither raises nor clears.
-    pub fn evaluate(&mut self, sample: &Sample, now_ms: u64, synced: bool) -> Vec<AlertEvent> {
+    /// Evaluates every rule on `sample` at `monotonic_ms` (the monotonic clock, for `for_s`);
+    /// returns the events in rule order, sensor faults first, stamped with the sample's `ts_ms`.
+    /// A rule whose sensor failed neither raises nor clears.
+    pub fn evaluate(
+        &mut self,
+        sample: &Sample,
+        monotonic_ms: u64,
+        synced: bool,
+    ) -> Vec<AlertEvent> {
+        let now_ms = sample.ts_ms;
         let mut events = Vec::new();
         // Sensor faults: raised while a value fails, cleared when it reads again.
         for (name, error) in &sample.errors {
@@ -263,8 +272,8 @@ impl Alerts {
                 self.rules[index].1 = Pending::default();
                 continue;
             }
-            let since = pending.since_ms.unwrap_or(now_ms);
-            if now_ms.saturating_sub(since) < rule.for_ms {
+            let since = pending.since_ms.unwrap_or(monotonic_ms);
+            if monotonic_ms.saturating_sub(since) < rule.for_ms {
                 self.rules[index].1.since_ms = Some(since);
                 continue;
             }
@@ -300,7 +309,15 @@ mod tests {
     }
 
     fn sample(value: Option<f64>) -> Sample {
-        let mut sample = Sample::default();
+        sample_at(0, value)
+    }
+
+    /// A sample stamped `ts_ms` on the wall clock.
+    fn sample_at(ts_ms: u64, value: Option<f64>) -> Sample {
+        let mut sample = Sample {
+            ts_ms,
+            ..Sample::default()
+        };
         match value {
             Some(value) => sample.values.push((Arc::from("t"), value)),
             None => sample.errors.push((
@@ -400,13 +417,49 @@ mod tests {
         );
     }
 
+    /// Issue 31: `for_s` is measured on the monotonic clock. A wall clock stepped back an hour
+    /// (the samples' `ts_ms`) used to hold the alert for an hour more; stepped forward a day, it
+    /// raised at once, skipping the hold that filters transients.
+    #[test]
+    fn for_s_holds_whatever_the_wall_clock_does() {
+        let config = [rule("{ name: hot, sensor: t, above: 80, for_s: 30 }")];
+        let day_ms = 86_400_000;
+        let t0 = 1_700_000_000_000;
+        // (wall clock ts_ms, monotonic s): stepped back an hour after the first sample.
+        let back = [
+            (t0, 0),
+            (t0 - 3_600_000 + 1_000, 1),
+            (t0 - 3_600_000 + 30_000, 30),
+        ];
+        // Stepped forward a day after the first sample.
+        let forward = [
+            (t0, 0),
+            (t0 + day_ms + 1_000, 1),
+            (t0 + day_ms + 6_000, 6),
+            (t0 + day_ms + 30_000, 30),
+        ];
+        for (steps, raised_at) in [(&back[..], 30), (&forward[..], 30)] {
+            let mut alerts = Alerts::new("node", &config, SavedState::default());
+            let mut raised = None;
+            for &(ts_ms, monotonic_s) in steps {
+                let events =
+                    alerts.evaluate(&sample_at(ts_ms, Some(90.0)), monotonic_s * 1000, true);
+                if let Some(event) = events.first() {
+                    assert_eq!(event.ts, ts_ms, "the event carries the wall clock's time");
+                    raised.get_or_insert(monotonic_s);
+                }
+            }
+            assert_eq!(raised, Some(raised_at), "{steps:?}");
+        }
+    }
+
     #[test]
     fn events_carry_stable_unique_ids_and_the_state_survives() {
         let config = [rule(
             "{ name: hot, sensor: t, above: 80, severity: critical, qos: 2 }",
         )];
         let mut alerts = Alerts::new("node-1", &config, SavedState::default());
-        let events = alerts.evaluate(&sample(Some(81.2)), 1000, true);
+        let events = alerts.evaluate(&sample_at(1000, Some(81.2)), 1, true);
         assert_eq!(
             events[0].to_json(),
             r#"{"id":"node-1:hot:1","ts":1000,"alert":"hot","state":"raised","sensor":"t","value":81.2,"threshold":80.0,"severity":"critical"}"#
@@ -417,9 +470,9 @@ mod tests {
         let saved = alerts.state().clone();
         let mut restarted = Alerts::new("node-1", &config, saved);
         assert!(restarted
-            .evaluate(&sample(Some(85.0)), 2000, true)
+            .evaluate(&sample_at(2000, Some(85.0)), 2, true)
             .is_empty());
-        let cleared = restarted.evaluate(&sample(Some(70.0)), 3000, false);
+        let cleared = restarted.evaluate(&sample_at(3000, Some(70.0)), 3, false);
         assert_eq!(cleared[0].id, "node-1:hot:2");
         assert!(cleared[0].to_json().contains(r#""time_synced":false"#));
     }

@@ -1,4 +1,9 @@
-//! Whether the system clock can be believed.
+//! Whether the system clock can be believed, and the clocks durations are measured on.
+//!
+//! Durations (an alert's `for_s`, the watchdog, a stuck read, a connect's bound) are measured on
+//! the monotonic clock ([`monotonic_ms`]), never on the wall clock: NTP steps a board without RTC
+//! by years at boot, and an operator may set it by hand. Only timestamps in payloads use the
+//! wall clock (`model::now_ms`).
 //!
 //! Many boards have no RTC and boot in 1970 or at the image's build date; their clock is right
 //! only once NTP has set it. The clock counts as synchronised when systemd-timesyncd says so
@@ -9,8 +14,24 @@
 #![allow(unsafe_code)]
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Milliseconds on the monotonic clock since this process first asked: for durations, which a
+/// step of the wall clock must neither stretch nor skip.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Milliseconds since the system booted (`CLOCK_BOOTTIME`, which counts a suspend too): one
+/// clock for every process, so `status` judges how old the daemon's state file is whatever the
+/// wall clock did meanwhile.
+pub fn boot_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+    })
+}
 
 /// Unix time in seconds when this binary was built (see build.rs).
 pub const BUILD_TS_S: u64 = match u64::from_str_radix(env!("FIELDAGENT_BUILD_TS"), 10) {

@@ -6,8 +6,6 @@
 //! sends can crash the agent or touch a path outside the allow-list. Parsing is apart from
 //! executing: [`parse`] is pure, [`execute`] does the one write.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -193,48 +191,6 @@ pub fn allowed_value(actuator: &ActuatorSpec, value: Option<String>) -> Result<S
     Ok(value)
 }
 
-/// Writes an actuator's value. Only paths from the allow-list ever reach this.
-///
-/// The file is opened without following a symlink in its last component (nothing planted there
-/// is written through), non-blocking (a FIFO without a reader is an error, not a wait) and
-/// truncated (writing "1" over "10" leaves "1", as `echo 1 >` does); it must be a regular file
-/// or a character device.
-pub fn write(file: &Path, value: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    // No create: an actuator is a file that exists (an LED's brightness, a sysfs knob).
-    let mut handle = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(file)
-        .map_err(|err| format!("cannot open {}: {err}", file.display()))?;
-    let kind = handle
-        .metadata()
-        .map_err(|err| format!("cannot stat {}: {err}", file.display()))?
-        .file_type();
-    if let Some(what) = unfit_actuator(kind) {
-        return Err(format!("{} is {what}; expected a file", file.display()));
-    }
-    handle
-        .write_all(value.as_bytes())
-        .map_err(|err| format!("cannot write {}: {err}", file.display()))
-}
-
-/// Why a file of this type cannot be an actuator, if it cannot: a FIFO, a socket, a directory.
-pub fn unfit_actuator(kind: std::fs::FileType) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,33 +276,6 @@ mod tests {
         assert_eq!(
             duplicate.to_json(),
             r#"{"id":"a1","command":"fan","ok":true,"duplicate":true}"#
-        );
-    }
-
-    /// Issue 20: writing "1" over "10" left "10" and answered ok; a symlink planted at the
-    /// path was written through; a FIFO blocked the writer.
-    #[test]
-    fn writes_truncate_and_follow_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("value");
-        std::fs::write(&file, "10").unwrap();
-        write(&file, "1").unwrap();
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1");
-
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "kept").unwrap();
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let err = write(&link, "1").unwrap_err();
-        assert!(err.contains("cannot open"), "{err}");
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "kept");
-
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let err = write(&fifo, "1").unwrap_err();
-        assert!(
-            err.contains("cannot open"),
-            "no reader: ENXIO at once, {err}"
         );
     }
 }

@@ -46,4 +46,5 @@ pub mod sensors;
 pub mod service;
 pub mod sparkplug;
 pub mod state;
+pub mod sync;
 pub mod telemetry;

@@ -27,6 +27,10 @@ pub struct Written {
     pub version: String,
     /// When this was written (Unix ms).
     pub written_ts: u64,
+    /// When this was written, in milliseconds since boot (`clock::boot_ms`): how old the file
+    /// is, whatever the wall clock did since (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_boot_ms: Option<u64>,
     pub started_ts: u64,
     pub client_id: String,
     /// `plain` or `sparkplug`.
@@ -132,6 +136,9 @@ pub enum ReadError {
     },
 }
 
+/// The largest `status.json` read (the daemon writes about a kilobyte).
+const MAX_FILE: u64 = 256 * 1024;
+
 /// Reads `state_dir`'s status and outbox as of `now_ms`; `alive` says whether a process id is a
 /// running fieldagent.
 pub fn read(
@@ -140,16 +147,54 @@ pub fn read(
     alive: impl Fn(u32) -> bool,
 ) -> Result<Status, ReadError> {
     let path = state_dir.join(FILE);
-    let written: Option<Written> = match std::fs::read(&path) {
+    let written: Option<Written> = match read_small(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).ok(),
         Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        // Not a regular file, or far too large: not what the daemon writes.
+        Err(err) if err.kind() == io::ErrorKind::InvalidData => None,
         Err(source) => return Err(ReadError::Denied { path, source }),
     };
     let on_disk = crate::outbox::inspect(state_dir).map_err(|source| ReadError::Denied {
         path: state_dir.join(crate::outbox::FILE),
         source,
     })?;
-    Ok(combine(state_dir, written, &on_disk, now_ms, alive))
+    Ok(combine(
+        state_dir,
+        written,
+        &on_disk,
+        now_ms,
+        crate::clock::boot_ms(),
+        alive,
+    ))
+}
+
+/// A small regular file, read without waiting: opened non-blocking and not following a
+/// symlink, checked to be a regular file of at most [`MAX_FILE`] bytes (`InvalidData`
+/// otherwise), so a FIFO or a device planted in its place cannot hang `status`.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|err| {
+            if err.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::InvalidData, "a symlink")
+            } else {
+                err
+            }
+        })?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() || metadata.len() > MAX_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file of its size",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_FILE).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn combine(
@@ -157,6 +202,7 @@ fn combine(
     written: Option<Written>,
     on_disk: &OnDisk,
     now_ms: u64,
+    now_boot_ms: u64,
     alive: impl Fn(u32) -> bool,
 ) -> Status {
     let disk_queued = Queued::from_kinds(on_disk.per_kind);
@@ -189,7 +235,13 @@ fn combine(
             reconnects: 0,
         };
     };
-    let age_ms = now_ms.saturating_sub(w.written_ts);
+    // Since boot where the file says (a wall clock step changes nothing); a file written in
+    // another boot (its boot time ahead of ours) is as old as our whole boot, at least.
+    let age_ms = match w.written_boot_ms {
+        Some(written) if written <= now_boot_ms => now_boot_ms - written,
+        Some(_) => now_boot_ms.max(STALE_MS + 1),
+        None => now_ms.saturating_sub(w.written_ts),
+    };
     let problem = if !alive(w.pid) {
         Some(format!(
             "not running: process {} is gone; this is what it last wrote, {} ago",
@@ -394,7 +446,7 @@ mod tests {
             damage: None,
         };
         let dir = Path::new("/var/lib/fieldagent");
-        let fresh = combine(dir, Some(written()), &disk, 1_010_000, |_| true);
+        let fresh = combine(dir, Some(written()), &disk, 1_010_000, 0, |_| true);
         assert!(fresh.running && fresh.connected && fresh.problem.is_none());
         assert_eq!(
             fresh.queued,
@@ -407,13 +459,36 @@ mod tests {
             Some(written()),
             &disk,
             1_000_000 + STALE_MS + 1,
+            0,
             |_| true,
         );
         assert!(!stale.running && !stale.connected);
         assert!(stale.problem.unwrap().starts_with("stale"));
-        let gone = combine(dir, Some(written()), &disk, 1_010_000, |_| false);
+        // With the boot clock in the file, a wall clock stepped a day ahead or an hour back
+        // changes nothing: 10 s after writing is fresh, STALE_MS later is stale.
+        let booted = Written {
+            written_boot_ms: Some(500_000),
+            ..written()
+        };
+        for wall in [1_010_000 + 86_400_000, 10_000] {
+            let fresh = combine(dir, Some(booted.clone()), &disk, wall, 510_000, |_| true);
+            assert!(fresh.running, "{wall}: {:?}", fresh.problem);
+            let stale = combine(
+                dir,
+                Some(booted.clone()),
+                &disk,
+                wall,
+                500_001 + STALE_MS,
+                |_| true,
+            );
+            assert!(stale.problem.unwrap().starts_with("stale"), "{wall}");
+        }
+        // Written in an earlier boot (its boot time ahead of ours): not this boot's agent.
+        let earlier = combine(dir, Some(booted), &disk, 1_010_000, 20_000, |_| true);
+        assert!(!earlier.running);
+        let gone = combine(dir, Some(written()), &disk, 1_010_000, 0, |_| false);
         assert!(gone.problem.unwrap().contains("process 42 is gone"));
-        let never = combine(dir, None, &disk, 1_010_000, |_| true);
+        let never = combine(dir, None, &disk, 1_010_000, 0, |_| true);
         assert!(!never.running && never.problem.unwrap().contains("has not run"));
         assert_eq!(never.queued.telemetry, 5, "the outbox is read all the same");
     }
@@ -427,6 +502,7 @@ mod tests {
             Some(w),
             &OnDisk::default(),
             1_010_000,
+            0,
             |_| true,
         );
         assert_eq!(status.queued, Queued::from_kinds([1, 0, 3]));

@@ -128,11 +128,23 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
     }
     probe_actuators(config, &mut found);
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
-    let sample = sensors.read_all_within(crate::sensors::DEADLINE);
+    let sample =
+        sensors.read_all_within(crate::sensors::DEADLINE, &crate::sensors::Stuck::default());
+    // By name: a config of thousands of sensors must not cost their square.
+    let values: std::collections::HashMap<&str, &f64> = sample
+        .values
+        .iter()
+        .map(|(name, value)| (&**name, value))
+        .collect();
+    let errors: std::collections::HashMap<&str, &crate::model::SensorError> = sample
+        .errors
+        .iter()
+        .map(|(name, err)| (&**name, err))
+        .collect();
     for (spec, sensor) in config.sensors.iter().zip(sensors.iter()) {
         let key = &spec.key;
         for (value_index, name) in sensor.value_names().iter().enumerate() {
-            if let Some((_, value)) = sample.values.iter().find(|(n, _)| n == name) {
+            if let Some(value) = values.get(&**name) {
                 let unit = sensor
                     .unit(value_index)
                     .map_or_else(String::new, |unit| format!(" {unit}"));
@@ -140,7 +152,7 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
                     key,
                     format!("{name} = {value}{unit} from {}", sensor.describe()),
                 ));
-            } else if let Some((_, err)) = sample.errors.iter().find(|(n, _)| n == name) {
+            } else if let Some(err) = errors.get(&**name) {
                 found.push(Finding::warning(key, format!("{name}: {err}")));
             }
         }
@@ -213,7 +225,7 @@ fn probe_actuators(config: &ValidConfig, found: &mut Vec<Finding>) {
             ));
             continue;
         }
-        if let Some(what) = crate::commands::unfit_actuator(meta.file_type()) {
+        if let Some(what) = crate::actuators::unfit_actuator(meta.file_type()) {
             found.push(Finding::warning(
                 &key,
                 format!("{} is {what}; expected a file", path.display()),
@@ -290,7 +302,8 @@ pub fn read(
 ) -> Result<(), Error> {
     let config = load(path, warn)?;
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
-    let sample = sensors.read_all_within(crate::sensors::DEADLINE);
+    let sample =
+        sensors.read_all_within(crate::sensors::DEADLINE, &crate::sensors::Stuck::default());
     if json {
         writeln!(out, "{}", sample.to_json())?;
         return Ok(());

@@ -101,7 +101,7 @@ async fn steps(
 ) -> Result<bool, Error> {
     let (lost_tx, _lost) = mpsc::channel(4);
     let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
-    let session = Session::new(
+    let mut session = Session::new(
         config,
         &identity.client_id,
         lost_tx,
@@ -109,6 +109,9 @@ async fn steps(
         None,
         Profile::Probe,
     )?;
+    if let Some(path) = &config.config().broker.password_file {
+        session.set_password(&crate::mqtt::read_password(path)?);
+    }
     let timeout = config.config().broker.connect_timeout();
     let started = Instant::now();
     let attempt = session.attempt();
@@ -119,8 +122,12 @@ async fn steps(
             let endpoint = config.endpoints.iter().find(|e| e.scheme == Scheme::Tls);
             if let Some(endpoint) = endpoint.cloned() {
                 let settings = config.config().broker.tls.clone();
+                let no_answer = err.is_no_answer();
                 let diagnosis = tokio::task::spawn_blocking(move || {
-                    tls::diagnose(&endpoint, &settings, timeout)
+                    no_answer
+                        .then(|| tls::missing_step(&endpoint, &settings, timeout))
+                        .flatten()
+                        .or_else(|| tls::diagnose(&endpoint, &settings, timeout))
                 })
                 .await
                 .ok()

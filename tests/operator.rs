@@ -55,8 +55,11 @@ fn status_says_what_the_agent_does_offline_online_and_stopped() {
     setup.top_extra = "alerts:\n  - { name: warm, sensor: cpu_temp, above: 60 }\n".to_owned();
     let mut agent = Agent::start_with(&dir, &pki, setup);
     let config = dir.path().join("node-st.yaml");
+    // Two independent events: the alert queued, and the first connect refused.
     let offline = status_until(&config, Duration::from_secs(10), |code, s| {
-        code == 0 && s["queued"]["alerts"].as_u64() >= Some(1)
+        code == 0
+            && s["queued"]["alerts"].as_u64() >= Some(1)
+            && s["last_connect_error"].as_str().is_some()
     });
     assert_eq!(offline["running"], true, "{offline}");
     assert_eq!(offline["connected"], false, "{offline}");

@@ -645,3 +645,58 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
         .expect("the broker's count of kept sessions");
     assert_eq!(kept.payload, "0", "a session outlived the node");
 }
+
+/// Issue 31, point 14: the writes of an NCMD ran side by side in no order (`fan = 1, fan = 0`
+/// left the file at 1 in 96 of 100 trials). Through the one executor they run in order, one
+/// at a time per actuator: every trial ends at the value written last.
+#[test]
+fn issue_31_14_ncmd_writes_end_at_the_value_written_last() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/#");
+    let (setup, fan) = setup(&dir, "sp-node-14", &broker, false);
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let fan_alias = birth.metric("Actuators/fan")["alias"].clone();
+    let ncmd = "spBv1.0/plant1/NCMD/sp-node-14";
+    let write = |timestamp: u64, values: &[&str]| {
+        let metrics: Vec<Value> = values
+            .iter()
+            .map(|value| json!({ "name": "Actuators/fan", "type": "String", "value": value }))
+            .collect();
+        send(
+            &broker,
+            &pki,
+            &dir,
+            ncmd,
+            json!({ "timestamp": timestamp, "metrics": metrics }),
+        );
+    };
+    // Waits for NDATA saying the fan holds `value`.
+    let holds = |value: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let data = next(&sub, "NDATA", left);
+            if data
+                .by_alias(&fan_alias)
+                .is_some_and(|m| m["value"] == value)
+            {
+                return;
+            }
+        }
+    };
+    for trial in 0..20u64 {
+        write(trial * 2 + 10, &["1"]);
+        holds("1");
+        write(trial * 2 + 11, &["1", "0"]);
+        holds("0");
+        assert_eq!(
+            std::fs::read_to_string(&fan).unwrap().trim(),
+            "0",
+            "trial {trial}:\n{}",
+            agent.report()
+        );
+    }
+}

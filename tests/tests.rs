@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area.
 
 mod broker;
+mod fake_broker;
 mod util;
 mod yocto;
 
@@ -15,6 +16,7 @@ mod daemon;
 mod fleet_broker;
 mod identity;
 mod interop;
+mod lifecycle;
 mod modbus;
 mod operator;
 mod outbox;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use super::finding::Finding;
+
 /// The lists whose entries merge by `name`.
 const NAMED_LISTS: &[&str] = &["sensors", "alerts", "actuators"];
 
@@ -19,29 +21,73 @@ pub fn directory(path: &Path) -> PathBuf {
     path.parent().unwrap_or(Path::new(".")).join("conf.d")
 }
 
-/// The drop-ins for the config at `path`, in name order: regular `*.yaml` files, not hidden.
-/// A missing directory is none; one that cannot be read is an error.
-pub fn files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The drop-ins for the config at `path`, in name order: every `*.yaml` in `conf.d/` that is
+/// not hidden, each a
+/// regular file (not a symlink, which could put another file's contents into findings and the
+/// journal), owned by root or by the user the agent runs as, and not writable by others. What
+/// is refused is an error finding; any other entry (but the package's `README`) is a warning,
+/// never skipped in silence. A missing directory is none; one that cannot be read is an error.
+pub fn files(path: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<Finding>)> {
+    use std::os::unix::fs::MetadataExt;
     let dir = directory(path);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), Vec::new()))
+        }
         Err(err) => return Err(err),
     };
+    let euid = nix::unistd::geteuid().as_raw();
     let mut files = Vec::new();
+    let mut findings = Vec::new();
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".yaml") {
+        let file = entry.path();
+        let finding = |mut finding: Finding| {
+            finding.file = Some(file.clone());
+            finding
+        };
+        if !name.ends_with(".yaml") {
+            if name != "README" {
+                findings.push(finding(Finding::warning(
+                    "",
+                    "not read: only files ending in .yaml in conf.d/ are drop-ins",
+                )));
+            }
             continue;
         }
-        if std::fs::metadata(entry.path())?.is_file() {
-            files.push(entry.path());
+        if name.starts_with('.') {
+            findings.push(finding(Finding::warning(
+                "",
+                "not read: a hidden file is not a drop-in (an editor's or a tool's temporary file)",
+            )));
+            continue;
+        }
+        let metadata = std::fs::symlink_metadata(&file)?;
+        let refused = if metadata.file_type().is_symlink() {
+            Some("a symlink; a drop-in must be a regular file in conf.d/ itself".to_owned())
+        } else if !metadata.is_file() {
+            Some("not a regular file".to_owned())
+        } else if metadata.uid() != 0 && metadata.uid() != euid {
+            Some(format!(
+                "owned by uid {}, neither root nor the user the agent runs as (uid {euid})",
+                metadata.uid()
+            ))
+        } else if metadata.mode() & 0o002 != 0 {
+            Some("writable by every user; chmod o-w it".to_owned())
+        } else {
+            None
+        };
+        match refused {
+            Some(why) => findings.push(finding(Finding::error("", format!("refused: {why}")))),
+            None => files.push(file),
         }
     }
     files.sort();
-    Ok(files)
+    findings.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok((files, findings))
 }
 
 /// Where a subtree of the merged config came from: the subtree at `merged` is the one at
@@ -139,20 +185,28 @@ fn merge_named(
     file: usize,
     origins: &mut Vec<Origin>,
 ) {
-    let name_of = |entry: &Value| entry.get("name").and_then(Value::as_str).map(str::to_owned);
+    fn name_of(entry: &Value) -> Option<String> {
+        entry.get("name").and_then(Value::as_str).map(str::to_owned)
+    }
+    // By name, so merging is linear in the entries (a drop-in of thousands of sensors over a
+    // main file of thousands was quadratic).
+    let mut by_name: std::collections::HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, entry)| name_of(entry).map(|name| (name, index)))
+        .collect();
     for (at, entry) in more.into_iter().enumerate() {
-        let existing = name_of(&entry).and_then(|name| {
-            entries
-                .iter()
-                .position(|e| name_of(e).as_deref() == Some(&name))
-        });
-        let index = match existing {
-            Some(index) => {
+        let name = name_of(&entry);
+        let index = match name.as_ref().and_then(|name| by_name.get(name)) {
+            Some(&index) => {
                 entries[index] = entry;
                 index
             }
             None => {
                 entries.push(entry);
+                if let Some(name) = name {
+                    by_name.insert(name, entries.len() - 1);
+                }
                 entries.len() - 1
             }
         };

@@ -66,35 +66,117 @@ pub fn load_str(text: &str, path: &Path) -> Result<(ValidConfig, Findings), Conf
     }
 }
 
+/// The most one config file may hold; more is refused unread. A config of 10 000 sensors is
+/// about a megabyte; reading one costs about 35 bytes of memory a byte (`bench/config`).
+pub const MAX_FILE_BYTES: u64 = 2 << 20;
+
+/// The most the config file and its drop-ins may hold together: what a config can cost to read
+/// is bounded by this (`bench/config` measures the largest).
+pub const MAX_TOTAL_BYTES: u64 = 2 << 20;
+
 /// For `check`: reads and parses the file and returns every finding together with whatever
 /// parsed, even when findings contain errors, so certificates and sensors can still be probed.
 /// The config is `None` only when the file is not YAML or not a mapping.
 pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })
+    let mut budget = MAX_TOTAL_BYTES;
+    let mut findings = Vec::new();
+    let text = match read_bounded(path, &mut budget)? {
+        Ok(text) => text,
+        Err(finding) => {
+            return Ok((
+                None,
+                Findings {
+                    file: path.to_owned(),
+                    items: vec![finding],
+                },
+            ))
+        }
     };
-    let text = read(path)?;
-    let dropins = super::dropin::files(path).map_err(|source| ConfigError::Read {
+    let (dropins, refused) = super::dropin::files(path).map_err(|source| ConfigError::Read {
         path: super::dropin::directory(path),
         source,
     })?;
+    findings.extend(refused);
     let mut texts = vec![(path.to_owned(), text)];
     for file in dropins {
-        let text = read(&file)?;
-        texts.push((file, text));
+        match read_bounded(&file, &mut budget)? {
+            Ok(text) => texts.push((file, text)),
+            Err(mut finding) => {
+                finding.file = Some(file);
+                findings.push(finding);
+            }
+        }
     }
-    Ok(inspect_many(&texts, path))
+    Ok(inspect_many(&texts, path, findings))
 }
 
-/// The config file and its drop-ins (`texts[0]` is the config file), merged. Findings come in
-/// file order: the config file's first, by line and column, then each drop-in's.
-fn inspect_many(texts: &[(PathBuf, String)], path: &Path) -> (Option<ValidConfig>, Findings) {
+/// Reads a config file of at most [`MAX_FILE_BYTES`] and what is left of `budget`; a larger
+/// one is an error finding, not read. A file that cannot be read at all is a `ConfigError`.
+fn read_bounded(path: &Path, budget: &mut u64) -> Result<Result<String, Finding>, ConfigError> {
+    use std::io::Read;
+    let failed = |source: std::io::Error| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let size = file.metadata().map_err(failed)?.len();
+    let limit = MAX_FILE_BYTES.min(*budget);
+    if size > limit {
+        let why = if size > MAX_FILE_BYTES {
+            format!(
+                "a config file may hold at most {} MiB",
+                MAX_FILE_BYTES >> 20
+            )
+        } else {
+            format!(
+                "the config file and its drop-ins may hold at most {} MiB together",
+                MAX_TOTAL_BYTES >> 20
+            )
+        };
+        return Ok(Err(Finding::error(
+            "",
+            format!("refused unread: {size} bytes; {why}"),
+        )));
+    }
+    let mut text = String::with_capacity(size as usize);
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    if text.len() as u64 > limit {
+        return Ok(Err(Finding::error(
+            "",
+            format!("refused: it grew past {limit} bytes while being read"),
+        )));
+    }
+    *budget -= text.len() as u64;
+    Ok(Ok(text))
+}
+
+/// The config file and its drop-ins (`texts[0]` is the config file), merged, with `found`
+/// (what was found about the drop-in directory) among the findings. Findings come in file
+/// order: the config file's first, by line and column, then each drop-in's.
+fn inspect_many(
+    texts: &[(PathBuf, String)],
+    path: &Path,
+    found: Vec<Finding>,
+) -> (Option<ValidConfig>, Findings) {
+    let (config, mut findings) = inspect_texts(texts, path, found);
+    findings.items = findings
+        .items
+        .into_iter()
+        .map(super::finding::redacted)
+        .collect();
+    (config, findings)
+}
+
+fn inspect_texts(
+    texts: &[(PathBuf, String)],
+    path: &Path,
+    found: Vec<Finding>,
+) -> (Option<ValidConfig>, Findings) {
     let mut findings = Findings {
         file: path.to_owned(),
-        items: Vec::new(),
+        items: found,
     };
     let mut indexes = Vec::with_capacity(texts.len());
     let mut documents = Vec::with_capacity(texts.len());
@@ -154,7 +236,7 @@ fn inspect_many(texts: &[(PathBuf, String)], path: &Path) -> (Option<ValidConfig
 
 /// One text with no drop-ins: the same path as a file with its drop-ins.
 fn inspect_str(text: &str, path: &Path) -> (Option<ValidConfig>, Findings) {
-    inspect_many(&[(path.to_owned(), text.to_owned())], path)
+    inspect_many(&[(path.to_owned(), text.to_owned())], path, Vec::new())
 }
 
 /// What validation needs to know about entries that failed to parse: it reports nothing more
@@ -503,12 +585,16 @@ impl Positions {
         let mut indexer = Indexer::default();
         let mut parser = Parser::new_from_str(text);
         match parser.load(&mut indexer, false) {
+            Ok(()) if indexer.alias.is_some() => {
+                let mut finding = Finding::error(
+                    indexer.alias_path.clone(),
+                    "YAML aliases (*name) are not accepted: a few bytes of them can stand for gigabytes; write the value out",
+                );
+                finding.position = indexer.alias;
+                Err(finding)
+            }
             Ok(()) => Ok(Positions {
-                by_path: indexer
-                    .by_path
-                    .into_iter()
-                    .map(|(key, (line, column))| (key, (0, line, column)))
-                    .collect(),
+                by_path: indexer.by_path,
                 files: Vec::new(),
                 origins: Vec::new(),
             }),
@@ -528,21 +614,65 @@ impl Positions {
         origins: Vec<super::dropin::Origin>,
     ) -> Positions {
         use super::dropin::under;
-        let mut by_path: HashMap<String, (usize, usize, usize)> = HashMap::new();
+        use std::collections::BTreeMap;
+        // One file, no drop-ins: its index is the merged one (no copy of thousands of keys).
+        if indexes.len() == 1
+            && origins.len() == 1
+            && origins[0].file == 0
+            && origins[0].merged.is_empty()
+            && origins[0].source.is_empty()
+        {
+            let by_path = indexes.into_iter().next().unwrap_or_default();
+            return Positions {
+                by_path,
+                files,
+                origins,
+            };
+        }
+        // Ordered, so the keys under a prefix are one range: linear in the size of the config
+        // rather than in its square (thousands of sensors in several files).
+        let sorted: Vec<BTreeMap<&str, (usize, usize)>> = indexes
+            .iter()
+            .map(|index| {
+                index
+                    .iter()
+                    .map(|(key, &(_, line, column))| (key.as_str(), (line, column)))
+                    .collect()
+            })
+            .collect();
+        let mut by_path: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
         for origin in &origins {
-            by_path.retain(|key, _| !under(key, &origin.merged));
-            let Some(index) = indexes.get(origin.file) else {
+            let stale: Vec<String> = by_path
+                .range::<str, _>((
+                    std::ops::Bound::Included(origin.merged.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(key, _)| key.starts_with(origin.merged.as_str()))
+                .filter(|(key, _)| under(key, &origin.merged))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in stale {
+                by_path.remove(&key);
+            }
+            let Some(index) = sorted.get(origin.file) else {
                 continue;
             };
-            for (key, &(_, line, column)) in index {
-                if under(key, &origin.source) {
-                    let merged = format!("{}{}", origin.merged, &key[origin.source.len()..]);
+            let source = origin.source.as_str();
+            for (key, &(line, column)) in index
+                .range::<str, _>((
+                    std::ops::Bound::Included(source),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(key, _)| key.starts_with(source))
+            {
+                if under(key, source) {
+                    let merged = format!("{}{}", origin.merged, &key[source.len()..]);
                     by_path.insert(merged, (origin.file, line, column));
                 }
             }
         }
         Positions {
-            by_path,
+            by_path: by_path.into_iter().collect(),
             files,
             origins,
         }
@@ -614,13 +744,18 @@ enum Frame {
 #[derive(Debug, Default)]
 struct Indexer {
     stack: Vec<Frame>,
-    by_path: HashMap<String, (usize, usize)>,
+    /// Key path to (file number, always 0 here, line, column).
+    by_path: HashMap<String, (usize, usize, usize)>,
+    /// Where the first alias stands, and its key path: aliases are refused before serde_yaml
+    /// expands them (an alias bomb is K² nodes from 5·K bytes).
+    alias: Option<(usize, usize)>,
+    alias_path: String,
 }
 
 impl Indexer {
     /// Called for every node; returns the path of that node and records its position.
     fn enter_node(&mut self, scalar: Option<&str>, mark: Marker) -> String {
-        let position = (mark.line(), mark.col() + 1);
+        let position = (0, mark.line(), mark.col() + 1);
         match self.stack.last_mut() {
             None => String::new(),
             Some(Frame::Map {
@@ -664,7 +799,11 @@ impl MarkedEventReceiver for Indexer {
                 self.enter_node(Some(&value), mark);
             }
             Event::Alias(_) => {
-                self.enter_node(None, mark);
+                let path = self.enter_node(None, mark);
+                if self.alias.is_none() {
+                    self.alias = Some((mark.line(), mark.col() + 1));
+                    self.alias_path = path;
+                }
             }
             Event::MappingStart(..) => {
                 let path = self.enter_node(None, mark);

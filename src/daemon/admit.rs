@@ -99,3 +99,53 @@ pub(crate) fn renew(
     }
     tls::copy_pair(source, files).map_err(|err| format!("cannot copy it into state_dir: {err}"))
 }
+
+/// The identity whose data `state_dir` holds (`identity.json`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Owner {
+    client_id: String,
+}
+
+/// The file naming whose data `state_dir` holds.
+const OWNER_FILE: &str = "identity.json";
+
+/// At start, before the outbox and the alert state are opened: what `state_dir` holds was made
+/// as the client ID `identity.json` names. When the board now has another identity (provisioned
+/// anew), that outbox and alert state are moved aside (kept for a person, never sent as this
+/// device's: their topics and alert ids name the other one) with an error line, and the file
+/// names the new owner. A reload never changes the identity (it is refused), so this is the
+/// one place it can change.
+pub(crate) fn adopt_state(state_dir: &Path, client_id: &str) {
+    let path = state_dir.join(OWNER_FILE);
+    let owner: Owner = crate::state::load(&path);
+    if owner.client_id == client_id {
+        return;
+    }
+    if !owner.client_id.is_empty() {
+        let queued = crate::outbox::inspect(state_dir)
+            .map(|on_disk| on_disk.per_kind.iter().sum::<usize>())
+            .unwrap_or(0);
+        let stamp = crate::model::now_ms();
+        let mut moved = Vec::new();
+        for file in [crate::outbox::FILE, super::sampler::ALERTS_FILE] {
+            let from = state_dir.join(file);
+            let aside = state_dir.join(format!("{file}.as-{}-{stamp}", owner.client_id));
+            if std::fs::rename(&from, &aside).is_ok() {
+                moved.push(aside.display().to_string());
+            }
+        }
+        tracing::error!(
+            previous = %owner.client_id,
+            client_id = %client_id,
+            queued,
+            moved_to = %moved.join(", "),
+            "state_dir holds what was made as another client ID; it is kept aside, not sent as this device's."
+        );
+    }
+    let owner = Owner {
+        client_id: client_id.to_owned(),
+    };
+    if let Err(err) = crate::state::save(&path, &owner) {
+        tracing::warn!(path = %path.display(), error = %err, "Cannot record whose data state_dir holds.");
+    }
+}

@@ -1,7 +1,12 @@
-//! Remote commands, off the event loop. The loop only parses (pure) and queues; execution runs
-//! on the blocking pool, one command at a time per actuator in arrival order, different
-//! actuators side by side, each with a deadline. The answer comes back as an event and goes
-//! into the outbox like any message.
+//! The one actuator executor: remote commands (plain mode) and Sparkplug NCMD writes, off the
+//! event loop. The loop only parses (pure) and queues; execution runs on the blocking pool, one
+//! job at a time per actuator in arrival order, different actuators side by side, each with a
+//! deadline. A command's answer comes back as an event and goes into the outbox like any
+//! message; an NCMD write's result comes back as the value the actuator holds, for NDATA.
+//!
+//! NCMD writes carry no id and expect no answer: a metric is a set-point, so while one write
+//! to an actuator runs, a newer one replaces the one waiting (the last value sent is the one
+//! that counts, and a flood of NCMDs never piles up jobs). The rate applies per NCMD message.
 //!
 //! Every command Paho acknowledged is answered: executed, refused with a reason, `"busy"` when
 //! more arrive than the agent takes (`broker.command_rate`, or too many waiting for one
@@ -26,6 +31,10 @@ use crate::sensors::Sensors;
 /// Commands waiting for one actuator at most; more are answered busy.
 pub const MAX_WAITING: usize = 8;
 
+/// The largest reading a `read` answer carries: brokers refuse larger messages (AWS IoT Core
+/// at 128 KB), and an answer that cannot be delivered is no answer.
+const MAX_READ_ANSWER: usize = 128 * 1024;
+
 /// How long one command may run before it is answered as timed out.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -36,13 +45,32 @@ pub struct Context {
     pub specs: Vec<SensorSpec>,
     pub sysfs_root: PathBuf,
     pub ledger: Arc<Mutex<Dedupe>>,
+    /// The sensors whose read is stuck (shared with the sampler): `read` does not block on
+    /// them again.
+    pub stuck: crate::sensors::Stuck,
 }
 
-/// The commands waiting and running, per actuator (or built-in).
+/// Who asked for a job, and so where its end goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A command on `{prefix}/commands/{name}`: answered on `{prefix}/responses`.
+    Command,
+    /// A Sparkplug NCMD write: its result is the value the actuator holds (`Event::Written`).
+    Ncmd,
+}
+
+/// One queued piece of work for an actuator (or a built-in).
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub command: Command,
+    pub origin: Origin,
+}
+
+/// The jobs waiting and running, per actuator (or built-in).
 pub struct Commands {
-    waiting: HashMap<String, VecDeque<Command>>,
-    /// The command running per actuator: (id, name).
-    running: HashMap<String, (String, String)>,
+    waiting: HashMap<String, VecDeque<Job>>,
+    /// The job running per actuator: (id, name, origin).
+    running: HashMap<String, (String, String, Origin)>,
     bucket: TokenBucket,
 }
 
@@ -94,21 +122,83 @@ impl Commands {
                 "too many commands waiting for this actuator",
             ));
         }
-        queue.push_back(command);
+        queue.push_back(Job {
+            command,
+            origin: Origin::Command,
+        });
         None
     }
 
-    /// The commands that can start now: the first waiting of every actuator that runs nothing.
-    pub fn ready(&mut self) -> Vec<Command> {
+    /// The writes of one Sparkplug NCMD (actuator name, value), in order: each checked against
+    /// the allow-list and queued for its actuator, a newer write replacing one that waits. The
+    /// reasons for writes refused come back, for the log.
+    pub fn arrive_ncmd(
+        &mut self,
+        writes: Vec<(String, String)>,
+        actuators: &[ActuatorSpec],
+    ) -> Vec<String> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        if !self.bucket.take(tokio::time::Instant::now()) {
+            return vec![format!(
+                "busy: more than broker.command_rate NCMDs per second; {} write(s) not made",
+                writes.len()
+            )];
+        }
+        let mut refused = Vec::new();
+        for (name, value) in writes {
+            let Some(actuator) = actuators.iter().find(|a| a.name == name) else {
+                refused.push(format!(
+                    "{}: no such actuator; not written",
+                    name.escape_debug()
+                ));
+                continue;
+            };
+            let value = match commands::allowed_value(actuator, Some(value)) {
+                Ok(value) => value,
+                Err(why) => {
+                    refused.push(format!("{name}: {why}"));
+                    continue;
+                }
+            };
+            let job = Job {
+                command: Command {
+                    id: String::new(),
+                    name: name.clone(),
+                    action: Action::Write {
+                        target: actuator.target.clone(),
+                        value,
+                    },
+                    expires_ts: None,
+                },
+                origin: Origin::Ncmd,
+            };
+            let queue = self.waiting.entry(name).or_default();
+            match queue
+                .iter_mut()
+                .find(|waiting| waiting.origin == Origin::Ncmd)
+            {
+                Some(waiting) => *waiting = job,
+                None => queue.push_back(job),
+            }
+        }
+        refused
+    }
+
+    /// The jobs that can start now: the first waiting of every actuator that runs nothing.
+    pub fn ready(&mut self) -> Vec<Job> {
         let mut ready = Vec::new();
         for (key, queue) in &mut self.waiting {
             if self.running.contains_key(key) {
                 continue;
             }
-            if let Some(command) = queue.pop_front() {
-                self.running
-                    .insert(key.clone(), (command.id.clone(), command.name.clone()));
-                ready.push(command);
+            if let Some(job) = queue.pop_front() {
+                self.running.insert(
+                    key.clone(),
+                    (job.command.id.clone(), job.command.name.clone(), job.origin),
+                );
+                ready.push(job);
             }
         }
         self.waiting.retain(|_, queue| !queue.is_empty());
@@ -126,24 +216,29 @@ impl Commands {
     }
 
     /// The agent stops: an answer for every command that waits (not executed) and every one
-    /// that still runs (its outcome unknown; the ledger says so too).
+    /// that still runs (its outcome unknown; the ledger says so too). NCMD writes expect no
+    /// answer; those waiting are not made.
     pub fn stop(&mut self) -> Vec<Response> {
         let mut answers = Vec::new();
         for (_, queue) in self.waiting.drain() {
-            for command in queue {
-                answers.push(Response::refused(
-                    Some(&command.id),
-                    &command.name,
-                    "the agent stopped before running it; not executed",
-                ));
+            for job in queue {
+                if job.origin == Origin::Command {
+                    answers.push(Response::refused(
+                        Some(&job.command.id),
+                        &job.command.name,
+                        "the agent stopped before running it; not executed",
+                    ));
+                }
             }
         }
-        for (_, (id, name)) in self.running.drain() {
-            answers.push(Response::refused(
-                Some(&id),
-                &name,
-                "the agent stopped while running it; its outcome is unknown",
-            ));
+        for (_, (id, name, origin)) in self.running.drain() {
+            if origin == Origin::Command {
+                answers.push(Response::refused(
+                    Some(&id),
+                    &name,
+                    "the agent stopped while running it; its outcome is unknown",
+                ));
+            }
         }
         answers
     }
@@ -158,18 +253,73 @@ fn busy(command: &Command, why: &str) -> Response {
     response
 }
 
-/// Runs `command` on the blocking pool with a deadline; the answer comes back as
-/// `Event::Answered`, and, when it timed out, `Event::Finished` once the job has returned.
-pub fn spawn(command: Command, context: Context, events: mpsc::Sender<Event>) {
-    let key = command.name.clone();
-    let id = command.id.clone();
-    spawn_job(
-        key,
-        id,
-        move || answer(&command, &context),
-        DEADLINE,
-        events,
-    );
+/// Runs `job` on the blocking pool with a deadline. A command's answer comes back as
+/// `Event::Answered`; an NCMD write's result as `Event::Written`; when either timed out,
+/// `Event::Finished` follows once the job has returned (its actuator takes no more until then).
+pub fn spawn(job: Job, context: Context, events: mpsc::Sender<Event>) {
+    let Job { command, origin } = job;
+    match origin {
+        Origin::Command => {
+            let key = command.name.clone();
+            let id = command.id.clone();
+            spawn_job(
+                key,
+                id,
+                move || answer(&command, &context),
+                DEADLINE,
+                events,
+            );
+        }
+        Origin::Ncmd => spawn_write(command, events),
+    }
+}
+
+/// An NCMD write: the value the actuator holds afterwards comes back as `Event::Written`.
+fn spawn_write(command: Command, events: mpsc::Sender<Event>) {
+    let Action::Write { target, value } = command.action else {
+        return;
+    };
+    let actuator = command.name;
+    tokio::spawn(async move {
+        let mut job = tokio::task::spawn_blocking(move || {
+            let result = crate::actuators::set(&target, &value).map(|_| value.clone());
+            let now = match (&target, &result) {
+                // A Modbus register is not read back; what was acknowledged is what it holds.
+                (crate::actuators::Target::Modbus(_), Ok(value)) => Some(value.clone()),
+                _ => crate::actuators::current(&target),
+            };
+            (result, now)
+        });
+        match tokio::time::timeout(DEADLINE, &mut job).await {
+            Ok(done) => {
+                let (result, value) =
+                    done.unwrap_or_else(|_| (Err("internal error while writing".to_owned()), None));
+                let _ = events
+                    .send(Event::Written {
+                        actuator,
+                        result,
+                        value,
+                        finished: true,
+                    })
+                    .await;
+            }
+            Err(_) => {
+                let _ = events
+                    .send(Event::Written {
+                        actuator: actuator.clone(),
+                        result: Err(format!(
+                            "no result within {} s; the actuator may be stuck and takes no more writes until it returns",
+                            DEADLINE.as_secs()
+                        )),
+                        value: None,
+                        finished: false,
+                    })
+                    .await;
+                let _ = job.await;
+                let _ = events.send(Event::Finished { key: actuator }).await;
+            }
+        }
+    });
 }
 
 /// The deadline and the events of [`spawn`] around any blocking `job`.
@@ -291,9 +441,20 @@ fn execute(command: &Command, context: &Context) -> Response {
         }
         Action::Read => {
             let mut sensors = Sensors::new(&context.specs, &context.sysfs_root);
-            let sample: Sample = sensors.read_all_within(crate::sensors::DEADLINE);
+            let sample: Sample = sensors.read_all_within(crate::sensors::DEADLINE, &context.stuck);
+            let json = sample.to_json();
+            if json.len() > MAX_READ_ANSWER {
+                return Response::refused(
+                    Some(&command.id),
+                    &command.name,
+                    format!(
+                        "the reading is {} bytes, more than an answer carries ({MAX_READ_ANSWER}); `fieldagent read` on the device shows it",
+                        json.len()
+                    ),
+                );
+            }
             let reading: serde_json::Value =
-                serde_json::from_str(&sample.to_json()).expect("read --json output is JSON");
+                serde_json::from_str(&json).expect("read --json output is JSON");
             if let serde_json::Value::Object(map) = reading {
                 response.data.extend(map);
             }
@@ -353,10 +514,10 @@ mod tests {
             .all(|a| !a.ok && a.error.as_deref() == Some("busy")));
         let first = commands.ready();
         assert_eq!(first.len(), 1, "one per actuator");
-        assert_eq!(first[0].id, "c0");
+        assert_eq!(first[0].command.id, "c0");
         assert!(commands.ready().is_empty(), "fan still runs");
         commands.finished("fan");
-        assert_eq!(commands.ready()[0].id, "c1", "in arrival order");
+        assert_eq!(commands.ready()[0].command.id, "c1", "in arrival order");
         let stopped = commands.stop();
         assert_eq!(
             stopped.len(),
@@ -364,6 +525,55 @@ mod tests {
             "6 waiting and 1 running answered"
         );
         assert!(commands.idle());
+    }
+
+    /// Issue 31: 100 NCMDs each writing `fan = 1, fan = 0` ran in parallel and in no order
+    /// (the file ended at 1 in 96 of 100). Through the one executor they wait for the write
+    /// that runs, a newer one replacing the one waiting: one job at a time, and the last value
+    /// is the one written last.
+    #[tokio::test(start_paused = true)]
+    async fn ncmd_writes_run_one_at_a_time_and_the_last_value_wins() {
+        let mut commands = Commands::new(1000.0);
+        let mut started = Vec::new();
+        for round in 0..100 {
+            let refused = commands.arrive_ncmd(
+                vec![
+                    ("fan".to_owned(), "1".to_owned()),
+                    ("fan".to_owned(), "0".to_owned()),
+                ],
+                &actuators(),
+            );
+            assert!(refused.is_empty(), "{refused:?}");
+            let ready = commands.ready();
+            assert!(ready.len() <= 1, "one job per actuator");
+            started.extend(ready);
+            if round % 10 == 9 {
+                commands.finished("fan");
+            }
+        }
+        assert!(
+            commands
+                .waiting
+                .get("fan")
+                .is_some_and(|queue| queue.len() == 1),
+            "one write waits"
+        );
+        commands.finished("fan");
+        let last = commands.ready();
+        let Action::Write { value, .. } = &last[0].command.action else {
+            panic!("a write");
+        };
+        assert_eq!(value, "0", "the last value sent is the last written");
+        assert!(started.len() <= 11, "{} jobs for 200 writes", started.len());
+        // Unknown actuators and values outside the allow-list are refused, never queued.
+        let refused = commands.arrive_ncmd(
+            vec![
+                ("pump".to_owned(), "1".to_owned()),
+                ("fan".to_owned(), "7".to_owned()),
+            ],
+            &actuators(),
+        );
+        assert_eq!(refused.len(), 2, "{refused:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,23 +53,82 @@ impl ConnectLog {
 }
 
 impl Daemon {
-    /// Starts a connect attempt; its end comes back as `Event::Connect`. In Sparkplug mode the
-    /// next bdSeq is saved first (fsynced, on the blocking pool), so a crash never reuses one
-    /// whose NDEATH may still be delivered; the attempt starts when it is (`Event::BdSeq`).
+    /// Starts a connect attempt; its end comes back as `Event::Connect`. What must be ready
+    /// before it is prepared on the blocking pool first (`Event::Prepared`): the password,
+    /// read again for every connect so a rotated one is used, and in Sparkplug mode the next
+    /// bdSeq, saved (fsynced) so a crash never reuses one whose NDEATH may still be delivered.
     pub(super) fn connect(&mut self) {
         let Some(attempt) = self.core.link.due(Instant::now()) else {
             return;
         };
-        let Mode::Sparkplug(edge) = &self.mode else {
-            return self.start_attempt(attempt, None);
+        let password_file = self.core.config.config().broker.password_file.clone();
+        let bd_seq = match &self.mode {
+            Mode::Sparkplug(edge) => {
+                Some((self.core.config.config().state_dir.clone(), edge.bd_seq()))
+            }
+            Mode::Plain(_) => None,
         };
-        let state_dir = self.core.config.config().state_dir.clone();
-        let last = edge.bd_seq();
+        if password_file.is_none() && bd_seq.is_none() {
+            return self.start_attempt(attempt, None);
+        }
         let events = self.core.events.clone();
         tokio::spawn(async move {
-            let bd_seq = edge::next_bd_seq(state_dir, last).await;
-            let _ = events.send(Event::BdSeq { attempt, bd_seq }).await;
+            let password = match password_file {
+                Some(path) => {
+                    tokio::task::spawn_blocking(move || crate::mqtt::read_password(&path).map(Some))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(crate::mqtt::MqttError::Connect {
+                                urls: String::new(),
+                                cause: "internal error while reading broker.password_file"
+                                    .to_owned(),
+                            })
+                        })
+                }
+                None => Ok(None),
+            };
+            let bd_seq = match bd_seq {
+                Some((state_dir, last)) => Some(edge::next_bd_seq(state_dir, last).await),
+                None => None,
+            };
+            let _ = events
+                .send(Event::Prepared {
+                    attempt,
+                    password: password.map(|p| p.map(crate::mqtt::Secret)),
+                    bd_seq,
+                })
+                .await;
         });
+    }
+
+    /// What attempt `attempt` needed is ready: it starts, or fails at once when the password
+    /// file could not be read.
+    pub(super) fn on_prepared(
+        &mut self,
+        attempt: u64,
+        password: Result<Option<crate::mqtt::Secret>, crate::mqtt::MqttError>,
+        bd_seq: Option<u64>,
+    ) {
+        match password {
+            Ok(password) => {
+                if let Some(password) = password {
+                    self.core.session.set_password(&password.0);
+                }
+                self.start_attempt(attempt, bd_seq);
+            }
+            Err(error) => {
+                let closer = self.core.session.attempt().closer();
+                self.on_connect(
+                    attempt,
+                    Err(Failed {
+                        error,
+                        diagnosis: None,
+                    }),
+                    closer,
+                    bd_seq,
+                );
+            }
+        }
     }
 
     pub(super) fn start_attempt(&mut self, attempt_number: u64, bd_seq: Option<u64>) {
@@ -80,18 +139,37 @@ impl Daemon {
         }
         let attempt = self.core.session.attempt();
         let closer = attempt.closer();
+        let bound = attempt.bound();
         let events = self.core.events.clone();
         let diagnose = self.diagnosis_input();
         let seen: Vec<String> = self.core.connect_log.seen_errors.clone();
         tokio::spawn(async move {
-            let result = match attempt.run().await {
+            let urls = attempt.urls().to_owned();
+            // A backstop: every step of the attempt has its own bound, so this fires only if
+            // one of them does not hold (the link must never stay "connecting").
+            let outcome = tokio::time::timeout(bound, attempt.run())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::mqtt::MqttError::Connect {
+                        urls,
+                        cause: format!(
+                            "the connect attempt did not end within {} s; abandoned",
+                            bound.as_secs()
+                        ),
+                    })
+                });
+            let result = match outcome {
                 Ok(connected) => Ok(connected),
                 Err(error) => {
                     let cause = error.to_string();
                     let diagnosis = match diagnose {
                         Some((endpoint, settings, timeout)) if !seen.contains(&cause) => {
+                            let no_answer = error.is_no_answer();
                             tokio::task::spawn_blocking(move || {
-                                tls::diagnose(&endpoint, &settings, timeout)
+                                no_answer
+                                    .then(|| tls::missing_step(&endpoint, &settings, timeout))
+                                    .flatten()
+                                    .or_else(|| tls::diagnose(&endpoint, &settings, timeout))
                             })
                             .await
                             .ok()
@@ -174,7 +252,10 @@ impl Daemon {
         }
     }
 
-    pub(super) fn on_lost(&mut self) {
+    /// The connection ended: Paho reported it lost (`cause` `None`), the broker sent a
+    /// DISCONNECT (`cause` names its reason code), or Paho no longer has one while the link
+    /// says up.
+    pub(super) fn on_lost(&mut self, cause: Option<String>) {
         let Some(delay) = self.core.link.lost(Instant::now(), fastrand::f64()) else {
             return;
         };
@@ -182,8 +263,20 @@ impl Daemon {
         if let Mode::Sparkplug(edge) = &mut self.mode {
             edge.ended();
         }
-        tracing::warn!(broker = %self.core.session.urls(), retry_in_s = delay.as_secs_f64(), "Connection lost.");
-        status::offline("connection lost", delay);
+        let reason = cause.unwrap_or_else(|| "connection lost".to_owned());
+        tracing::warn!(broker = %self.core.session.urls(), reason = %reason, retry_in_s = delay.as_secs_f64(), "Connection lost.");
+        self.core.connect_log.last_error = reason.clone();
+        status::offline(&reason, delay);
         status::write_file(&self.core);
+    }
+
+    /// The link says up but Paho has no connection (a report that never came): the state the
+    /// agent reports is Paho's, so this is a lost connection.
+    pub(super) fn check_connection(&mut self) {
+        if self.core.link.is_up() && !self.core.session.is_connected() {
+            self.on_lost(Some(
+                "the MQTT library has no connection (no report of its end arrived)".to_owned(),
+            ));
+        }
     }
 }

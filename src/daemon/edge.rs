@@ -12,9 +12,7 @@
 //! node's own health (plain mode's health topic) is in its `Node Info/…` metrics.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use super::event::Event;
 use super::Core;
 use crate::alerts::{AlertEvent, SavedState, Transition};
 use crate::config::ValidConfig;
@@ -26,9 +24,6 @@ use crate::sparkplug::{
 
 /// Alert changes kept while no birth stands; older ones are dropped (and counted in the log).
 const MISSED_ALERTS: usize = 1000;
-
-/// How long an NCMD actuator write may take.
-const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Edge {
     topics: Topics,
@@ -163,7 +158,10 @@ impl Edge {
         }
     }
 
-    pub fn on_incoming(&mut self, core: &mut Core, message: Incoming) {
+    /// A message on NCMD or the primary host's STATE. The actuator writes an NCMD asks for
+    /// come back, in order, for the one executor (`daemon::commands`).
+    pub fn on_incoming(&mut self, core: &mut Core, message: Incoming) -> Vec<(String, String)> {
+        let mut writes = Vec::new();
         if self.topics.state.as_deref() == Some(message.topic.as_str()) {
             self.on_state(core, &message);
         } else if message.topic == self.topics.ncmd {
@@ -171,7 +169,7 @@ impl Edge {
                 Ok(commands) => commands,
                 Err(why) => {
                     tracing::warn!(topic = %message.topic, error = %why.to_string().escape_debug(), "NCMD ignored.");
-                    return;
+                    return writes;
                 }
             };
             for command in commands {
@@ -181,15 +179,16 @@ impl Edge {
                         self.born = false;
                         self.try_birth(core);
                     }
-                    NodeCommand::Write { actuator, value } => write(core, &actuator, value),
+                    NodeCommand::Write { actuator, value } => writes.push((actuator, value)),
                     NodeCommand::Ignored { metric, why } => {
                         tracing::warn!(metric = %metric.escape_debug(), reason = %why.escape_debug(), "NCMD metric ignored.");
                     }
                 }
             }
         } else {
-            tracing::warn!(topic = %message.topic.escape_debug(), "Message on a topic the node did not subscribe to; ignored.");
+            crate::daemon::stray::warn(&message.topic);
         }
+        writes
     }
 
     fn on_state(&mut self, core: &mut Core, message: &Incoming) {
@@ -231,8 +230,9 @@ impl Edge {
         core: &mut Core,
         actuator: &str,
         result: Result<String, String>,
-        value: MetricValue,
+        value: Option<String>,
     ) {
+        let value = value.map_or(MetricValue::Null, MetricValue::Text);
         match result {
             Ok(written) => {
                 tracing::info!(actuator = %actuator, value = %written, "Actuator written (NCMD).")
@@ -398,65 +398,4 @@ pub async fn next_bd_seq(state_dir: PathBuf, last: u64) -> u64 {
 /// non-blocking, so a FIFO cannot hold up the caller.
 fn actuator_value(target: &crate::actuators::Target) -> MetricValue {
     crate::actuators::current(target).map_or(MetricValue::Null, MetricValue::Text)
-}
-
-/// An NCMD write to `Actuators/<name>`: through the same allow-list as plain commands, on the
-/// blocking pool with a deadline; the value the file holds afterwards comes back as
-/// `Event::Written`.
-fn write(core: &Core, name: &str, value: String) {
-    let Some(actuator) = core
-        .config
-        .actuators
-        .iter()
-        .find(|a| a.name == name)
-        .cloned()
-    else {
-        tracing::warn!(actuator = %name.escape_debug(), "NCMD write to an unknown actuator ignored.");
-        return;
-    };
-    let value = match crate::commands::allowed_value(&actuator, Some(value)) {
-        Ok(value) => value,
-        Err(why) => {
-            tracing::warn!(actuator = %name, reason = %why, "NCMD write refused.");
-            return;
-        }
-    };
-    let events = core.events.clone();
-    let name = name.to_owned();
-    tokio::spawn(async move {
-        let target = actuator.target;
-        let started = Instant::now();
-        let job = tokio::task::spawn_blocking(move || {
-            let result = crate::actuators::set(&target, &value).map(|_| value.clone());
-            let now = match (&target, &result) {
-                // A Modbus register is not read back; what was acknowledged is what it holds.
-                (crate::actuators::Target::Modbus(_), Ok(value)) => {
-                    MetricValue::Text(value.clone())
-                }
-                _ => actuator_value(&target),
-            };
-            (result, now)
-        });
-        let (result, value) = match tokio::time::timeout(WRITE_DEADLINE, job).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(_)) => (
-                Err("internal error while writing".to_owned()),
-                MetricValue::Null,
-            ),
-            Err(_) => (
-                Err(format!(
-                    "no answer within {} s",
-                    started.elapsed().as_secs()
-                )),
-                MetricValue::Null,
-            ),
-        };
-        let _ = events
-            .send(Event::Written {
-                actuator: name,
-                result,
-                value,
-            })
-            .await;
-    });
 }

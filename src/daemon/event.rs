@@ -5,9 +5,8 @@ use crate::alerts::AlertEvent;
 use crate::commands::Response;
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::{Closer, Confirmation, Connected, MqttError};
+use crate::mqtt::{Closer, Confirmation, Connected, MqttError, Secret};
 use crate::outbox::{Dropped, Outgoing};
-use crate::sparkplug::MetricValue;
 
 /// Results of the work that runs apart from the loop, and what the store reports. Paho's
 /// connection-lost signal, incoming messages and the sampler's passes have channels of their
@@ -24,8 +23,13 @@ pub enum Event {
         /// Sparkplug: the bdSeq of this session (its NDEATH is the will).
         bd_seq: Option<u64>,
     },
-    /// Sparkplug: the bdSeq of connect attempt `attempt` is saved; the attempt may start.
-    BdSeq { attempt: u64, bd_seq: u64 },
+    /// What connect attempt `attempt` needs is ready: the password read from
+    /// `broker.password_file` (or why it could not be), and in Sparkplug mode the bdSeq, saved.
+    Prepared {
+        attempt: u64,
+        password: Result<Option<Secret>, MqttError>,
+        bd_seq: Option<u64>,
+    },
     /// Paho's answer for one outbox message.
     Delivered {
         generation: u64,
@@ -50,11 +54,14 @@ pub enum Event {
     Renewed(Result<(), String>),
     /// A session we ended has disconnected: the next connect may start.
     SessionClosed,
-    /// Sparkplug: an NCMD write ended; `value` is what the actuator holds now.
+    /// Sparkplug: an NCMD write ended; `value` is what the actuator holds now (`None` when it
+    /// cannot be read); `finished` when its actuator is free again (false after a timeout:
+    /// `Finished` follows).
     Written {
         actuator: String,
         result: Result<String, String>,
-        value: MetricValue,
+        value: Option<String>,
+        finished: bool,
     },
 }
 
@@ -100,6 +107,8 @@ pub struct Report {
     pub durable: bool,
     /// Pushed out by the bound in this batch.
     pub dropped: Vec<Dropped>,
+    /// Refused in this batch as larger than the outbox stores (dropped, and logged by it).
+    pub too_large: usize,
     /// When the oldest queued message was stored (Unix ms), if any is queued.
     pub oldest_ms: Option<u64>,
 }

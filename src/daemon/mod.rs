@@ -26,6 +26,7 @@ mod sampler;
 mod status;
 mod stop;
 mod store;
+mod stray;
 
 use std::future::Future;
 use std::io::Write;
@@ -102,6 +103,9 @@ pub fn start(path: &Path, verbosity: i8, warn: &mut dyn Write) -> Result<(), Err
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("fieldagent")
+        // Bounded: a job past this waits its turn rather than a thread more (one stuck
+        // actuator holds one thread; commands and NCMD writes run one per actuator).
+        .max_blocking_threads(64)
         .build()
         .map_err(Error::Runtime)?;
     // Not provisioned yet (no certificate): wait for it rather than fail the unit.
@@ -135,6 +139,8 @@ pub(crate) struct Core {
     pub started: Instant,
     pub stats: Arc<SamplerStats>,
     pub book: Arc<Mutex<AlertBook>>,
+    /// The sensors whose read is stuck, for every sampler thread (across reloads) and `read`.
+    pub stuck: crate::sensors::Stuck,
     /// The broker we are connected to, and since when (Unix ms).
     pub server: Option<(String, u64)>,
     /// Since when there is no connection (Unix ms), while `server` is `None`.
@@ -246,6 +252,7 @@ where
     let (passes_tx, mut passes) = mpsc::channel(sampler::TELEMETRY_QUEUE);
     let key_pair = admit::key_pair_store(&config);
     let sparkplug = config.config().sparkplug.is_some();
+    admit::adopt_state(&config.config().state_dir, &identity.client_id);
     let book = Arc::new(Mutex::new(AlertBook::load(&config, &identity.client_id)));
     let mode = if sparkplug {
         let state = book.lock().map(|b| b.state().clone()).unwrap_or_default();
@@ -295,6 +302,7 @@ where
         started,
         stats: Arc::clone(&stats),
         book: Arc::clone(&book),
+        stuck: crate::sensors::Stuck::default(),
         server: None,
         offline_since: crate::model::now_ms(),
         status_writing: Arc::default(),
@@ -312,6 +320,7 @@ where
             specs: core.config.sensors.clone(),
             sysfs_root: core.config.config().sysfs_root.clone(),
             ledger,
+            stuck: core.stuck.clone(),
         },
         core,
         mode,
@@ -320,6 +329,7 @@ where
         key_pair,
         reload_from,
         reloading: false,
+        reload_again: false,
         renewing: false,
     };
     // Ready once sampling runs: devices start offline, so this does not wait for the broker.
@@ -347,7 +357,7 @@ where
             biased;
             signal = &mut first_shutdown => break signal,
             Some(event) = events.recv() => daemon.on_event(event),
-            Some(MqttEvent::Lost) = lost.recv() => daemon.on_lost(),
+            Some(MqttEvent::Lost { cause }) = lost.recv() => daemon.on_lost(cause),
             () = sleep_until(next_attempt), if next_attempt.is_some() => daemon.connect(),
             () = sleep_until(pump_at), if pump_at.is_some() => daemon.pump(),
             Some(message) = incoming.recv() => daemon.on_incoming(message),
@@ -397,6 +407,7 @@ fn start_sampler(core: &Core, mode: &Mode, passes: mpsc::Sender<Pass>) -> Sample
         core.store.clone(),
         alerts,
         passes,
+        core.stuck.clone(),
     )
 }
 
@@ -443,8 +454,10 @@ struct Daemon {
     context: commands::Context,
     key_pair: Option<tls::KeyPairStore>,
     reload_from: Option<PathBuf>,
-    /// A reload runs; another SIGHUP meanwhile is taken after it.
+    /// A reload runs.
     reloading: bool,
+    /// A SIGHUP came while a reload ran: one more reload follows it.
+    reload_again: bool,
     /// A renewal check runs.
     renewing: bool,
 }
@@ -470,7 +483,11 @@ impl Daemon {
                 closer,
                 bd_seq,
             } => self.on_connect(attempt, result, closer, bd_seq),
-            Event::BdSeq { attempt, bd_seq } => self.start_attempt(attempt, Some(bd_seq)),
+            Event::Prepared {
+                attempt,
+                password,
+                bd_seq,
+            } => self.on_prepared(attempt, password, bd_seq),
             Event::Delivered {
                 generation,
                 id,
@@ -510,15 +527,21 @@ impl Daemon {
                 actuator,
                 result,
                 value,
+                finished,
             } => {
                 if let Mode::Sparkplug(edge) = &mut self.mode {
                     edge.on_written(&mut self.core, &actuator, result, value);
+                }
+                if finished {
+                    self.commands.finished(&actuator);
+                    self.run_commands();
                 }
             }
         }
     }
 
     pub(super) fn on_report(&mut self, report: Report) {
+        self.core.counters.dropped += report.too_large as u64;
         for dropped in &report.dropped {
             self.core.counters.dropped += 1;
             match dropped.kind {
@@ -563,7 +586,7 @@ impl Daemon {
         match &mut self.mode {
             Mode::Plain(plain) => {
                 let Some(name) = plain.command_name(&message.topic) else {
-                    tracing::warn!(topic = %message.topic.escape_debug(), "Message on a topic that is not a command topic; ignored.");
+                    stray::warn(&message.topic);
                     return;
                 };
                 let name = name.to_owned();
@@ -577,14 +600,23 @@ impl Daemon {
                 }
                 self.run_commands();
             }
-            Mode::Sparkplug(edge) => edge.on_incoming(&mut self.core, message),
+            Mode::Sparkplug(edge) => {
+                let writes = edge.on_incoming(&mut self.core, message);
+                for refused in self
+                    .commands
+                    .arrive_ncmd(writes, &self.core.config.actuators)
+                {
+                    tracing::warn!(reason = %refused, "NCMD write refused.");
+                }
+                self.run_commands();
+            }
         }
     }
 
-    /// Starts every command that may run now.
+    /// Starts every job that may run now.
     pub(super) fn run_commands(&mut self) {
-        for command in self.commands.ready() {
-            commands::spawn(command, self.context.clone(), self.core.events.clone());
+        for job in self.commands.ready() {
+            commands::spawn(job, self.context.clone(), self.core.events.clone());
         }
     }
 
@@ -640,6 +672,8 @@ impl Daemon {
 
     /// The timed chores that are due (see `chores`).
     fn chores(&mut self, due: chores::Due) {
+        // At every pass: the connection state the agent reports is the one Paho is in.
+        self.check_connection();
         if due.pet {
             self.pet_watchdog();
         }
@@ -664,7 +698,7 @@ impl Daemon {
     /// systemd restart the agent. (A stuck sensor does not wedge it; see `sampler`.)
     pub(super) fn pet_watchdog(&self) {
         let interval_ms = (self.core.config.config().telemetry.interval_s * 1000.0) as u64;
-        let since = crate::model::now_ms().saturating_sub(self.sampler.last_pass_ms());
+        let since = crate::clock::monotonic_ms().saturating_sub(self.sampler.last_pass_ms());
         if since <= 3 * interval_ms + 10_000 {
             service::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {

@@ -122,6 +122,7 @@ fn announce(config: &ValidConfig, missing: &Path) {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         written_ts: now,
+        written_boot_ms: Some(crate::clock::boot_ms()),
         started_ts: now,
         client_id: config.config().identity.client_id.clone(),
         mode: "waiting".to_owned(),

@@ -64,7 +64,10 @@ impl Daemon {
             return;
         };
         if self.reloading {
-            tracing::info!("A reload is running; this SIGHUP is taken with it.");
+            // The running reload may have read the files before this change: one more follows
+            // it (however many SIGHUPs came meanwhile).
+            tracing::info!("A reload is running; another follows it for this SIGHUP.");
+            self.reload_again = true;
             return;
         }
         self.reloading = true;
@@ -80,6 +83,13 @@ impl Daemon {
 
     pub(super) fn on_reloaded(&mut self, result: Result<(ValidConfig, Identity), String>) {
         self.reloading = false;
+        self.apply_reload(result);
+        if std::mem::take(&mut self.reload_again) {
+            self.reload();
+        }
+    }
+
+    fn apply_reload(&mut self, result: Result<(ValidConfig, Identity), String>) {
         let refused = |why: &str| {
             tracing::error!(findings = %why, "Reload refused; the running config stays.");
             service::notify(&[
@@ -98,9 +108,21 @@ impl Daemon {
             );
         }
         let old = self.core.config.config();
+        if config.config().state_dir != old.state_dir {
+            return refused(&format!(
+                "state_dir: moving it from {} to {} takes a restart of the agent (the outbox, the command ledger and the alert state are open where they are)",
+                old.state_dir.display(),
+                config.config().state_dir.display()
+            ));
+        }
+        if identity.client_id != self.core.identity.client_id {
+            return refused(&format!(
+                "the client ID would change from {} to {}: a new identity takes a restart of the agent (what is queued was made as {})",
+                self.core.identity.client_id, identity.client_id, self.core.identity.client_id
+            ));
+        }
         let changes = Changes::between(old, config.config());
-        let same_identity = identity.client_id == self.core.identity.client_id;
-        if changes.session || !same_identity {
+        if changes.session {
             if config.config().broker.tls.min_version != old.broker.tls.min_version {
                 tracing::warn!(
                     "broker.tls.min_version takes effect at the next start of the agent."
@@ -129,9 +151,9 @@ impl Daemon {
                     }
                 };
             self.key_pair = key_pair;
-            // The old session ends (Sparkplug or a new identity: with its goodbye), the new
-            // one connects once it has.
-            let goodbye = !same_identity || matches!(self.mode, Mode::Sparkplug(_));
+            // The old session ends (Sparkplug: with its goodbye), the new one connects once it
+            // has.
+            let goodbye = matches!(self.mode, Mode::Sparkplug(_));
             self.core.reconnect(goodbye);
             self.core.session = session;
             self.core.went_offline();
@@ -145,9 +167,9 @@ impl Daemon {
         self.commands.set_rate(config.config().broker.command_rate);
         self.context.specs = config.sensors.clone();
         self.context.sysfs_root = config.config().sysfs_root.clone();
-        let nothing = !changes.any && same_identity;
-        let sampling = changes.sampling || !same_identity;
-        let session_changed = changes.session || !same_identity;
+        let nothing = !changes.any;
+        let sampling = changes.sampling;
+        let session_changed = changes.session;
         match &mut self.mode {
             Mode::Plain(plain) => plain.reconfigure(&config, &identity),
             Mode::Sparkplug(edge) => {

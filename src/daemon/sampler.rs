@@ -14,7 +14,7 @@
 //! the daemon's life, reloads included; a thread evaluates only while the book's generation is
 //! its own, so two threads never make events from the same state.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -100,12 +100,16 @@ pub struct SamplerStats {
 struct Progress {
     /// The sensor being read, plus one; 0 between reads.
     reading: AtomicUsize,
-    /// When that read started (Unix ms).
+    /// When that read started (`clock::monotonic_ms`).
     since_ms: AtomicU64,
-    /// When the last pass ended (Unix ms).
+    /// When the last pass ended (`clock::monotonic_ms`).
     last_pass_ms: AtomicU64,
     /// Set by the loop: exit after the current read.
     retired: AtomicBool,
+    /// Set by the thread when the read the loop found stuck has returned (see `Stuck::mark`).
+    returned: AtomicBool,
+    /// The sensor the loop marked stuck when it retired this thread, plus one; 0 while none.
+    marked: AtomicUsize,
 }
 
 /// What a sampler thread needs, shared with its replacements.
@@ -118,8 +122,9 @@ struct Setup {
     alerts: AlertSink,
     passes: mpsc::Sender<Pass>,
     json: bool,
-    /// Sensors whose read never returned, by index: skipped with a `Timeout` error.
-    stuck: Arc<Mutex<HashSet<usize>>>,
+    /// Sensors whose read has not returned (shared with every sampler thread, across reloads,
+    /// and with `read`): skipped with a `Timeout` error.
+    stuck: crate::sensors::Stuck,
 }
 
 /// What the sampler thread's wait between passes can be woken by.
@@ -146,6 +151,7 @@ impl Sampler {
         store: StoreHandle,
         alerts: AlertSink,
         passes: mpsc::Sender<Pass>,
+        stuck: crate::sensors::Stuck,
     ) -> Sampler {
         let json = matches!(alerts, AlertSink::Outbox { .. });
         let setup = Setup {
@@ -156,7 +162,7 @@ impl Sampler {
             alerts,
             passes,
             json,
-            stuck: Arc::default(),
+            stuck,
         };
         let (progress, stop) = spawn(setup.clone());
         Sampler {
@@ -166,7 +172,8 @@ impl Sampler {
         }
     }
 
-    /// When the last pass ended (Unix ms): the watchdog is petted only while this moves.
+    /// When the last pass ended (`clock::monotonic_ms`): the watchdog is petted only while this
+    /// moves.
     pub fn last_pass_ms(&self) -> u64 {
         self.progress.last_pass_ms.load(Ordering::Relaxed)
     }
@@ -179,23 +186,19 @@ impl Sampler {
             return;
         }
         let since = self.progress.since_ms.load(Ordering::Relaxed);
-        let now = crate::model::now_ms();
+        let now = crate::clock::monotonic_ms();
         if now.saturating_sub(since) < DEADLINE.as_millis() as u64 {
             return;
         }
         let index = reading - 1;
-        let name = self
-            .setup
-            .config
-            .sensors
-            .get(index)
-            .map_or("?", |spec| spec.name.as_str());
-        tracing::error!(sensor = %name, deadline_s = DEADLINE.as_secs_f64(), "Sensor read stuck; sampling goes on without it until the read returns.");
-        self.setup
-            .stuck
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(index);
+        if let Some(spec) = self.setup.config.sensors.get(index) {
+            // The thread is retired whatever: it made no pass for the deadline. It frees the
+            // sensor marked here when it ends (even if that read returned just now).
+            self.progress.marked.store(reading, Ordering::Release);
+            if self.setup.stuck.mark(&spec.source, &self.progress.returned) {
+                tracing::error!(sensor = %spec.name, deadline_s = DEADLINE.as_secs_f64(), "Sensor read stuck; sampling goes on without it until the read returns.");
+            }
+        }
         self.progress.retired.store(true, Ordering::Relaxed);
         let (progress, stop) = spawn(self.setup.clone());
         self.progress = progress;
@@ -218,8 +221,10 @@ fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<Signal>) {
     let progress = Arc::new(Progress {
         reading: AtomicUsize::new(0),
         since_ms: AtomicU64::new(0),
-        last_pass_ms: AtomicU64::new(crate::model::now_ms()),
+        last_pass_ms: AtomicU64::new(crate::clock::monotonic_ms()),
         retired: AtomicBool::new(false),
+        returned: AtomicBool::new(false),
+        marked: AtomicUsize::new(0),
     });
     let generation = {
         let mut book = setup
@@ -264,33 +269,37 @@ fn sample(
     let mut failing: Vec<Arc<str>> = Vec::new();
     let mut seq: u64 = 0;
     let mut next = Instant::now();
-    // The sensors this thread found stuck itself (its reads returned late): freed when it ends.
-    let mut mine: Option<usize> = None;
+    // The indexes of stuck sensors, worked out again only when the shared set changed.
+    let mut stuck_version = u64::MAX;
+    let mut stuck: Vec<bool> = Vec::new();
     loop {
         let pass_start_us = crate::model::now_us();
         sample.values.clear();
         sample.errors.clear();
         sample.ts_ms = crate::model::now_ms();
-        // One look per pass (an empty set copies without allocating).
-        let stuck = setup
-            .stuck
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let version = setup.stuck.version();
+        if version != stuck_version {
+            stuck_version = version;
+            stuck = setup
+                .config
+                .sensors
+                .iter()
+                .map(|spec| setup.stuck.contains(&spec.source))
+                .collect();
+        }
         sensors.begin_pass();
         for index in 0..sensors.len() {
-            if stuck.contains(&index) {
+            if stuck.get(index).copied().unwrap_or(false) {
                 sensors.skip_stuck(index, DEADLINE, &mut sample);
                 continue;
             }
             progress
                 .since_ms
-                .store(crate::model::now_ms(), Ordering::Relaxed);
+                .store(crate::clock::monotonic_ms(), Ordering::Relaxed);
             progress.reading.store(index + 1, Ordering::Relaxed);
             sensors.read_one(index, &mut sample);
             progress.reading.store(0, Ordering::Relaxed);
             if progress.retired.load(Ordering::Relaxed) {
-                mine = Some(index);
                 break;
             }
         }
@@ -305,7 +314,7 @@ fn sample(
         count_errors(&setup.stats, &sample);
         progress
             .last_pass_ms
-            .store(crate::model::now_ms(), Ordering::Relaxed);
+            .store(crate::clock::monotonic_ms(), Ordering::Relaxed);
         let pass = if setup.json {
             Pass::Json(crate::telemetry::telemetry(&sample, seq, synced))
         } else {
@@ -352,16 +361,16 @@ fn sample(
             _ => break,
         };
     }
-    // A read that came back after the deadline: that sensor is read again from now on.
-    if let Some(index) = mine {
-        let freed = setup
-            .stuck
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&index);
-        if freed {
+    // Retired for a read that came back after the deadline: that sensor is read again from now
+    // on.
+    let marked = progress.marked.load(Ordering::Acquire);
+    if let Some(spec) = marked
+        .checked_sub(1)
+        .and_then(|index| setup.config.sensors.get(index))
+    {
+        if setup.stuck.returned(&spec.source, &progress.returned) {
             tracing::info!(
-                sensor = index,
+                sensor = %spec.name,
                 "A stuck sensor read returned; it is read again."
             );
         }
@@ -384,7 +393,9 @@ fn evaluate(
     if book.generation != generation {
         return false;
     }
-    let mut events = book.alerts.evaluate(sample, sample.ts_ms, synced);
+    let mut events = book
+        .alerts
+        .evaluate(sample, crate::clock::monotonic_ms(), synced);
     if events.is_empty() {
         return true;
     }
@@ -525,6 +536,7 @@ alerts:
                 topic: Arc::from("devices/node-g/alerts"),
             },
             passes_tx,
+            crate::sensors::Stuck::default(),
         );
         let first = passes.blocking_recv().expect("the first pass");
         let Pass::Json(first) = first else {

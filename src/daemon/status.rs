@@ -139,6 +139,7 @@ pub fn write_file(core: &Core) -> bool {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         written_ts: now,
+        written_boot_ms: Some(crate::clock::boot_ms()),
         started_ts: now.saturating_sub(core.started.elapsed().as_millis() as u64),
         client_id: core.identity.client_id.clone(),
         mode: if core.config.config().sparkplug.is_some() {

@@ -118,6 +118,8 @@ struct Store {
     /// When each queued message was stored (Unix ms), oldest first, for `status`.
     stored_ms: std::collections::BTreeMap<u64, u64>,
     dropped: Vec<Dropped>,
+    /// Messages refused in this batch as larger than the outbox stores (it logged each).
+    too_large: usize,
     after_sync: Vec<AfterSync>,
 }
 
@@ -130,6 +132,7 @@ impl Store {
             alerts: HashMap::new(),
             stored_ms: std::collections::BTreeMap::new(),
             dropped: Vec::new(),
+            too_large: 0,
             after_sync: Vec::new(),
         }
     }
@@ -265,7 +268,11 @@ impl Store {
             self.forget(dropped.id);
         }
         self.dropped.extend(pushed.dropped);
-        self.stored_ms.insert(pushed.id, crate::model::now_ms());
+        if pushed.refused {
+            self.too_large += 1;
+        } else {
+            self.stored_ms.insert(pushed.id, crate::model::now_ms());
+        }
         pushed.id
     }
 
@@ -337,6 +344,7 @@ impl Store {
             per_kind,
             durable: self.outbox.durable(),
             dropped: std::mem::take(&mut self.dropped),
+            too_large: std::mem::take(&mut self.too_large),
             oldest_ms: self.stored_ms.values().next().copied(),
         };
         let _ = self

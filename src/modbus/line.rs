@@ -496,7 +496,7 @@ async fn transact(
             words.len()
         ))),
         Ok(Ok(Err(code))) => Err(Failure::Exception(u8::from(code))),
-        Ok(Err(err)) => Err(Failure::NoAnswer(format!("{}: {err}", what()))),
+        Ok(Err(err)) => Err(Failure::NoAnswer(format!("{}: {}", what(), protocol(&err)))),
         Err(_) => Err(Failure::NoAnswer(no_answer(
             &what(),
             job.timeout,
@@ -557,6 +557,25 @@ pub fn crc16(bytes: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+/// A tokio-modbus error in words: its protocol errors print the device's answer as Rust Debug
+/// text, which is no reading for an operator (nor for telemetry's `errors`).
+fn protocol(err: &tokio_modbus::Error) -> String {
+    use tokio_modbus::ProtocolError;
+    match err {
+        tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch { message, .. }) => format!(
+            "the answer does not match the request ({})",
+            message.trim_end_matches('.').to_lowercase()
+        ),
+        tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch { request, .. }) => {
+            format!(
+                "the answer is for another function than the one asked ({:#04x})",
+                request.value()
+            )
+        }
+        tokio_modbus::Error::Transport(err) => err.to_string(),
+    }
 }
 
 #[cfg(test)]

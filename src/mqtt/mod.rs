@@ -21,9 +21,17 @@ use crate::telemetry;
 /// What Paho tells the daemon.
 #[derive(Debug)]
 pub enum MqttEvent {
-    /// The connection dropped (keepalive timeout, broker gone, socket error).
-    Lost,
+    /// The connection dropped: the broker sent a DISCONNECT (MQTT 5; `cause` names its reason
+    /// code), or the socket ended (keepalive timeout, broker gone, socket error; `cause` `None`).
+    Lost { cause: Option<String> },
 }
+
+/// The largest packet the agent takes from a broker, announced as MQTT 5's Maximum Packet Size
+/// so the broker never sends more (it drops such a message for this client instead): a command
+/// is at most 4 KiB and an operation request at most 64 KiB of content, signed and escaped.
+/// Over MQTT 3.1.1 nothing can be announced; the broker's own limit (mosquitto's
+/// `max_packet_size`) is then the bound of what Paho reads into memory.
+pub const MAX_INCOMING_PACKET: u32 = 256 * 1024;
 
 /// A message on a subscribed topic: `{prefix}/commands/{name}`, or in Sparkplug mode NCMD and
 /// STATE.
@@ -93,6 +101,26 @@ pub enum MqttError {
     Tls(#[source] paho::Error),
     #[error("connect to {urls}: {cause}")]
     Connect { urls: String, cause: String },
+    /// Paho's connect timed out: the TCP connect, the TLS handshake or the CONNACK did not
+    /// come within `connect_timeout_s` (Paho does not say which; the diagnosis does).
+    #[error("connect to {urls}: no answer within {timeout_s} s (connect_timeout_s): the TCP connect, the TLS handshake or the CONNACK did not come")]
+    NoAnswer { urls: String, timeout_s: f64 },
+}
+
+impl MqttError {
+    /// Paho's connect got no answer in time (which step is missing takes a look of its own:
+    /// `tls::missing_step`).
+    pub fn is_no_answer(&self) -> bool {
+        matches!(self, MqttError::NoAnswer { .. })
+    }
+}
+
+/// The words for a DISCONNECT the broker sent: what Paho calls its reason code, and the code.
+pub fn disconnect_cause(code: paho::ReasonCode) -> String {
+    format!(
+        "the broker sent DISCONNECT: {code} (reason code {:#04x})",
+        code as u32
+    )
 }
 
 /// What became of one published message.
@@ -120,8 +148,12 @@ pub struct Connected {
 /// One device's MQTT client: the options it connects with and the topics it owns.
 pub struct Session {
     client: paho::AsyncClient,
-    /// Kept as the builder: a Sparkplug will changes before every connect.
+    /// Kept as the builder: a Sparkplug will changes before every connect, and the password is
+    /// read again before each ([`Session::set_password`]), so a rotated one is used.
     options: paho::ConnectOptionsBuilder,
+    /// `broker.connect_timeout_s`: also the bound of the SUBSCRIBE and the online status of an
+    /// attempt, each.
+    connect_timeout: Duration,
     profile: Profile,
     /// The will as last set; in Sparkplug mode also the goodbye of a clean stop.
     will: Outgoing,
@@ -178,9 +210,17 @@ impl Session {
             .mqtt_version(version)
             .finalize();
         let client = paho::AsyncClient::new(client).map_err(MqttError::Create)?;
+        let lost = events.clone();
         client.set_connection_lost_callback(move |_| {
             // A full channel already holds a Lost event; this one adds nothing.
-            let _ = events.try_send(MqttEvent::Lost);
+            let _ = lost.try_send(MqttEvent::Lost { cause: None });
+        });
+        // A DISCONNECT from the broker (MQTT 5: a session taken over, a server shutting down)
+        // ends the connection too, but Paho reports it only here, never as a lost connection.
+        client.set_disconnected_callback(move |_, _, code| {
+            let _ = events.try_send(MqttEvent::Lost {
+                cause: Some(disconnect_cause(code)),
+            });
         });
         client.set_message_callback(move |_, message| {
             let Some(message) = message else { return };
@@ -246,18 +286,14 @@ impl Session {
                 properties
                     .push_u32(paho::PropertyCode::SessionExpiryInterval, expiry)
                     .map_err(MqttError::Create)?;
+                properties
+                    .push_u32(paho::PropertyCode::MaximumPacketSize, MAX_INCOMING_PACKET)
+                    .map_err(MqttError::Create)?;
                 options.clean_start(clean).properties(properties);
             }
         }
         if let Some(username) = &broker.username {
             options.user_name(username);
-        }
-        if let Some(path) = &broker.password_file {
-            let password = std::fs::read_to_string(path).map_err(|source| MqttError::Password {
-                path: path.clone(),
-                source,
-            })?;
-            options.password(password.trim_end_matches(['\n', '\r']));
         }
         if config.endpoints.iter().any(|e| e.scheme == Scheme::Tls) {
             let tls = &broker.tls;
@@ -289,6 +325,7 @@ impl Session {
         Ok(Session {
             client,
             options,
+            connect_timeout: broker.connect_timeout(),
             profile,
             will,
             urls: config
@@ -317,12 +354,19 @@ impl Session {
         self.will = will;
     }
 
+    /// The password of the next connect (`broker.password_file` as read just before it).
+    pub fn set_password(&mut self, password: &str) {
+        self.options.password(password);
+    }
+
     /// A connect attempt that runs apart from the event loop (it takes up to
     /// `connect_timeout_s` per URL): owned, so it can be moved into a task.
     pub fn attempt(&self) -> Attempt {
         Attempt {
             client: self.client.clone(),
             options: self.options.finalize(),
+            timeout: self.connect_timeout,
+            urls_count: self.written.len(),
             subscriptions: self.subscriptions.clone(),
             urls: self.urls.clone(),
             written: self.written.clone(),
@@ -471,6 +515,10 @@ impl Session {
 pub struct Attempt {
     client: paho::AsyncClient,
     options: paho::ConnectOptions,
+    /// `connect_timeout_s`: Paho's bound of each URL's TCP, TLS and CONNACK; ours of the
+    /// SUBSCRIBE and of the online status.
+    timeout: Duration,
+    urls_count: usize,
     subscriptions: Vec<String>,
     urls: String,
     written: Vec<(String, String)>,
@@ -495,27 +543,54 @@ impl Attempt {
         }
     }
 
+    /// The broker URLs, for log lines.
+    pub fn urls(&self) -> &str {
+        &self.urls
+    }
+
+    /// How long the whole attempt may take at most: Paho's connect timeout for each URL, then
+    /// one each for the SUBSCRIBE and the online status, and a little slack. The daemon gives up
+    /// on an attempt that has not ended by then (a backstop: each step has its own bound).
+    pub fn bound(&self) -> Duration {
+        self.timeout * (self.urls_count as u32 + 2) + Duration::from_secs(5)
+    }
+
     /// Connects (trying the URLs in order), subscribes, and in plain mode publishes the retained
-    /// online status.
+    /// online status and waits for the broker to take it. Each step is bounded by
+    /// `connect_timeout_s`: a broker that never answers the SUBSCRIBE or the status ends the
+    /// attempt with that reason (the connection closed), so the agent never waits half
+    /// connected.
     pub async fn run(self) -> Result<Connected, MqttError> {
+        let failed = |cause: String| MqttError::Connect {
+            urls: self.urls.clone(),
+            cause,
+        };
         let response =
             self.client
-                .connect(self.options)
+                .connect(self.options.clone())
                 .await
-                .map_err(|err| MqttError::Connect {
-                    urls: self.urls.clone(),
-                    cause: describe_connect(&err, self.mqtt5),
+                .map_err(|err| match err {
+                    paho::Error::TcpConnectTimeout => MqttError::NoAnswer {
+                        urls: self.urls.clone(),
+                        timeout_s: self.timeout.as_secs_f64(),
+                    },
+                    err => failed(describe_connect(&err, self.mqtt5)),
                 })?;
         // On every connect: a broker that lost the session has lost the subscription too, and
         // subscribing again to a kept one changes nothing.
         for filter in &self.subscriptions {
-            if let Err(err) = self.client.subscribe(filter, 1).await {
-                let _ = self.client.disconnect(None).await;
-                return Err(MqttError::Connect {
-                    urls: self.urls.clone(),
-                    cause: format!("subscribing to {filter} failed: {}", describe(&err)),
-                });
-            }
+            let cause = match tokio::time::timeout(self.timeout, self.client.subscribe(filter, 1))
+                .await
+            {
+                Ok(Ok(_)) => continue,
+                Ok(Err(err)) => format!("subscribing to {filter} failed: {}", describe(&err)),
+                Err(_) => format!(
+                    "the broker accepted the connection but did not answer the SUBSCRIBE to {filter} within {} s (connect_timeout_s)",
+                    self.timeout.as_secs_f64()
+                ),
+            };
+            self.abandon().await;
+            return Err(failed(cause));
         }
         let connected = match response.connect_response() {
             Some(response) => Connected {
@@ -534,14 +609,57 @@ impl Attempt {
         if let Some((topic, boot_id)) = &self.status {
             let now_ms = crate::model::now_ms();
             let status = telemetry::online(now_ms, crate::clock::synced(now_ms), boot_id);
-            // Just connected: a failure here is a connection lost at once, which Paho reports.
-            drop(
-                self.client
-                    .publish(paho::Message::new_retained(topic, status, 1)),
-            );
+            let token = self
+                .client
+                .publish(paho::Message::new_retained(topic, status, 1));
+            let cause = match tokio::time::timeout(self.timeout, token).await {
+                Ok(Ok(())) => None,
+                Ok(Err(paho::Error::ReasonCode(code, _))) => Some(format!(
+                    "the broker refused the online status on {topic}: {code} (reason code {:#04x}); check its ACL",
+                    code as u32
+                )),
+                Ok(Err(err)) => Some(format!(
+                    "publishing the online status on {topic} failed: {}",
+                    describe(&err)
+                )),
+                Err(_) => Some(format!(
+                    "the broker did not acknowledge the online status on {topic} within {} s (connect_timeout_s)",
+                    self.timeout.as_secs_f64()
+                )),
+            };
+            if let Some(cause) = cause {
+                self.abandon().await;
+                return Err(failed(cause));
+            }
         }
         Ok(connected)
     }
+
+    /// Ends a connection this attempt made but will not use.
+    async fn abandon(&self) {
+        let options = paho::DisconnectOptionsBuilder::new()
+            .timeout(Duration::from_secs(1))
+            .finalize();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect(options)).await;
+    }
+}
+
+/// A password: its `Debug` never shows it.
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `broker.password_file`'s first line, without its line ending.
+pub fn read_password(path: &std::path::Path) -> Result<String, MqttError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MqttError::Password {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Ends a session's connection from a task: see [`Session::closer`].

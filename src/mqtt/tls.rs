@@ -217,6 +217,43 @@ pub fn diagnose(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Opti
     }
 }
 
+/// After a connect that got no answer within `timeout` (Paho does not say whether the TCP
+/// connect, the TLS handshake or the CONNACK was missing): which step it was, found by doing the
+/// first two again on our own. `None` when the handshake failed for another reason, which
+/// [`diagnose`] explains.
+pub fn missing_step(endpoint: &Endpoint, tls: &TlsConfig, timeout: Duration) -> Option<String> {
+    let seconds = timeout.as_secs_f64();
+    let address = (endpoint.host.as_str(), endpoint.port);
+    let socket = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()?
+        .next()?;
+    if TcpStream::connect_timeout(&socket, timeout).is_err() {
+        return Some(format!(
+            "the TCP connect to {} got no answer within {seconds} s (connect_timeout_s): a firewall dropping it, or the broker's listen queue full",
+            endpoint.url
+        ));
+    }
+    let handshake = handshake(endpoint, timeout, |builder| {
+        if let Some(ca) = &tls.ca_file {
+            builder.set_ca_file(ca).ok()?;
+        }
+        present_certificate(builder, tls)?;
+        builder.set_verify(SslVerifyMode::PEER);
+        Some(tls.verify_hostname)
+    });
+    match handshake {
+        Ok(_) => Some(format!(
+            "no CONNACK within {seconds} s (connect_timeout_s): TCP and TLS to {} succeeded, but the broker did not answer the CONNECT",
+            endpoint.url
+        )),
+        Err(Failed { version: None, .. }) => Some(format!(
+            "the TLS handshake with {} did not complete within {seconds} s (connect_timeout_s); TCP connected",
+            endpoint.url
+        )),
+        Err(_) => None,
+    }
+}
+
 /// The device certificate and key of `tls`, when configured, for a probe handshake.
 fn present_certificate(
     builder: &mut openssl::ssl::SslConnectorBuilder,

@@ -46,6 +46,10 @@ pub struct Outgoing {
 pub struct Pushed {
     pub id: u64,
     pub dropped: Vec<Dropped>,
+    /// The message was larger than a record may be ([`record::MAX_BODY`]): it was not stored
+    /// (nor queued), and the outbox logged it. A record the outbox could not read back would
+    /// otherwise have ended the readable part of the file, and every message behind it.
+    pub refused: bool,
 }
 
 /// A message the bound pushed out: counted and logged by the caller.
@@ -344,6 +348,23 @@ impl Outbox {
         limit: Option<usize>,
         sync: bool,
     ) -> Pushed {
+        let id = self.next_id;
+        self.next_id += 1;
+        let size = record::MESSAGE_FIXED + topic.len() + payload.len();
+        if size > record::MAX_BODY as usize || topic.len() > usize::from(u16::MAX) {
+            tracing::error!(
+                kind = kind.name(),
+                topic = %topic,
+                bytes = size,
+                max_bytes = record::MAX_BODY,
+                "Outbox: a message larger than a record may be is refused; it is dropped."
+            );
+            return Pushed {
+                id,
+                dropped: Vec::new(),
+                refused: true,
+            };
+        }
         self.retry_disk();
         let mut dropped = Vec::new();
         if let Some(limit) = limit {
@@ -360,8 +381,6 @@ impl Outbox {
                 None => break,
             }
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let topic = self.intern(topic);
         let body = self.append_message(id, kind, qos, &topic, payload, sync);
         let entry = Entry {
@@ -373,7 +392,11 @@ impl Outbox {
         };
         self.live_bytes += entry.disk_bytes();
         self.queues[kind as usize].push_back(entry);
-        Pushed { id, dropped }
+        Pushed {
+            id,
+            dropped,
+            refused: false,
+        }
     }
 
     /// Takes the next message to send: alerts first, then responses, then telemetry, each in

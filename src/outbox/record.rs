@@ -6,8 +6,9 @@
 use thiserror::Error;
 
 pub const HEADER: &[u8; 8] = b"FAOUTBX1";
-/// Larger than any message the agent makes (payloads are a few hundred bytes; commands are
-/// capped at 4 KiB); a length beyond it is damage, not a record.
+/// The largest record the outbox writes (`Outbox::push` refuses a larger message). Reading
+/// takes larger ones whose checksum holds (an older version wrote them): a length is damage
+/// only when the file does not hold it or the checksum fails.
 pub const MAX_BODY: u32 = 1 << 20;
 const TAG_MESSAGE: u8 = 1;
 const TAG_DELIVERED: u8 = 2;
@@ -116,7 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
     let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
-    if len == 0 || len > MAX_BODY {
+    if len == 0 {
         return Err(DecodeError::Length(len));
     }
     let end = 8 + len as usize;
@@ -229,6 +230,38 @@ mod tests {
         assert_eq!(decoded, records);
     }
 
+    /// Issue 31: an older version wrote a record larger than `MAX_BODY` (20 000 file sensors
+    /// at QoS 1); reading it as damage set aside every message behind it. A record whose
+    /// checksum holds is read whatever its size, and the ones behind it too.
+    #[test]
+    fn a_record_larger_than_the_outbox_writes_does_not_take_the_ones_behind_it() {
+        let payload = vec![b'7'; MAX_BODY as usize + 300_000];
+        let mut file = HEADER.to_vec();
+        encode(
+            &Record::Message {
+                id: 1,
+                kind: Kind::Telemetry,
+                qos: 1,
+                topic: "t",
+                payload: &payload,
+            },
+            &mut file,
+        );
+        encode(
+            &Record::Message {
+                id: 2,
+                kind: Kind::Alert,
+                qos: 1,
+                topic: "a",
+                payload: b"{}",
+            },
+            &mut file,
+        );
+        let decoded = decode_all(&file);
+        assert_eq!(decoded.damage, None);
+        assert_eq!(decoded.records.len(), 2);
+    }
+
     #[test]
     fn damage_is_found_where_it_is() {
         let mut file = HEADER.to_vec();
@@ -247,11 +280,18 @@ mod tests {
             Some((second, DecodeError::Checksum))
         );
 
+        // A length the file does not hold is damage; a zero length too.
         let mut huge = file.clone();
         huge[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode_all(&huge).damage,
-            Some((second, DecodeError::Length(u32::MAX)))
+            Some((second, DecodeError::Truncated))
+        );
+        let mut zero = file.clone();
+        zero[second..second + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(
+            decode_all(&zero).damage,
+            Some((second, DecodeError::Length(0)))
         );
 
         assert_eq!(

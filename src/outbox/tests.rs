@@ -331,3 +331,29 @@ proptest! {
         }
     }
 }
+
+/// Issue 31: a message larger than a record may be (20 000 file sensors at QoS 1 made 1.3 MB)
+/// was written, and after a restart every message behind it was set aside as damage. It is
+/// refused at push now, and the messages before and after it come back after a restart.
+#[test]
+fn a_message_larger_than_a_record_is_refused_and_takes_nothing_with_it() {
+    let dir = dir();
+    {
+        let (mut outbox, _) = Outbox::open(dir.path(), 100);
+        outbox.push(Kind::Alert, 1, "a", b"before", None);
+        let big = vec![b'7'; record::MAX_BODY as usize];
+        let pushed = outbox.push(Kind::Telemetry, 1, "t", &big, None);
+        assert!(pushed.refused, "refused at push");
+        outbox.push(Kind::Alert, 1, "a", b"after", None);
+        assert_eq!(outbox.len(), 2);
+    }
+    let (mut outbox, recovery) = Outbox::open(dir.path(), 100);
+    assert_eq!(recovery.damaged, None);
+    assert_eq!(
+        drain(&mut outbox),
+        [
+            (Kind::Alert, "before".to_owned()),
+            (Kind::Alert, "after".to_owned())
+        ]
+    );
+}

@@ -12,6 +12,7 @@ pub mod file;
 mod gpio;
 mod i2c;
 mod modbus;
+pub mod stuck;
 mod sysfs;
 mod system;
 pub mod w1;
@@ -24,7 +25,13 @@ use crate::i2c::I2cBus;
 use crate::modbus::poll::Poll;
 use crate::model::Sample;
 
+pub use stuck::Stuck;
 pub use sysfs::hwmon_kind;
+
+/// The threads [`Sensors::read_all_within`] reads with (besides any it gives up on a stuck
+/// read): enough that a few slow sensors do not hold up the rest, few enough that a config of
+/// thousands costs no thread each.
+pub const READERS: usize = 8;
 
 /// How long one sensor's read may take before it counts as stuck: an error for that pass (and
 /// `sensor_fault`), never a delay for the other sensors.
@@ -274,49 +281,170 @@ impl Sensors {
         }
     }
 
-    /// Reads every sensor, each on a thread of its own, waiting at most `deadline` for each:
-    /// a sensor whose read blocks (a hung NFS path, a FIFO without a writer) becomes a
-    /// `Timeout` error and the others are read all the same. For `read`, `check` and the
-    /// remote `read` command, which run once; the daemon's sampler isolates a stuck sensor
-    /// without a thread per read.
-    pub fn read_all_within(&mut self, deadline: std::time::Duration) -> Sample {
+    /// Reads every sensor once on a few threads of its own, waiting at most `deadline` for each
+    /// read: a sensor whose read blocks (a hung NFS path, a FIFO without a writer) becomes a
+    /// `Timeout` error, its thread is given up (another takes its place), and the others are
+    /// read all the same. A sensor `stuck` names (its read, by the sampler or an earlier `read`,
+    /// has not returned) is reported as timed out without another thread blocking on it; one
+    /// that blocks now is added to `stuck` until its read returns. For `read`, `check` and the
+    /// remote `read` command; [`READERS`] threads at most besides the ones given up, however
+    /// many sensors there are.
+    pub fn read_all_within(&mut self, deadline: std::time::Duration, stuck: &Stuck) -> Sample {
+        use std::collections::VecDeque;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::mpsc::RecvTimeoutError;
+        use std::sync::Mutex;
+        use std::time::Instant;
+
+        /// What one reader is reading, and whether the caller gave it up.
+        struct Running {
+            index: usize,
+            since: Instant,
+            returned: Arc<AtomicBool>,
+        }
+        struct Shared {
+            queue: Mutex<VecDeque<(usize, Sensor)>>,
+            running: Mutex<Vec<Option<Running>>>,
+            retired: Vec<AtomicBool>,
+        }
+
         let mut sample = Sample {
             ts_ms: crate::model::now_ms(),
             ..Sample::default()
         };
         self.begin_pass();
-        let pending: Vec<_> = std::mem::take(&mut self.sensors)
-            .into_iter()
-            .map(|mut sensor| {
-                let spec = sensor.spec.clone();
-                let (tx, rx) = std::sync::mpsc::channel();
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("read".to_owned())
-                        .spawn(move || {
-                            let mut part = Sample::default();
-                            sensor.read_into(&mut part);
-                            let _ = tx.send((sensor, part));
-                        });
-                (spec, spawned.ok().map(|_| rx))
-            })
-            .collect();
-        let until = std::time::Instant::now() + deadline;
-        for (spec, rx) in pending {
-            let wait = until.saturating_duration_since(std::time::Instant::now());
-            match rx.map(|rx| rx.recv_timeout(wait)) {
-                Some(Ok((sensor, part))) => {
-                    sample.values.extend(part.values);
-                    sample.errors.extend(part.errors);
-                    self.sensors.push(sensor);
-                }
-                _ => {
-                    // The stuck read keeps its sensor; a new one stands in for names and units.
-                    let sensor = Sensor::new(spec, &self.sysfs_root);
-                    sensor.timed_out(deadline, &mut sample);
-                    self.sensors.push(sensor);
-                }
+        let all = std::mem::take(&mut self.sensors);
+        let count = all.len();
+        let specs: Vec<SensorSpec> = all.iter().map(|sensor| sensor.spec.clone()).collect();
+        // Per sensor: its values and errors, and the sensor back (None while not read).
+        let mut parts: Vec<Option<(Sensor, Sample)>> = (0..count).map(|_| None).collect();
+        let mut queue = VecDeque::new();
+        for (index, sensor) in all.into_iter().enumerate() {
+            if stuck.contains(&sensor.spec.source) {
+                let mut part = Sample::default();
+                sensor.timed_out(deadline, &mut part);
+                parts[index] = Some((sensor, part));
+            } else {
+                queue.push_back((index, sensor));
             }
+        }
+        let mut pending = queue.len();
+        // Every reader that may ever run: the first few, and one more for each given up.
+        let most = READERS.min(pending) + pending;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            running: Mutex::new((0..most).map(|_| None).collect()),
+            retired: (0..most).map(|_| AtomicBool::new(false)).collect(),
+        });
+        let (results, finished) = std::sync::mpsc::channel::<(usize, Sensor, Sample)>();
+        let spawn = |worker: usize| {
+            let shared = Arc::clone(&shared);
+            let results = results.clone();
+            let stuck = stuck.clone();
+            std::thread::Builder::new()
+                .name("read".to_owned())
+                .spawn(move || loop {
+                    let (index, mut sensor, returned) = {
+                        let Some((index, sensor)) = crate::sync::lock(&shared.queue).pop_front()
+                        else {
+                            return;
+                        };
+                        let returned = Arc::new(AtomicBool::new(false));
+                        crate::sync::lock(&shared.running)[worker] = Some(Running {
+                            index,
+                            since: Instant::now(),
+                            returned: Arc::clone(&returned),
+                        });
+                        (index, sensor, returned)
+                    };
+                    let mut part = Sample::default();
+                    sensor.read_into(&mut part);
+                    if stuck.returned(&sensor.spec.source, &returned) {
+                        tracing::info!(sensor = %sensor.spec.name, "A stuck sensor read returned; it is read again.");
+                    }
+                    crate::sync::lock(&shared.running)[worker] = None;
+                    if shared.retired[worker].load(Ordering::Acquire) {
+                        // Given up: the caller has reported this sensor already.
+                        return;
+                    }
+                    if results.send((index, sensor, part)).is_err() {
+                        return;
+                    }
+                })
+                .is_ok()
+        };
+        let mut workers = 0;
+        while workers < READERS.min(pending) && spawn(workers) {
+            workers += 1;
+        }
+        let tick = deadline.min(std::time::Duration::from_millis(100));
+        while pending > 0 && workers > 0 {
+            match finished.recv_timeout(tick) {
+                Ok((index, sensor, part)) => {
+                    parts[index] = Some((sensor, part));
+                    pending -= 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut given_up = 0;
+                    let mut running = crate::sync::lock(&shared.running);
+                    for worker in 0..workers {
+                        let Some(slot) = running[worker].as_ref() else {
+                            continue;
+                        };
+                        if slot.since.elapsed() < deadline
+                            || shared.retired[worker].swap(true, Ordering::AcqRel)
+                        {
+                            continue;
+                        }
+                        let spec = &specs[slot.index];
+                        if stuck.mark(&spec.source, &slot.returned) {
+                            tracing::error!(sensor = %spec.name, deadline_s = deadline.as_secs_f64(), "Sensor read stuck; it is not read again until that read returns.");
+                        }
+                        // The stuck read keeps its sensor; a new one stands in for names and
+                        // units.
+                        let stand_in = Sensor::new(spec.clone(), &self.sysfs_root);
+                        let mut part = Sample::default();
+                        stand_in.timed_out(deadline, &mut part);
+                        parts[slot.index] = Some((stand_in, part));
+                        running[worker] = None;
+                        pending -= 1;
+                        given_up += 1;
+                    }
+                    drop(running);
+                    // A reader in place of each one given up, while sensors wait.
+                    for _ in 0..given_up {
+                        if workers >= most {
+                            break;
+                        }
+                        if !spawn(workers) {
+                            // No thread to take its place: the rest is read here.
+                            pending = 0;
+                            break;
+                        }
+                        workers += 1;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        drop(results);
+        // Sensors no reader took (no thread could be started): read on this thread.
+        let left: Vec<(usize, Sensor)> = crate::sync::lock(&shared.queue).drain(..).collect();
+        for (index, mut sensor) in left {
+            let mut part = Sample::default();
+            sensor.read_into(&mut part);
+            parts[index] = Some((sensor, part));
+        }
+        for (index, part) in parts.into_iter().enumerate() {
+            let (sensor, part) = part.unwrap_or_else(|| {
+                let sensor = Sensor::new(specs[index].clone(), &self.sysfs_root);
+                let mut part = Sample::default();
+                sensor.timed_out(deadline, &mut part);
+                (sensor, part)
+            });
+            sample.values.extend(part.values);
+            sample.errors.extend(part.errors);
+            self.sensors.push(sensor);
         }
         sample
     }

@@ -93,6 +93,10 @@ typedef struct
 	int websocket; /**< socket has been upgraded to use web sockets */
 	char *websocket_key;
 	const MQTTClient_nameValue* httpHeaders;
+	/* fieldagent: the Maximum Packet Size this client announced in its CONNECT (MQTT 5), 0 for
+	 * none: a larger packet from the server is a protocol error (MQTT 5.0, 3.1.2.11.4), refused
+	 * before its body is read into memory. */
+	size_t maxPacketSize;
 } networkHandles;
 
 

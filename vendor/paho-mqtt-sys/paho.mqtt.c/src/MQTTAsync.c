@@ -370,6 +370,19 @@ int MQTTAsync_createWithOptions(MQTTAsync* handle, const char* serverURI, const 
 #if defined(OPENSSL)
 		SSLSocket_initialize();
 #endif
+#if !defined(_WIN32)
+		/* fieldagent: the send thread's timed wait on the monotonic clock, as every event's
+		 * (see Thread.c): the static initializer gave it the wall clock, and no thread waits on
+		 * it before the first client exists. */
+		{
+			pthread_condattr_t cond_attr;
+			pthread_condattr_init(&cond_attr);
+			pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+			pthread_cond_destroy(&send_evt->cond);
+			pthread_cond_init(&send_evt->cond, &cond_attr);
+			pthread_condattr_destroy(&cond_attr);
+		}
+#endif
 		global_initialized = 1;
 	}
 	if ((m = malloc(sizeof(MQTTAsyncs))) == NULL)

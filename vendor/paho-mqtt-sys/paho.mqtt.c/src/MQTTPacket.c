@@ -125,6 +125,18 @@ void* MQTTPacket_Factory(int MQTTVersion, networkHandles* net, int* error)
 	if ((*error = MQTTPacket_decode(net, &remaining_length)) != TCPSOCKET_COMPLETE)
 		goto exit; /* packet not read, *error indicates whether SOCKET_ERROR occurred */
 
+	/* fieldagent: a packet larger than the Maximum Packet Size this client announced (MQTT 5)
+	 * ends the connection before its body is read: upstream read any length the server sent
+	 * into memory (a 200 MB PUBLISH cost 790 MB at peak). Packet size counts the fixed header:
+	 * one byte of type and up to four of remaining length. */
+	if (net->maxPacketSize && remaining_length + 1 + MQTTPacket_VBIlen((int)remaining_length) > net->maxPacketSize)
+	{
+		Log(LOG_ERROR, -1, "Packet of %lu bytes larger than the announced maximum of %lu; closing",
+			(unsigned long)remaining_length, (unsigned long)net->maxPacketSize);
+		*error = SOCKET_ERROR;
+		goto exit;
+	}
+
 	/* now read the rest, the variable header and payload */
 	data = WebSocket_getdata(net, remaining_length, &actual_len);
 	if (remaining_length && data == NULL)

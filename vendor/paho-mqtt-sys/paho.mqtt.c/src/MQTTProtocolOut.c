@@ -143,6 +143,14 @@ int MQTTProtocol_connect(const char* address, Clients* aClient, int unixsock, in
 
 	FUNC_ENTRY;
 	aClient->good = 1;
+	/* fieldagent: see networkHandles.maxPacketSize. */
+	aClient->net.maxPacketSize = 0;
+	if (MQTTVersion >= MQTTVERSION_5 && connectProperties)
+	{
+		int64_t announced = MQTTProperties_getNumericValue(connectProperties, MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE);
+		if (announced > 0)
+			aClient->net.maxPacketSize = (size_t)announced;
+	}
 
 	if (!unixsock)
 	{

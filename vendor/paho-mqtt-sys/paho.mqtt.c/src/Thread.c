@@ -147,11 +147,15 @@ struct timespec Thread_time_from_now(int ms)
 	from_now.tv_sec = cur_time.tv_sec;
 	from_now.tv_nsec = cur_time.tv_usec * 1000;
 #else
-	clock_gettime(CLOCK_REALTIME, &from_now);
+	/* fieldagent: the monotonic clock, as the events' condition variables wait on it (see
+	 * Thread_create_evt): a wall clock stepped back (NTP at boot on a board without RTC) made
+	 * a 1 s wait last as long as the step, and every timeout checked by the waiting thread with
+	 * it. Upstream also added the seconds, not the nanoseconds, of the interval. */
+	clock_gettime(CLOCK_MONOTONIC, &from_now);
 #endif
 
 	from_now.tv_sec += interval.tv_sec;
-	from_now.tv_nsec += interval.tv_sec;
+	from_now.tv_nsec += interval.tv_nsec;
 
 	while (from_now.tv_nsec >= NSEC_PER_SEC)
 	{
@@ -279,6 +283,8 @@ evt_type Thread_create_evt(int *rc)
         *rc = (evt == NULL) ? GetLastError() : 0;
 #else
     pthread_condattr_init(&attr);
+	/* fieldagent: timed waits on the monotonic clock (see Thread_time_from_now). */
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 
 	evt = malloc(sizeof(evt_type_struct));
 	if (evt)
