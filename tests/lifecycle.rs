@@ -700,6 +700,70 @@ fn issue_31_12_a_reload_that_moves_state_dir_or_changes_identity_is_refused() {
         agent.log()
     );
     assert!(!dir.path().join("state-elsewhere").exists());
+    Agent::edit_config(&dir, "node-sd", "state-elsewhere", "state-node-sd");
+
+    // A new client ID by a reload: refused too.
+    let path = dir.path().join("node-sd.yaml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{config}\nidentity: {{ client_id: node-other, match_certificate: false }}\n"),
+    )
+    .unwrap();
+    agent.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("the client ID would change") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent
+            .log()
+            .contains("the client ID would change from node-sd to node-other"),
+        "{}",
+        agent.report()
+    );
+    // Started so, the agent is the new device: what the old one left in state_dir is set
+    // aside, not sent as the new one's.
+    drop(agent);
+    let state = dir.path().join("state-node-sd");
+    assert!(state.join("alerts.json").exists());
+    let log = dir.path().join("restarted.log");
+    let _restarted = Guard(
+        Command::new(env!("CARGO_BIN_EXE_fieldagent"))
+            .args(["--config", path.to_str().unwrap(), "run"])
+            .env_remove("OPENSSL_CONF")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said().contains("Starting.") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = said();
+    assert!(
+        text.contains("state_dir holds what was made as another client ID")
+            && text.contains("previous=node-sd"),
+        "{text}"
+    );
+    let aside = std::fs::read_dir(&state).unwrap().flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("alerts.json.as-node-sd-")
+    });
+    assert!(aside, "the old alert state was not set aside");
+}
+
+/// Kills the child process when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// 13: every remote `read` left one more thread blocked on a stuck sensor, for good (10 reads:
