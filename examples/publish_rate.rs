@@ -26,13 +26,11 @@
 
 use std::time::{Duration, Instant};
 
-use fieldagent::mqtt::{Profile, Session};
+use fieldagent::mqtt::{Confirmation, Profile, Session};
 use fieldagent::outbox::{Kind, Outbox};
 
-/// Messages in flight with their delivery tokens, oldest first.
-fn futures_window() -> std::collections::VecDeque<(u64, paho_mqtt::DeliveryToken)> {
-    std::collections::VecDeque::with_capacity(10)
-}
+/// How long one confirmation may take before the measurement calls it failed.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -51,7 +49,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async move {
         let (events, _events_rx) = tokio::sync::mpsc::channel(4);
-        let (incoming, _incoming_rx) = tokio::sync::mpsc::channel(4);
+        let (incoming, _incoming_rx) = fieldagent::mqtt::incoming_queue();
         let session = Session::new(
             &config,
             &identity.client_id,
@@ -76,20 +74,22 @@ fn main() {
             let mut tokens = std::collections::VecDeque::with_capacity(64);
             for i in 0..count {
                 if tokens.len() == 64 {
-                    let token: paho_mqtt::DeliveryToken = tokens.pop_front().expect("full");
-                    if let Err(err) = token.await {
-                        eprintln!("QoS 0 publish failed: {err}");
+                    let token = tokens.pop_front().expect("full");
+                    let confirmation = token.await;
+                    if confirmation != Confirmation::Delivered {
+                        eprintln!("QoS 0 publish failed: {confirmation:?}");
                     }
                 }
                 tokens.push_back(
                     session
-                        .publish_tracked("bench/rate", payload(i).into_bytes(), 0)
+                        .publish_confirmed("bench/rate", payload(i).into_bytes(), 0, WAIT)
                         .expect("connected"),
                 );
             }
             for token in tokens {
-                if let Err(err) = token.await {
-                    eprintln!("QoS 0 publish failed: {err}");
+                let confirmation = token.await;
+                if confirmation != Confirmation::Delivered {
+                    eprintln!("QoS 0 publish failed: {confirmation:?}");
                 }
             }
         } else {
@@ -115,7 +115,7 @@ fn main() {
                 })
             });
             let mut delivered = 0;
-            let mut inflight = futures_window();
+            let mut inflight = std::collections::VecDeque::with_capacity(10);
             while delivered < count {
                 // The store's turn: what arrived is written, then one fdatasync for it all.
                 let mut wrote = false;
@@ -147,14 +147,14 @@ fn main() {
                         break;
                     };
                     let token = session
-                        .publish_tracked(&message.topic, message.payload, message.qos)
+                        .publish_confirmed(&message.topic, message.payload, message.qos, WAIT)
                         .expect("connected");
                     inflight.push_back((message.id, token));
                 }
                 let must_wait = pushed == count || inflight.len() == 10;
                 if must_wait {
                     if let Some((id, token)) = inflight.pop_front() {
-                        token.await.expect("delivered");
+                        assert_eq!(token.await, Confirmation::Delivered);
                         outbox.delivered(id);
                         delivered += 1;
                     }

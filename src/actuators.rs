@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::gpio::OutputSpec;
 use crate::modbus::line::Work;
 use crate::modbus::{Failure, Point};
+use crate::sync::Lock;
 
 /// An actuator's target, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +145,7 @@ fn pin(path: &std::path::Path) {
     let Ok(real) = resolve(path) else {
         return;
     };
-    let mut pinned = crate::sync::lock(&PINNED);
+    let mut pinned = PINNED.locked();
     pinned.retain(|(configured, _)| configured != path);
     pinned.push((path.to_owned(), real));
 }
@@ -162,7 +163,7 @@ pub fn write_file(path: &std::path::Path, value: &str) -> Result<(), String> {
     use std::os::fd::FromRawFd;
     let real = resolve(path).map_err(|err| format!("cannot open {}: {err}", path.display()))?;
     {
-        let mut pinned = crate::sync::lock(&PINNED);
+        let mut pinned = PINNED.locked();
         match pinned.iter().find(|(configured, _)| configured == path) {
             Some((_, before)) if *before != real => {
                 return Err(format!(

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::sync::Lock;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ pub fn synced(now_ms: u64) -> bool {
     if now_ms / 1000 < BUILD_TS_S {
         return false;
     }
-    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last = LAST.locked();
     match *last {
         Some((at, synced)) if at.elapsed() < RECHECK => synced,
         _ => {

@@ -1,10 +1,11 @@
-//! Remote commands: parse, refuse what is not allowed, execute, answer.
+//! Remote commands as data: what a command asks ([`parse`], pure) and its answer ([`Response`]).
 //!
 //! A command arrives on `{prefix}/commands/{name}` as `{"id":"…","value":"1"}`. `{name}` is an
 //! actuator of the allow-list or a built-in (`ping`, `read`). Whatever a remote party sends gets
 //! an answer on `{prefix}/responses` (`ok:false` with a reason for anything wrong) and nothing it
 //! sends can crash the agent or touch a path outside the allow-list. Parsing is apart from
-//! executing: [`parse`] is pure, [`execute`] does the one write.
+//! executing: the daemon's executor (`daemon::commands`) runs what [`parse`] allowed, and the
+//! one write a command makes is `crate::actuators::set`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -4,25 +4,34 @@
 //! turns readings into telemetry and alerts. Everything is a library so tests can drive it;
 //! `main.rs` only parses the command line and maps results to exit codes.
 //!
-//! Layout:
-//! - `cli`: clap definitions of the command line.
-//! - `config`: typed config structs, YAML loading with key paths and positions, validation.
-//! - `certs`: probing the TLS files the config points at.
-//! - `identity`: the client ID from certificate CN, board serial or MAC.
-//! - `sensors`: the `Source` kinds and the `Sensors` set that reads them all.
-//! - `i2c`: the `I2cBus` trait, `/dev/i2c-N` through ioctls, and the chip drivers.
-//! - `modbus`: Modbus TCP and RTU lines, one thread each, and the coalescing of requests.
-//! - `gpio`: GPIO lines through the character device, shared per process; edge watching.
-//! - `actuators`: what a command may set (a file, a GPIO output, a Modbus coil or register).
-//! - `model`: plain data shared by all, such as `Sample`.
-//! - `offline`: the `check`, `identity` and `read` commands.
-//! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`.
-//! - `daemon`: the event loop and the parts around it (sampler, store, commands, connects);
-//!   `mqtt`: the Paho session and backoff; `telemetry`: payloads; `service`: signals and logging.
+//! Layout, from the edges in (`main` -> `cli` or `daemon` -> the rest):
+//! - `cli`: the command line (clap) and every command but `run`: `check`, `check --connect`,
+//!   `identity`, `read`, `status`.
+//! - `daemon`: `run`, the event loop and the parts around it (sampler, store, the actuator
+//!   executor, connects, reloads, the two modes).
+//! - `error`: the error of every command, which `main` maps to an exit code.
+//! - `admission`: what a config must pass before it is used (certificates, identity); start-up,
+//!   reloads and `check --connect` share it.
+//! - `config`: typed config structs, YAML loading with key paths and positions, drop-ins,
+//!   validation, the loader that reports warnings.
+//! - `certs`: probing the TLS files the config points at. `identity`: the client ID from the
+//!   certificate's CN, the board serial or a MAC.
+//! - `sensors`: the `Source` kinds, the `Sensors` set that reads them, what is known stuck.
+//!   `i2c`, `modbus`, `gpio`: the buses they read. `actuators`: what a command may set.
+//! - `alerts`: the rules as state machines (pure). `commands`: a command parsed and its answer
+//!   (pure). `dedupe`: the ledger of executed command ids.
+//! - `mqtt`: the Paho session, the TLS floor and diagnosis, backoff. `sparkplug`: the Sparkplug
+//!   B codec (pure). `telemetry`: the plain payloads. `health`: the health payload.
+//! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`. `state`: small
+//!   state files written atomically. `local_status`: `state_dir/status.json`.
+//! - `model`: plain data shared by all, such as `Sample`. `clock`: whether the wall clock can be
+//!   believed, and the monotonic one. `service`: signals, systemd notifications, logging.
+//!   `sync`: the one way to take a lock.
 
 #![deny(unsafe_code)]
 
 pub mod actuators;
+pub mod admission;
 pub mod alerts;
 pub mod certs;
 pub mod cli;
@@ -31,6 +40,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dedupe;
+pub mod error;
 pub mod gpio;
 pub mod health;
 pub mod i2c;
@@ -39,9 +49,7 @@ pub mod local_status;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
-pub mod offline;
 pub mod outbox;
-pub mod probe;
 pub mod sensors;
 pub mod service;
 pub mod sparkplug;

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use fieldagent::cli::{Cli, Command};
-use fieldagent::offline;
+use fieldagent::cli::{self, Cli, Command};
 
 /// sysexits.h EX_CONFIG: the unit file's RestartPreventExitStatus, so systemd does not restart a
 /// broken config in a loop.
@@ -35,38 +34,33 @@ fn main() -> ExitCode {
     let mut err = std::io::stderr();
     let result = match cli.command {
         Some(Command::Check { connect: true }) => {
-            offline::check_connect(&cli.config, cli.quiet > 0, &mut out).map(
-                |outcome| match outcome {
-                    offline::ConnectOutcome::ConfigErrors => ExitCode::from(EX_CONFIG),
-                    offline::ConnectOutcome::Failed => ExitCode::FAILURE,
-                    offline::ConnectOutcome::Passed => ExitCode::SUCCESS,
-                },
-            )
+            cli::check_connect(&cli.config, cli.quiet > 0, &mut out).map(|outcome| match outcome {
+                cli::ConnectOutcome::ConfigErrors => ExitCode::from(EX_CONFIG),
+                cli::ConnectOutcome::Failed => ExitCode::FAILURE,
+                cli::ConnectOutcome::Passed => ExitCode::SUCCESS,
+            })
         }
-        Some(Command::Check { connect: false }) => {
-            offline::check(&cli.config, cli.quiet > 0, &mut out).map(|outcome| {
+        Some(Command::Check { connect: false }) => cli::check(&cli.config, cli.quiet > 0, &mut out)
+            .map(|outcome| {
                 if outcome.errors > 0 {
                     ExitCode::from(EX_CONFIG)
                 } else {
                     ExitCode::SUCCESS
                 }
-            })
-        }
+            }),
         Some(Command::Identity) => {
-            offline::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
+            cli::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Read { json }) => {
-            offline::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
+            cli::read(&cli.config, json, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }
-        Some(Command::Status { json }) => {
-            offline::status(&cli.config, json, &mut out).map(|running| {
-                if running {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EX_NOT_RUNNING)
-                }
-            })
-        }
+        Some(Command::Status { json }) => cli::status(&cli.config, json, &mut out).map(|running| {
+            if running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EX_NOT_RUNNING)
+            }
+        }),
         Some(Command::Run) | None => {
             let verbosity = cli.verbose as i8 - cli.quiet as i8;
             fieldagent::daemon::start(&cli.config, verbosity, &mut err).map(|()| ExitCode::SUCCESS)

@@ -7,9 +7,15 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-/// Locks `mutex`, recovering the data of a poisoned one.
-pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// [`Lock::locked`] for every `Mutex`.
+pub trait Lock<T: ?Sized> {
+    /// Locks, recovering the data of a poisoned lock.
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T: ?Sized> Lock<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }

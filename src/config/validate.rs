@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::components::{check_actuators, check_alerts, check_sensors, check_sparkplug};
 use super::finding::Finding;
-use super::load::{Partial, Positions};
+use super::load::Partial;
+use super::positions::Positions;
 use super::{
     BrokerConfig, Config, I2cChip, I2cConfig, IdentityConfig, SystemMetric, TelemetryConfig,
 };
@@ -173,7 +174,7 @@ pub(crate) fn validate(
         findings,
     );
     let actuators = check_actuators(&config.actuators, &partial.actuator_index, findings);
-    super::components::check_shared_devices(&sensors, &actuators, findings);
+    super::sources::check_shared_devices(&sensors, &actuators, findings);
     if let Some(sparkplug) = &config.sparkplug {
         check_sparkplug(sparkplug, &config, &sensors, findings);
     }

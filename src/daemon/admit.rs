@@ -1,50 +1,22 @@
-//! What start-up and every reload do before a config is used: load it, probe what it points at,
-//! work out the identity; and the certificate renewal check. The same path for both (vector's
-//! rule: a reload goes through the code of start-up). Everything here blocks (it reads files):
-//! the event loop runs it as a task and takes the result as an event.
+//! What the daemon does around admission (`crate::admission`): the reload's load and admission,
+//! the agent's copies of the key pair, the renewal check, and whose data `state_dir` holds. The
+//! same path as start-up (vector's rule: a reload goes through the code of start-up). Everything
+//! here blocks (it reads files): the event loop runs it off the loop and takes the result as an
+//! event.
 
-use std::io::Write;
 use std::path::Path;
 
-use crate::config::{ConfigError, Findings, Severity, ValidConfig};
+use crate::config::{Severity, ValidConfig};
 use crate::identity::Identity;
 use crate::mqtt::tls;
-use crate::offline::Error;
-
-/// Probes what `config` points at (an error refuses it, warnings go to `warn`) and works out
-/// the identity.
-pub(crate) fn admit(
-    config: ValidConfig,
-    path: &Path,
-    warn: &mut dyn Write,
-) -> Result<(ValidConfig, Identity), Error> {
-    let now_s = (crate::model::now_ms() / 1000) as i64;
-    let mut findings = Findings {
-        file: path.to_owned(),
-        items: crate::certs::probe_for_run(&config.config().broker, now_s),
-    };
-    config.locate(&mut findings.items);
-    for finding in findings
-        .items
-        .iter()
-        .filter(|f| f.severity == Severity::Warning)
-    {
-        writeln!(warn, "{}", finding.display(&findings.file))?;
-    }
-    if findings.has_errors() {
-        findings.items.retain(|f| f.severity == Severity::Error);
-        return Err(Error::Config(ConfigError::Invalid(findings)));
-    }
-    let identity = crate::identity::resolve(config.config())?;
-    Ok((config, identity))
-}
 
 /// Loads, validates and probes the config at `path` for a reload: the path of start-up. Every
 /// finding comes back in one line when it is refused. Blocking.
 pub(crate) fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
     let mut warnings = Vec::new();
-    let admitted = crate::offline::load(path, &mut warnings)
-        .and_then(|config| admit(config, path, &mut warnings));
+    let admitted = crate::config::load_reporting(path, &mut warnings)
+        .map_err(crate::error::Error::from)
+        .and_then(|config| crate::admission::admit(config, path, &mut warnings));
     for line in String::from_utf8_lossy(&warnings).lines() {
         tracing::warn!(finding = %line, "Config warning.");
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::event::{Event, Failed};
 use super::link::Outcome;
-use super::{edge, status, Daemon, Mode};
+use super::{edge, status, Daemon};
 use crate::config::Scheme;
 use crate::mqtt::{tls, Closer, Connected};
 
@@ -62,12 +62,10 @@ impl Daemon {
             return;
         };
         let password_file = self.core.config.config().broker.password_file.clone();
-        let bd_seq = match &self.mode {
-            Mode::Sparkplug(edge) => {
-                Some((self.core.config.config().state_dir.clone(), edge.bd_seq()))
-            }
-            Mode::Plain(_) => None,
-        };
+        let bd_seq = self
+            .mode
+            .bd_seq()
+            .map(|last| (self.core.config.config().state_dir.clone(), last));
         if password_file.is_none() && bd_seq.is_none() {
             return self.start_attempt(attempt, None);
         }
@@ -132,11 +130,7 @@ impl Daemon {
     }
 
     pub(super) fn start_attempt(&mut self, attempt_number: u64, bd_seq: Option<u64>) {
-        if let (Mode::Sparkplug(edge), Some(bd_seq)) = (&self.mode, bd_seq) {
-            self.core
-                .session
-                .set_will(edge::will(edge.ndeath_topic(), bd_seq));
-        }
+        self.mode.before_attempt(&mut self.core, bd_seq);
         let attempt = self.core.session.attempt();
         let closer = attempt.closer();
         let bound = attempt.bound();
@@ -223,12 +217,7 @@ impl Daemon {
                 Outcome::Up => {
                     self.core.connect_log.connected();
                     self.core.server = Some((connected.server.clone(), crate::model::now_ms()));
-                    match &mut self.mode {
-                        Mode::Plain(plain) => plain.on_connected(&mut self.core, &connected),
-                        Mode::Sparkplug(edge) => {
-                            edge.on_connected(&mut self.core, &connected, bd_seq)
-                        }
-                    }
+                    self.mode.on_connected(&mut self.core, &connected, bd_seq);
                     status::notify(&self.core);
                     status::write_file(&self.core);
                 }
@@ -238,9 +227,7 @@ impl Daemon {
                 }
             },
             Err(failed) => {
-                if let Mode::Plain(plain) = &mut self.mode {
-                    plain.attempted();
-                }
+                self.mode.attempt_failed();
                 if let Outcome::Retry(delay) = self.core.link.failed(attempt, now, fastrand::f64())
                 {
                     let urls = self.core.session.urls().to_owned();
@@ -260,9 +247,7 @@ impl Daemon {
             return;
         };
         self.core.went_offline();
-        if let Mode::Sparkplug(edge) = &mut self.mode {
-            edge.ended();
-        }
+        self.mode.ended();
         let reason = cause.unwrap_or_else(|| "connection lost".to_owned());
         tracing::warn!(broker = %self.core.session.urls(), reason = %reason, retry_in_s = delay.as_secs_f64(), "Connection lost.");
         self.core.connect_log.last_error = reason.clone();

@@ -85,9 +85,9 @@ pub struct Delivery {
     /// The current connection's number.
     generation: u64,
     /// Queued in the store and not in flight, as last reported.
-    pub queued: usize,
+    queued: usize,
     /// Telemetry dropped since a telemetry message last went out: the next one says how many.
-    pub telemetry_gap: u64,
+    telemetry_gap: u64,
     /// What each message handed to Paho is, for what its refusal means.
     sending: HashMap<u64, (Kind, Arc<str>)>,
     /// A message not confirmed within this is sent again (the connection looked alive but the
@@ -115,6 +115,27 @@ impl Delivery {
 
     pub fn inflight(&self) -> usize {
         self.inflight
+    }
+
+    /// Telemetry messages dropped (the next one that goes says how many).
+    pub fn telemetry_dropped(&mut self, count: u64) {
+        self.telemetry_gap += count;
+    }
+
+    /// The telemetry dropped since the last one went, for a live message about to go; zero
+    /// once it has gone (`telemetry_sent`).
+    pub fn telemetry_gap(&self) -> u64 {
+        self.telemetry_gap
+    }
+
+    /// A telemetry message went out, saying how many were dropped before it.
+    pub fn telemetry_sent(&mut self) {
+        self.telemetry_gap = 0;
+    }
+
+    /// What the store reported queued and not in flight.
+    pub fn set_queued(&mut self, queued: usize) {
+        self.queued = queued;
     }
 
     /// A new connection: what was in flight goes again.

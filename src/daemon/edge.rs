@@ -13,14 +13,17 @@
 
 use std::path::PathBuf;
 
+use super::mode::{Arrived, Mode};
+use super::sampler::{AlertSink, Pass};
 use super::Core;
 use crate::alerts::{AlertEvent, SavedState, Transition};
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::{Connected, Incoming, Outgoing};
+use crate::mqtt::{Connected, Incoming, Outgoing, Profile};
 use crate::sparkplug::{
     host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics, ACTUATORS, NODE_INFO,
 };
+use crate::sync::Lock;
 
 /// Alert changes kept while no birth stands; older ones are dropped (and counted in the log).
 const MISSED_ALERTS: usize = 1000;
@@ -28,6 +31,8 @@ const MISSED_ALERTS: usize = 1000;
 pub(crate) struct Edge {
     topics: Topics,
     node: Node,
+    /// The board's name (`Properties/Hardware`), read once at start.
+    hardware: String,
     /// An NBIRTH stands in this MQTT session.
     born: bool,
     /// The primary host's latest STATE in this session; always online without a primary host.
@@ -41,9 +46,11 @@ pub(crate) struct Edge {
 
 impl Edge {
     pub fn new(config: &ValidConfig, identity: &Identity, alerts: &SavedState) -> Edge {
+        let hardware = hardware(&config.config().sysfs_root);
         Edge {
             topics: topics(config, identity),
-            node: node(config, alerts),
+            node: node(config, &hardware, alerts),
+            hardware,
             born: false,
             host: None,
             host_seen: 0,
@@ -52,11 +59,6 @@ impl Edge {
     }
 
     /// NCMD and, with a primary host, its STATE: subscribed on every connect.
-    pub fn subscriptions(&self) -> Vec<String> {
-        subscriptions(&self.topics)
-    }
-
-    /// As [`Edge::subscriptions`], for a config not yet running.
     pub fn subscriptions_for(config: &ValidConfig, identity: &Identity) -> Vec<String> {
         subscriptions(&topics(config, identity))
     }
@@ -69,14 +71,9 @@ impl Edge {
         self.topics.ndeath.clone()
     }
 
-    /// The bdSeq of the current (or last) session.
-    pub fn bd_seq(&self) -> u64 {
-        self.node.bd_seq
-    }
-
     /// A reload: the new metric set is declared by a rebirth in this session, or, when the
     /// session changed, by the birth of the next one.
-    pub fn reconfigure(
+    fn renew(
         &mut self,
         config: &ValidConfig,
         identity: &Identity,
@@ -84,19 +81,19 @@ impl Edge {
         session_changed: bool,
     ) {
         let bd_seq = self.node.bd_seq;
-        self.node = node(config, alerts);
+        self.node = node(config, &self.hardware, alerts);
         self.node.bd_seq = bd_seq;
         self.topics = topics(config, identity);
         self.born = false;
         if session_changed {
-            self.ended();
+            self.session_ended();
             tracing::info!("Reloaded; starting a new Sparkplug session.");
         } else {
             tracing::info!("Reloaded; a new NBIRTH will declare the changed metrics.");
         }
     }
 
-    pub fn on_connected(&mut self, core: &mut Core, connected: &Connected, bd_seq: Option<u64>) {
+    fn connected(&mut self, core: &mut Core, connected: &Connected, bd_seq: Option<u64>) {
         // The session's NDEATH (its will, set before the attempt) is also the goodbye of a clean
         // stop.
         let bd_seq = bd_seq.unwrap_or((self.node.bd_seq + 1) % 256);
@@ -116,13 +113,13 @@ impl Edge {
     }
 
     /// The session ended (lost, or closed by us): the next one needs a new birth.
-    pub fn ended(&mut self) {
+    fn session_ended(&mut self) {
         self.born = false;
         self.host = None;
         self.host_seen = 0;
     }
 
-    pub fn on_pass(&mut self, core: &mut Core, reading: Reading) {
+    fn reading(&mut self, core: &mut Core, reading: Reading) {
         if self.node.observe(&reading) && self.born {
             tracing::info!("A new sensor value appeared; rebirth to declare it.");
             self.born = false;
@@ -134,7 +131,7 @@ impl Edge {
         }
     }
 
-    pub fn on_alert(&mut self, core: &mut Core, event: AlertEvent) {
+    fn alert(&mut self, core: &mut Core, event: AlertEvent) {
         let name = format!("Alerts/{}", event.alert);
         let raised = event.state == Transition::Raised;
         if !self.node.set(&name, MetricValue::Boolean(raised), event.ts) {
@@ -151,7 +148,7 @@ impl Edge {
         self.missed.push((name, raised, event.ts));
     }
 
-    pub fn health_tick(&mut self, core: &mut Core) {
+    fn node_info(&mut self, core: &mut Core) {
         if self.born {
             refresh(core, &mut self.node);
             self.send_changes(core);
@@ -160,7 +157,7 @@ impl Edge {
 
     /// A message on NCMD or the primary host's STATE. The actuator writes an NCMD asks for
     /// come back, in order, for the one executor (`daemon::commands`).
-    pub fn on_incoming(&mut self, core: &mut Core, message: Incoming) -> Vec<(String, String)> {
+    fn message(&mut self, core: &mut Core, message: Incoming) -> Vec<(String, String)> {
         let mut writes = Vec::new();
         if self.topics.state.as_deref() == Some(message.topic.as_str()) {
             self.on_state(core, &message);
@@ -211,7 +208,7 @@ impl Edge {
         } else if self.born {
             // The specification's behaviour: NDEATH, disconnect, and come back (through the
             // backoff) to wait for the host.
-            self.ended();
+            self.session_ended();
             core.close_session(true);
             let delay = core.link.backoff_delay(fastrand::f64());
             tracing::warn!(
@@ -225,7 +222,7 @@ impl Edge {
     }
 
     /// An NCMD write ended: the value the actuator holds now goes out in NDATA.
-    pub fn on_written(
+    fn written(
         &mut self,
         core: &mut Core,
         actuator: &str,
@@ -258,7 +255,7 @@ impl Edge {
         refresh(core, &mut self.node);
         let ts = crate::model::now_ms();
         let payload = self.node.birth(ts);
-        if !core.session.publish_bytes(&self.topics.nbirth, payload, 0) {
+        if !core.session.publish(&self.topics.nbirth, payload, 0, false) {
             return;
         }
         self.born = true;
@@ -277,7 +274,7 @@ impl Edge {
             .collect();
         let count = metrics.len();
         let payload = self.node.data(ts, metrics);
-        if core.session.publish_bytes(&self.topics.ndata, payload, 0) {
+        if core.session.publish(&self.topics.ndata, payload, 0, false) {
             core.counters.sent += 1;
             tracing::info!(
                 alert_changes = count,
@@ -296,7 +293,7 @@ impl Edge {
             return;
         }
         let payload = self.node.data(crate::model::now_ms(), metrics);
-        if core.session.publish_bytes(&self.topics.ndata, payload, 0) {
+        if core.session.publish(&self.topics.ndata, payload, 0, false) {
             core.counters.sent += 1;
         }
     }
@@ -319,9 +316,9 @@ fn topics(config: &ValidConfig, identity: &Identity) -> Topics {
 
 /// The node's metrics for `config`, with the alert states the sampler starts from and the
 /// actuators' current values, so the next birth is true.
-fn node(config: &ValidConfig, alerts: &SavedState) -> Node {
-    let mut node = Node::new(config);
+fn node(config: &ValidConfig, hardware: &str, alerts: &SavedState) -> Node {
     let now = crate::model::now_ms();
+    let mut node = Node::new(config, hardware, now);
     for (name, raised) in &alerts.raised {
         node.set(
             &format!("Alerts/{name}"),
@@ -342,13 +339,7 @@ fn node(config: &ValidConfig, alerts: &SavedState) -> Node {
 /// Sets the node's `Node Info/…` metrics to what they are now.
 fn refresh(core: &Core, node: &mut Node) {
     let (rss_bytes, cpu_time_ms) = crate::health::process_usage();
-    let read_errors = core
-        .stats
-        .sensor_errors
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .values()
-        .sum();
+    let read_errors = core.stats.sensor_errors.locked().values().sum();
     // In the order of NODE_INFO.
     let values = [
         MetricValue::UInt(core.started.elapsed().as_secs()),
@@ -370,11 +361,42 @@ fn refresh(core: &Core, node: &mut Node) {
     }
 }
 
+/// The next bdSeq, in `state_dir`.
+const BD_SEQ_FILE: &str = "sparkplug-bdseq.json";
+
+/// The bdSeq for the next MQTT session: read from `state_dir`, and the one after it saved
+/// before the connect, so a crash never reuses a bdSeq whose NDEATH may still be delivered.
+/// Blocking.
+fn save_next_bd_seq(state_dir: &std::path::Path) -> u64 {
+    let path = state_dir.join(BD_SEQ_FILE);
+    let this: u64 = crate::state::load::<u64>(&path) % 256;
+    if let Err(err) = crate::state::save(&path, &((this + 1) % 256)) {
+        tracing::error!(path = %path.display(), error = %err, "Cannot save the next Sparkplug bdSeq; a restart may reuse this one.");
+    }
+    this
+}
+
+/// The board's name, for `Properties/Hardware`: the device tree's model, else DMI's product
+/// name, else the architecture. Read once, at start.
+fn hardware(sysfs_root: &std::path::Path) -> String {
+    [
+        "firmware/devicetree/base/model",
+        "class/dmi/id/product_name",
+    ]
+    .iter()
+    .find_map(|relative| {
+        let bytes = std::fs::read(sysfs_root.join(relative)).ok()?;
+        let text = crate::identity::trim_sysfs(&String::from_utf8_lossy(&bytes)).to_owned();
+        (!text.is_empty()).then_some(text)
+    })
+    .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
 /// The NDEATH that is the will (and the goodbye) of the session with `bd_seq`.
 pub fn will(topic: String, bd_seq: u64) -> Outgoing {
     Outgoing {
         topic,
-        payload: crate::sparkplug::death(bd_seq),
+        payload: crate::sparkplug::death(bd_seq, crate::model::now_ms()),
         qos: 1,
         retain: false,
     }
@@ -383,7 +405,7 @@ pub fn will(topic: String, bd_seq: u64) -> Outgoing {
 /// The bdSeq of the next session, saved first on the blocking pool; if that fails, the one after
 /// `last` (never 0 by accident).
 pub async fn next_bd_seq(state_dir: PathBuf, last: u64) -> u64 {
-    match tokio::task::spawn_blocking(move || crate::sparkplug::next_bd_seq(&state_dir)).await {
+    match tokio::task::spawn_blocking(move || save_next_bd_seq(&state_dir)).await {
         Ok(bd_seq) => bd_seq,
         Err(err) => {
             let bd_seq = (last + 1) % 256;
@@ -398,4 +420,108 @@ pub async fn next_bd_seq(state_dir: PathBuf, last: u64) -> u64 {
 /// non-blocking, so a FIFO cannot hold up the caller.
 fn actuator_value(target: &crate::actuators::Target) -> MetricValue {
     crate::actuators::current(target).map_or(MetricValue::Null, MetricValue::Text)
+}
+
+impl Mode for Edge {
+    fn is_sparkplug(&self) -> bool {
+        true
+    }
+
+    fn profile(&self, config: &ValidConfig, identity: &Identity) -> Profile {
+        Profile::Sparkplug {
+            subscriptions: Edge::subscriptions_for(config, identity),
+        }
+    }
+
+    fn alert_sink(&self, core: &Core) -> AlertSink {
+        AlertSink::Loop(core.events.clone())
+    }
+
+    fn log_start(&self, core: &Core) {
+        tracing::info!(client_id = %core.identity.client_id, source = %core.identity, broker = %core.session.urls(), node = %self.node_topic(), "Starting as a Sparkplug B edge node.");
+    }
+
+    fn bd_seq(&self) -> Option<u64> {
+        Some(self.node.bd_seq)
+    }
+
+    fn before_attempt(&self, core: &mut Core, bd_seq: Option<u64>) {
+        if let Some(bd_seq) = bd_seq {
+            core.session.set_will(will(self.ndeath_topic(), bd_seq));
+        }
+    }
+
+    fn on_connected(&mut self, core: &mut Core, connected: &Connected, bd_seq: Option<u64>) {
+        self.connected(core, connected, bd_seq);
+    }
+
+    fn ended(&mut self) {
+        self.session_ended();
+    }
+
+    fn goodbye_on_reconnect(&self) -> bool {
+        true
+    }
+
+    fn on_pass(&mut self, core: &mut Core, pass: Pass) {
+        // A pass of the other mode's sampler cannot come: a mode switch takes a restart.
+        if let Pass::Reading(reading) = pass {
+            self.reading(core, reading);
+        }
+    }
+
+    fn health_tick(&mut self, core: &mut Core) {
+        self.node_info(core);
+    }
+
+    fn on_incoming(&mut self, core: &mut Core, message: Incoming) -> Arrived {
+        Arrived::Writes(self.message(core, message))
+    }
+
+    fn on_alert(&mut self, core: &mut Core, event: AlertEvent) {
+        self.alert(core, event);
+    }
+
+    fn on_written(
+        &mut self,
+        core: &mut Core,
+        actuator: &str,
+        result: Result<String, String>,
+        value: Option<String>,
+    ) {
+        self.written(core, actuator, result, value);
+    }
+
+    fn reconfigure(
+        &mut self,
+        core: &Core,
+        config: &ValidConfig,
+        identity: &Identity,
+        changed: bool,
+        session: bool,
+    ) {
+        if changed {
+            let state = core.book.locked().state().clone();
+            self.renew(config, identity, &state, session);
+        }
+    }
+
+    fn resample_on_any_change(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bd_seq_advances_per_session_survives_restarts_and_wraps_at_256() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(save_next_bd_seq(dir.path()), 0);
+        assert_eq!(save_next_bd_seq(dir.path()), 1);
+        crate::state::save(&dir.path().join(BD_SEQ_FILE), &255u64).unwrap();
+        assert_eq!(save_next_bd_seq(dir.path()), 255);
+        assert_eq!(save_next_bd_seq(dir.path()), 0);
+    }
 }

@@ -48,8 +48,8 @@ pub enum Event {
     Finished { key: String },
     /// Sparkplug: an alert raised or cleared (plain mode's go through the store).
     Alert(AlertEvent),
-    /// A reload's new config and identity, or why it was refused.
-    Reloaded(Box<Result<(ValidConfig, Identity), String>>),
+    /// A reload's new config, or why it was refused.
+    Reloaded(Box<Result<Reloaded, String>>),
     /// A certificate renewal was checked and copied in, or refused.
     Renewed(Result<(), String>),
     /// A session we ended has disconnected: the next connect may start.
@@ -63,6 +63,15 @@ pub enum Event {
         value: Option<String>,
         finished: bool,
     },
+}
+
+/// A reload taken: the new config and identity, and, when `broker.tls` changed, the agent's new
+/// copies of the key pair (`None` inside when there is none to keep).
+#[derive(Debug)]
+pub struct Reloaded {
+    pub config: ValidConfig,
+    pub identity: Identity,
+    pub key_pair: Option<Option<crate::mqtt::tls::KeyPairStore>>,
 }
 
 /// Why a connect attempt failed, with the diagnosis of a TLS refusal when one was made.

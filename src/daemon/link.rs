@@ -57,10 +57,6 @@ impl Link {
         }
     }
 
-    pub fn state(&self) -> State {
-        self.state
-    }
-
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up { .. })
     }

@@ -15,10 +15,13 @@ mod admit;
 mod chores;
 mod commands;
 mod connect;
+mod core;
 mod delivery;
 mod edge;
 mod event;
+mod execute;
 pub mod link;
+mod mode;
 mod plain;
 mod provision;
 mod reload;
@@ -39,19 +42,23 @@ use tokio::sync::mpsc;
 use crate::commands::Response;
 use crate::config::ValidConfig;
 use crate::dedupe::Dedupe;
+use crate::error::Error;
 use crate::identity::Identity;
-use crate::mqtt::{tls, Confirmation, Incoming, MqttError, MqttEvent, Profile, Session};
-use crate::offline::Error;
+use crate::mqtt::{tls, Confirmation, Incoming, MqttError, MqttEvent, Session};
 use crate::outbox::Outbox;
 use crate::service;
 
-pub(crate) use admit::admit;
+use crate::admission::admit;
+use crate::sync::Lock;
 use connect::ConnectLog;
+pub(crate) use core::Core;
+use core::FOREVER;
 pub use event::Event;
 use event::{Report, StoreEvent};
 use link::Link;
-use sampler::{AlertBook, AlertSink, Pass, Sampler, SamplerStats};
-use store::{Request, StoreHandle};
+use mode::{Arrived, Mode};
+use sampler::{AlertBook, Pass, Sampler, SamplerStats};
+use store::Request;
 
 /// How long a clean stop takes at most: the shutdown status, QoS >= 1 in flight, the store's
 /// last writes and the disconnect all fit in it.
@@ -77,7 +84,7 @@ pub struct Counters {
 ///
 /// `verbosity` shifts `log.level`: +1 per `-v`, -1 per `-q`.
 pub fn start(path: &Path, verbosity: i8, warn: &mut dyn Write) -> Result<(), Error> {
-    let config = crate::offline::load(path, warn)?;
+    let config = crate::config::load_reporting(path, warn)?;
     // Before anything uses OpenSSL: the TLS floor (see mqtt::tls).
     // In state_dir only: a shared temporary directory is no place for a file that decides the
     // TLS floor (anyone could plant one there).
@@ -124,116 +131,6 @@ pub fn start(path: &Path, verbosity: i8, warn: &mut dyn Write) -> Result<(), Err
     Ok(())
 }
 
-/// The parts both modes use.
-pub(crate) struct Core {
-    pub config: ValidConfig,
-    pub identity: Identity,
-    pub session: Session,
-    pub link: Link,
-    pub store: StoreHandle,
-    /// The outbox as the store last reported it.
-    pub outbox: Report,
-    pub counters: Counters,
-    pub connect_log: ConnectLog,
-    pub events: mpsc::Sender<Event>,
-    pub started: Instant,
-    pub stats: Arc<SamplerStats>,
-    pub book: Arc<Mutex<AlertBook>>,
-    /// The sensors whose read is stuck, for every sampler thread (across reloads) and `read`.
-    pub stuck: crate::sensors::Stuck,
-    /// The broker we are connected to, and since when (Unix ms).
-    pub server: Option<(String, u64)>,
-    /// Since when there is no connection (Unix ms), while `server` is `None`.
-    pub offline_since: u64,
-    /// A write of `status.json` is under way (it is skipped, not queued, while one is).
-    pub status_writing: Arc<std::sync::atomic::AtomicBool>,
-    /// The alert book's event counter when `status.json` was last written after a pass.
-    pub status_alerts: u64,
-    /// After the session we are closing has gone, connect again after this (a primary host
-    /// that went offline); at once when `None`.
-    pub reconnect_after: Option<Duration>,
-    /// The GPIO outputs of the actuators, held while the agent runs (their levels kept until a
-    /// command sets them).
-    pub held_outputs: Vec<Arc<dyn crate::gpio::Output>>,
-    /// Paho's channels, for a new session after a reload.
-    lost_tx: mpsc::Sender<MqttEvent>,
-    incoming_tx: mpsc::Sender<Incoming>,
-}
-
-impl Core {
-    /// The connection is gone (or going).
-    pub fn went_offline(&mut self) {
-        if self.server.take().is_some() {
-            self.offline_since = crate::model::now_ms();
-        }
-    }
-
-    /// A session for `config` in the mode's profile.
-    fn new_session(
-        &self,
-        config: &ValidConfig,
-        identity: &Identity,
-        key_pair: Option<&tls::KeyPairStore>,
-        profile: Profile,
-    ) -> Result<Session, MqttError> {
-        Session::new(
-            config,
-            &identity.client_id,
-            self.lost_tx.clone(),
-            self.incoming_tx.clone(),
-            key_pair.map(|store| &store.files),
-            profile,
-        )
-    }
-
-    /// Connects again with the session as it now is: after the current connection has ended
-    /// (with the goodbye when `goodbye`), or at once when there is none.
-    fn reconnect(&mut self, goodbye: bool) {
-        if self.session.is_connected() {
-            self.close_session(goodbye);
-        } else {
-            self.link.restart(Instant::now(), Duration::ZERO, false);
-        }
-    }
-
-    /// Ends the current connection from a task; the next connect waits for `SessionClosed`.
-    fn close_session(&mut self, goodbye: bool) {
-        let closer = self.session.closer();
-        let events = self.events.clone();
-        // No attempt until the old connection is gone (same client ID: a takeover otherwise).
-        self.link.restart(Instant::now(), FOREVER, true);
-        self.went_offline();
-        tokio::spawn(async move {
-            if goodbye {
-                closer.close(Duration::from_secs(2)).await;
-            } else {
-                closer.disconnect(Duration::from_secs(2)).await;
-            }
-            let _ = events.send(Event::SessionClosed).await;
-        });
-    }
-}
-
-/// A wait that ends only by an event.
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The two modes of the loop.
-enum Mode {
-    Plain(Box<plain::Plain>),
-    Sparkplug(Box<edge::Edge>),
-}
-
-impl Mode {
-    fn profile(&self) -> Profile {
-        match self {
-            Mode::Plain(_) => Profile::Plain,
-            Mode::Sparkplug(edge) => Profile::Sparkplug {
-                subscriptions: edge.subscriptions(),
-            },
-        }
-    }
-}
-
 /// Runs the agent until `shutdown` resolves, then stops cleanly within [`SHUTDOWN_WAIT`]; a
 /// second `shutdown` signal during the stop ends it at once.
 pub async fn run<F, S>(
@@ -248,17 +145,17 @@ where
 {
     let (events_tx, mut events) = mpsc::channel(256);
     let (lost_tx, mut lost) = mpsc::channel(4);
-    let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
+    let (incoming_tx, mut incoming) = crate::mqtt::incoming_queue();
     let (passes_tx, mut passes) = mpsc::channel(sampler::TELEMETRY_QUEUE);
     let key_pair = admit::key_pair_store(&config);
     let sparkplug = config.config().sparkplug.is_some();
     admit::adopt_state(&config.config().state_dir, &identity.client_id);
     let book = Arc::new(Mutex::new(AlertBook::load(&config, &identity.client_id)));
-    let mode = if sparkplug {
-        let state = book.lock().map(|b| b.state().clone()).unwrap_or_default();
-        Mode::Sparkplug(Box::new(edge::Edge::new(&config, &identity, &state)))
+    let mode: Box<dyn Mode> = if sparkplug {
+        let state = book.locked().state().clone();
+        Box::new(edge::Edge::new(&config, &identity, &state))
     } else {
-        Mode::Plain(Box::new(plain::Plain::new(&config, &identity)))
+        Box::new(plain::Plain::new(&config, &identity))
     };
     let session = Session::new(
         &config,
@@ -266,16 +163,8 @@ where
         lost_tx.clone(),
         incoming_tx.clone(),
         key_pair.as_ref().map(|store| &store.files),
-        mode.profile(),
+        mode.profile(&config, &identity),
     )?;
-    match &mode {
-        Mode::Plain(_) => {
-            tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), "Starting.")
-        }
-        Mode::Sparkplug(edge) => {
-            tracing::info!(client_id = %identity.client_id, source = %identity, broker = %session.urls(), node = %edge.node_topic(), "Starting as a Sparkplug B edge node.")
-        }
-    }
     // The state files are opened after `Starting.`: on slow flash their fsyncs can take a while.
     let ledger = Arc::new(Mutex::new(Dedupe::open(
         config.config().state_dir.join(crate::dedupe::FILE),
@@ -312,7 +201,8 @@ where
         lost_tx,
         incoming_tx,
     };
-    let sampler = start_sampler(&core, &mode, passes_tx.clone());
+    mode.log_start(&core);
+    let sampler = start_sampler(&core, mode.as_ref(), passes_tx.clone());
     let mut daemon = Daemon {
         commands: commands::Commands::new(core.config.config().broker.command_rate),
         context: commands::Context {
@@ -393,13 +283,8 @@ async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> Optio
     }
 }
 
-fn start_sampler(core: &Core, mode: &Mode, passes: mpsc::Sender<Pass>) -> Sampler {
-    let alerts = match mode {
-        Mode::Plain(plain) => AlertSink::Outbox {
-            topic: plain.alerts_topic(),
-        },
-        Mode::Sparkplug(_) => AlertSink::Loop(core.events.clone()),
-    };
+fn start_sampler(core: &Core, mode: &dyn Mode, passes: mpsc::Sender<Pass>) -> Sampler {
+    let alerts = mode.alert_sink(core);
     Sampler::start(
         &core.config,
         Arc::clone(&core.book),
@@ -447,7 +332,7 @@ fn open_outbox(config: &ValidConfig) -> Outbox {
 /// The daemon's state: the shared core, the mode, and the parts around the loop.
 struct Daemon {
     core: Core,
-    mode: Mode,
+    mode: Box<dyn Mode>,
     sampler: Sampler,
     passes_tx: mpsc::Sender<Pass>,
     commands: commands::Commands,
@@ -472,9 +357,7 @@ impl Daemon {
                 lost,
             }) => {
                 self.core.counters.lost += lost.len() as u64;
-                if let Mode::Plain(plain) = &mut self.mode {
-                    plain.taken(&mut self.core, generation, messages, &lost);
-                }
+                self.mode.taken(&mut self.core, generation, messages, &lost);
             }
             Event::Store(StoreEvent::Stopped) => {}
             Event::Connect {
@@ -508,11 +391,7 @@ impl Daemon {
                 self.commands.finished(&key);
                 self.run_commands();
             }
-            Event::Alert(event) => {
-                if let Mode::Sparkplug(edge) = &mut self.mode {
-                    edge.on_alert(&mut self.core, event);
-                }
-            }
+            Event::Alert(event) => self.mode.on_alert(&mut self.core, event),
             Event::Reloaded(result) => self.on_reloaded(*result),
             Event::Renewed(result) => self.on_renewed(result),
             Event::SessionClosed => {
@@ -529,9 +408,8 @@ impl Daemon {
                 value,
                 finished,
             } => {
-                if let Mode::Sparkplug(edge) = &mut self.mode {
-                    edge.on_written(&mut self.core, &actuator, result, value);
-                }
+                self.mode
+                    .on_written(&mut self.core, &actuator, result, value);
                 if finished {
                     self.commands.finished(&actuator);
                     self.run_commands();
@@ -542,14 +420,11 @@ impl Daemon {
 
     pub(super) fn on_report(&mut self, report: Report) {
         self.core.counters.dropped += report.too_large as u64;
+        self.mode.on_report(&report);
         for dropped in &report.dropped {
             self.core.counters.dropped += 1;
             match dropped.kind {
-                crate::outbox::Kind::Telemetry => {
-                    if let Mode::Plain(plain) = &mut self.mode {
-                        plain.delivery.telemetry_gap += 1;
-                    }
-                }
+                crate::outbox::Kind::Telemetry => {}
                 other => tracing::error!(
                     kind = other.name(),
                     "Outbox full (broker.max_queued_messages); the oldest {} was dropped.",
@@ -560,36 +435,21 @@ impl Daemon {
         if report.durable != self.core.outbox.durable {
             status::outbox_changed(report.durable);
         }
-        if let Mode::Plain(plain) = &mut self.mode {
-            plain.delivery.queued = report.queued;
-        }
         self.core.outbox = report;
     }
 
-    /// When the plain mode's delivery may ask the store for more.
+    /// When the mode's delivery may ask the store for more.
     pub(super) fn pump_at(&self) -> Option<Instant> {
-        match &self.mode {
-            Mode::Plain(plain) if self.core.link.is_up() && plain.delivery.wants_to_send() => {
-                Some(plain.delivery.ready_at().into_std())
-            }
-            _ => None,
-        }
+        self.mode.pump_at(&self.core)
     }
 
     pub(super) fn pump(&mut self) {
-        if let Mode::Plain(plain) = &mut self.mode {
-            plain.delivery.request(&self.core.store);
-        }
+        self.mode.pump(&mut self.core);
     }
 
     pub(super) fn on_incoming(&mut self, message: Incoming) {
-        match &mut self.mode {
-            Mode::Plain(plain) => {
-                let Some(name) = plain.command_name(&message.topic) else {
-                    stray::warn(&message.topic);
-                    return;
-                };
-                let name = name.to_owned();
+        match self.mode.on_incoming(&mut self.core, message) {
+            Arrived::Command { name, message } => {
                 if let Some(answer) = self.commands.arrive(
                     &name,
                     &message.payload,
@@ -598,19 +458,18 @@ impl Daemon {
                 ) {
                     self.answer(answer, false);
                 }
-                self.run_commands();
             }
-            Mode::Sparkplug(edge) => {
-                let writes = edge.on_incoming(&mut self.core, message);
+            Arrived::Writes(writes) => {
                 for refused in self
                     .commands
                     .arrive_ncmd(writes, &self.core.config.actuators)
                 {
                     tracing::warn!(reason = %refused, "NCMD write refused.");
                 }
-                self.run_commands();
             }
+            Arrived::Done => return,
         }
+        self.run_commands();
     }
 
     /// Starts every job that may run now.
@@ -622,9 +481,8 @@ impl Daemon {
 
     /// Paho's answer for one outbox message (plain mode's).
     pub(super) fn delivered(&mut self, generation: u64, id: u64, confirmation: &Confirmation) {
-        if let Mode::Plain(plain) = &mut self.mode {
-            plain.delivered(&mut self.core, generation, id, confirmation);
-        }
+        self.mode
+            .delivered(&mut self.core, generation, id, confirmation);
     }
 
     /// A command ended: its answer goes out, and its actuator is free again when `finished`.
@@ -638,34 +496,24 @@ impl Daemon {
     /// A command's answer: logged, and into the outbox (then the ledger, when `record`).
     pub(super) fn answer(&mut self, response: Response, record: bool) {
         tracing::info!(command = %response.command.escape_debug(), id = ?response.id, ok = response.ok, duplicate = response.duplicate, error = ?response.error, "Command.");
-        let Mode::Plain(plain) = &self.mode else {
+        let Some(topic) = self.mode.responses_topic() else {
             return;
         };
         self.core.store.send(Request::Answer {
-            topic: plain.responses_topic(),
+            topic,
             response,
             record,
         });
     }
 
     pub(super) fn on_pass(&mut self, pass: Pass) {
-        match (&mut self.mode, pass) {
-            (Mode::Plain(plain), Pass::Json(payload)) => plain.on_pass(&mut self.core, payload),
-            (Mode::Sparkplug(edge), Pass::Reading(reading)) => {
-                edge.on_pass(&mut self.core, reading)
-            }
-            // A pass of the other mode's sampler cannot happen: a mode switch takes a restart.
-            _ => {}
-        }
+        self.mode.on_pass(&mut self.core, pass);
         // An alert raised or cleared, a sensor failing or back: `status` says so at once.
         status::write_file_if_alerts_changed(&mut self.core);
     }
 
     pub(super) fn health_tick(&mut self) {
-        match &mut self.mode {
-            Mode::Plain(plain) => plain.publish_health(&mut self.core),
-            Mode::Sparkplug(edge) => edge.health_tick(&mut self.core),
-        }
+        self.mode.health_tick(&mut self.core);
         status::notify(&self.core);
         status::write_file(&self.core);
     }

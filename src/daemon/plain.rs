@@ -10,12 +10,14 @@
 use std::sync::Arc;
 
 use super::delivery::{Answer, Delivery, WINDOW};
-use super::event::Taken;
+use super::event::{Report, Taken};
+use super::mode::{Arrived, Mode};
+use super::sampler::{AlertSink, Pass};
 use super::store::Request;
 use super::Core;
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::{Confirmation, Connected};
+use crate::mqtt::{Confirmation, Connected, Incoming, Profile};
 use crate::outbox::{Dropped, Kind};
 
 /// Numbers from the config used on every message.
@@ -64,7 +66,7 @@ impl Topics {
 }
 
 pub(crate) struct Plain {
-    pub delivery: Delivery,
+    delivery: Delivery,
     limits: Limits,
     topics: Topics,
     /// The latest sample made before the first connect attempt ended (the agent is starting,
@@ -91,32 +93,13 @@ impl Plain {
         }
     }
 
-    pub fn reconfigure(&mut self, config: &ValidConfig, identity: &Identity) {
-        self.limits = Limits::of(config);
-        self.topics = Topics::new(config, identity);
-        self.delivery.set_rate(config.config().broker.drain_rate);
-    }
-
-    pub fn alerts_topic(&self) -> Arc<str> {
-        Arc::clone(&self.topics.alerts)
-    }
-
-    pub fn responses_topic(&self) -> Arc<str> {
-        Arc::clone(&self.topics.responses)
-    }
-
     /// The command's name when `topic` is exactly `{prefix}/commands/{name}`.
-    pub fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+    fn command_topic<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let name = topic.strip_prefix(self.topics.commands.as_str())?;
         (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
-    /// A connect attempt ended without a connection.
-    pub fn attempted(&mut self) {
-        self.attempted = true;
-    }
-
-    pub fn on_connected(&mut self, core: &mut Core, connected: &Connected) {
+    fn connected(&mut self, core: &mut Core, connected: &Connected) {
         self.attempted = true;
         // Nothing sent on an earlier connection is trusted to have arrived: what was in flight
         // goes again (at-least-once; ids stay the same).
@@ -135,12 +118,12 @@ impl Plain {
     }
 
     /// One sampling pass's telemetry.
-    pub fn on_pass(&mut self, core: &mut Core, payload: String) {
+    fn telemetry(&mut self, core: &mut Core, payload: String) {
         let full = core
             .stats
             .queue_full
             .swap(0, std::sync::atomic::Ordering::Relaxed);
-        self.delivery.telemetry_gap += full;
+        self.delivery.telemetry_dropped(full);
         core.counters.dropped += full;
         let online = core.link.is_up();
         if online && self.limits.qos == 0 {
@@ -173,38 +156,37 @@ impl Plain {
 
     fn dropped_telemetry(&mut self, core: &mut Core) {
         core.counters.dropped += 1;
-        self.delivery.telemetry_gap += 1;
+        self.delivery.telemetry_dropped(1);
     }
 
     /// QoS 0 telemetry straight to Paho, saying how many were dropped since the last one.
     fn send_live(&mut self, core: &mut Core, payload: String) {
-        let payload = match self.delivery.telemetry_gap {
+        let payload = match self.delivery.telemetry_gap() {
             0 => payload,
             gap => String::from_utf8(crate::telemetry::with_dropped(payload.into_bytes(), gap))
                 .expect("ASCII added to UTF-8 stays UTF-8"),
         };
-        match core
+        if core
             .session
-            .publish(&self.topics.telemetry, payload, 0, false)
+            .publish(&self.topics.telemetry, payload.into_bytes(), 0, false)
         {
-            Ok(()) => {
-                core.counters.sent += 1;
-                self.delivery.telemetry_gap = 0;
-            }
-            Err(_) => self.dropped_telemetry(core),
+            core.counters.sent += 1;
+            self.delivery.telemetry_sent();
+        } else {
+            self.dropped_telemetry(core);
         }
     }
 
     /// The store's answer to a `Take`.
-    pub fn taken(
+    fn take_over(
         &mut self,
         core: &mut Core,
         generation: u64,
         messages: Vec<Taken>,
         lost: &[Dropped],
     ) {
-        self.delivery.telemetry_gap +=
-            lost.iter().filter(|d| d.kind == Kind::Telemetry).count() as u64;
+        self.delivery
+            .telemetry_dropped(lost.iter().filter(|d| d.kind == Kind::Telemetry).count() as u64);
         self.delivery.taken(
             generation,
             messages,
@@ -214,7 +196,7 @@ impl Plain {
         );
     }
 
-    pub fn delivered(
+    fn confirmation(
         &mut self,
         core: &mut Core,
         generation: u64,
@@ -250,18 +232,128 @@ impl Plain {
     }
 
     /// `{prefix}/health`, retained, so a dashboard that starts late sees the last one.
-    pub fn publish_health(&mut self, core: &mut Core) {
+    fn publish_health(&mut self, core: &mut Core) {
         if !core.link.is_up() {
             return;
         }
         let payload = super::status::health(core);
         if core
             .session
-            .publish(&self.topics.health, payload, 0, true)
-            .is_ok()
+            .publish(&self.topics.health, payload.into_bytes(), 0, true)
         {
             core.counters.sent += 1;
         }
+    }
+}
+
+impl Mode for Plain {
+    fn is_sparkplug(&self) -> bool {
+        false
+    }
+
+    fn profile(&self, _config: &ValidConfig, _identity: &Identity) -> Profile {
+        Profile::Plain
+    }
+
+    fn alert_sink(&self, _core: &Core) -> AlertSink {
+        AlertSink::Outbox {
+            topic: Arc::clone(&self.topics.alerts),
+        }
+    }
+
+    fn log_start(&self, core: &Core) {
+        tracing::info!(client_id = %core.identity.client_id, source = %core.identity, broker = %core.session.urls(), "Starting.");
+    }
+
+    fn on_connected(&mut self, core: &mut Core, connected: &Connected, _bd_seq: Option<u64>) {
+        self.connected(core, connected);
+    }
+
+    fn attempt_failed(&mut self) {
+        self.attempted = true;
+    }
+
+    fn on_pass(&mut self, core: &mut Core, pass: Pass) {
+        // A pass of the other mode's sampler cannot come: a mode switch takes a restart.
+        if let Pass::Json(payload) = pass {
+            self.telemetry(core, payload);
+        }
+    }
+
+    fn health_tick(&mut self, core: &mut Core) {
+        self.publish_health(core);
+    }
+
+    fn on_incoming(&mut self, _core: &mut Core, message: Incoming) -> Arrived {
+        match self.command_topic(&message.topic) {
+            Some(name) => Arrived::Command {
+                name: name.to_owned(),
+                message,
+            },
+            None => {
+                super::stray::warn(&message.topic);
+                Arrived::Done
+            }
+        }
+    }
+
+    fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        self.command_topic(topic)
+    }
+
+    fn responses_topic(&self) -> Option<Arc<str>> {
+        Some(Arc::clone(&self.topics.responses))
+    }
+
+    fn on_report(&mut self, report: &Report) {
+        self.delivery.telemetry_dropped(
+            report
+                .dropped
+                .iter()
+                .filter(|dropped| dropped.kind == Kind::Telemetry)
+                .count() as u64,
+        );
+        self.delivery.set_queued(report.queued);
+    }
+
+    fn taken(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>, lost: &[Dropped]) {
+        self.take_over(core, generation, messages, lost);
+    }
+
+    fn delivered(
+        &mut self,
+        core: &mut Core,
+        generation: u64,
+        id: u64,
+        confirmation: &Confirmation,
+    ) {
+        self.confirmation(core, generation, id, confirmation);
+    }
+
+    fn pump_at(&self, core: &Core) -> Option<std::time::Instant> {
+        (core.link.is_up() && self.delivery.wants_to_send())
+            .then(|| self.delivery.ready_at().into_std())
+    }
+
+    fn pump(&mut self, core: &mut Core) {
+        self.delivery.request(&core.store);
+    }
+
+    fn inflight(&self) -> usize {
+        self.delivery.inflight()
+    }
+
+    fn reconfigure(
+        &mut self,
+        _core: &Core,
+        config: &ValidConfig,
+        identity: &Identity,
+        _changed: bool,
+        _session: bool,
+    ) {
+        self.limits = Limits::of(config);
+        self.topics = Topics::new(config, identity);
+        self.delivery.set_rate(config.config().broker.drain_rate);
     }
 }
 
@@ -288,7 +380,7 @@ mod tests {
             ("devices/dev1/commands/fan/extra", None),
             ("other/devices/dev1/commands/fan", None),
         ] {
-            assert_eq!(plain.command_name(topic), expected, "{topic}");
+            assert_eq!(plain.command_topic(topic), expected, "{topic}");
         }
     }
 }

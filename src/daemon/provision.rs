@@ -78,7 +78,7 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
         let path = path.to_owned();
         let reread = tokio::task::spawn_blocking(move || {
             let mut warnings = Vec::new();
-            crate::offline::load(&path, &mut warnings).map_err(|err| err.to_string())
+            crate::config::load_reporting(&path, &mut warnings).map_err(|err| err.to_string())
         })
         .await;
         match reread {

@@ -1,13 +1,21 @@
 //! Reloads (SIGHUP) and certificate renewals: the new config or key pair is checked on the
 //! blocking pool, and what it changes is applied when the result comes back as an event.
+//!
+//! Everything that touches the disk happens off the loop, before the result comes back: the
+//! load and admission of the new config, the refusals that need no running state (a new
+//! `state_dir`, a new identity, a switch of mode), and, when `broker.tls` changed, the copy of
+//! the new key pair into `state_dir` (fsynced), which is made only once the reload is known to
+//! be taken.
 
-use super::event::Event;
+use std::path::PathBuf;
+
+use super::event::{Event, Reloaded};
 use super::store::Request;
-use super::{admit, edge, start_sampler, Daemon, Mode};
-use crate::config::{Changes, ValidConfig};
-use crate::identity::Identity;
-use crate::mqtt::Profile;
+use super::{admit, start_sampler, Daemon};
+use crate::config::{Changes, TlsConfig};
+use crate::mqtt::tls::KeyPairStore;
 use crate::service;
+use crate::sync::Lock;
 
 impl Daemon {
     /// Every `CERT_WATCH`: a renewed certificate on disk is checked on the blocking pool.
@@ -46,10 +54,8 @@ impl Daemon {
                 tracing::info!(cert = %cert, "Certificate renewed; reconnecting once.");
                 // Sparkplug: a clean end of this session (NDEATH) and a new one with the new
                 // pair; plain: a disconnect, the next connect says online again.
-                let goodbye = matches!(self.mode, Mode::Sparkplug(_));
-                if let Mode::Sparkplug(edge) = &mut self.mode {
-                    edge.ended();
-                }
+                let goodbye = self.mode.goodbye_on_reconnect();
+                self.mode.ended();
                 self.core.reconnect(goodbye);
             }
             Err(reason) => {
@@ -58,7 +64,8 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: the new config is loaded and checked on the blocking pool.
+    /// SIGHUP: the new config is loaded, checked and (when its TLS files changed) its key pair
+    /// copied on the blocking pool; the result comes back as `Event::Reloaded`.
     pub(super) fn reload(&mut self) {
         let Some(path) = self.reload_from.clone() else {
             return;
@@ -72,55 +79,39 @@ impl Daemon {
         }
         self.reloading = true;
         service::notify(&[sd_notify::NotifyState::Reloading]);
+        let running = Running {
+            state_dir: self.core.config.config().state_dir.clone(),
+            client_id: self.core.identity.client_id.clone(),
+            sparkplug: self.mode.is_sparkplug(),
+            tls: self.core.config.config().broker.tls.clone(),
+        };
         let events = self.core.events.clone();
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || admit::reload(&path))
+            let result = tokio::task::spawn_blocking(move || prepare(&path, &running))
                 .await
                 .unwrap_or_else(|_| Err("internal error while reloading".to_owned()));
             let _ = events.send(Event::Reloaded(Box::new(result))).await;
         });
     }
 
-    pub(super) fn on_reloaded(&mut self, result: Result<(ValidConfig, Identity), String>) {
+    pub(super) fn on_reloaded(&mut self, result: Result<Reloaded, String>) {
         self.reloading = false;
-        self.apply_reload(result);
+        match result {
+            Ok(reloaded) => self.apply_reload(reloaded),
+            Err(why) => refused(&why),
+        }
         if std::mem::take(&mut self.reload_again) {
             self.reload();
         }
     }
 
-    fn apply_reload(&mut self, result: Result<(ValidConfig, Identity), String>) {
-        let refused = |why: &str| {
-            tracing::error!(findings = %why, "Reload refused; the running config stays.");
-            service::notify(&[
-                sd_notify::NotifyState::Ready,
-                sd_notify::NotifyState::Status("reload refused; running the previous config"),
-            ]);
-        };
-        let (config, identity) = match result {
-            Ok(loaded) => loaded,
-            Err(findings) => return refused(&findings),
-        };
-        let sparkplug = config.config().sparkplug.is_some();
-        if sparkplug != matches!(self.mode, Mode::Sparkplug(_)) {
-            return refused(
-                "switching between plain and Sparkplug mode takes a restart of the agent",
-            );
-        }
+    fn apply_reload(&mut self, reloaded: Reloaded) {
+        let Reloaded {
+            config,
+            identity,
+            key_pair,
+        } = reloaded;
         let old = self.core.config.config();
-        if config.config().state_dir != old.state_dir {
-            return refused(&format!(
-                "state_dir: moving it from {} to {} takes a restart of the agent (the outbox, the command ledger and the alert state are open where they are)",
-                old.state_dir.display(),
-                config.config().state_dir.display()
-            ));
-        }
-        if identity.client_id != self.core.identity.client_id {
-            return refused(&format!(
-                "the client ID would change from {} to {}: a new identity takes a restart of the agent (what is queued was made as {})",
-                self.core.identity.client_id, identity.client_id, self.core.identity.client_id
-            ));
-        }
         let changes = Changes::between(old, config.config());
         if changes.session {
             if config.config().broker.tls.min_version != old.broker.tls.min_version {
@@ -128,17 +119,11 @@ impl Daemon {
                     "broker.tls.min_version takes effect at the next start of the agent."
                 );
             }
-            let key_pair = if config.config().broker.tls != old.broker.tls {
-                admit::key_pair_store(&config)
-            } else {
-                self.key_pair.take()
+            let key_pair = match key_pair {
+                Some(new) => new,
+                None => self.key_pair.take(),
             };
-            let profile = match &self.mode {
-                Mode::Plain(_) => Profile::Plain,
-                Mode::Sparkplug(_) => Profile::Sparkplug {
-                    subscriptions: edge::Edge::subscriptions_for(&config, &identity),
-                },
-            };
+            let profile = self.mode.profile(&config, &identity);
             let session =
                 match self
                     .core
@@ -153,7 +138,7 @@ impl Daemon {
             self.key_pair = key_pair;
             // The old session ends (Sparkplug: with its goodbye), the new one connects once it
             // has.
-            let goodbye = matches!(self.mode, Mode::Sparkplug(_));
+            let goodbye = self.mode.goodbye_on_reconnect();
             self.core.reconnect(goodbye);
             self.core.session = session;
             self.core.went_offline();
@@ -168,46 +153,84 @@ impl Daemon {
         self.context.specs = config.sensors.clone();
         self.context.sysfs_root = config.config().sysfs_root.clone();
         let nothing = !changes.any;
-        let sampling = changes.sampling;
-        let session_changed = changes.session;
-        match &mut self.mode {
-            Mode::Plain(plain) => plain.reconfigure(&config, &identity),
-            Mode::Sparkplug(edge) => {
-                if !nothing {
-                    let state = self
-                        .core
-                        .book
-                        .lock()
-                        .map(|b| b.state().clone())
-                        .unwrap_or_default();
-                    edge.reconfigure(&config, &identity, &state, session_changed);
-                }
-            }
-        }
-        if sampling || (!nothing && matches!(self.mode, Mode::Sparkplug(_))) {
+        self.mode
+            .reconfigure(&self.core, &config, &identity, !nothing, changes.session);
+        let resample = changes.sampling || (!nothing && self.mode.resample_on_any_change());
+        if resample {
             self.core
                 .book
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .locked()
                 .reconfigure(&config, &identity.client_id);
-            self.core.config = config;
-            self.core.identity = identity;
+        }
+        self.core.config = config;
+        self.core.identity = identity;
+        if resample {
             let mut old = std::mem::replace(
                 &mut self.sampler,
-                start_sampler(&self.core, &self.mode, self.passes_tx.clone()),
+                start_sampler(&self.core, self.mode.as_ref(), self.passes_tx.clone()),
             );
             old.stop();
-        } else {
-            self.core.config = config;
-            self.core.identity = identity;
         }
         // Built before the old ones go: a line in both stays held throughout.
         self.core.held_outputs = crate::actuators::hold(&self.core.config.actuators);
         if nothing {
             tracing::info!("Reloaded; nothing changed.");
         } else {
-            tracing::info!(sampling, reconnect = session_changed, "Reloaded.");
+            tracing::info!(
+                sampling = changes.sampling,
+                reconnect = changes.session,
+                "Reloaded."
+            );
         }
         service::notify(&[sd_notify::NotifyState::Ready]);
     }
+}
+
+/// A reload refused: logged with every finding, and systemd told the running config stays.
+fn refused(why: &str) {
+    tracing::error!(findings = %why, "Reload refused; the running config stays.");
+    service::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("reload refused; running the previous config"),
+    ]);
+}
+
+/// What a reload checks the new config against.
+struct Running {
+    state_dir: PathBuf,
+    client_id: String,
+    sparkplug: bool,
+    tls: TlsConfig,
+}
+
+/// The blocking part of a reload: load and admit the config at `path`, refuse what takes a
+/// restart, and copy the key pair in when `broker.tls` changed (only then: the agent's copies
+/// are what the running session connects with).
+fn prepare(path: &std::path::Path, running: &Running) -> Result<Reloaded, String> {
+    let (config, identity) = admit::reload(path)?;
+    if config.config().sparkplug.is_some() != running.sparkplug {
+        return Err(
+            "switching between plain and Sparkplug mode takes a restart of the agent".to_owned(),
+        );
+    }
+    if config.config().state_dir != running.state_dir {
+        return Err(format!(
+            "state_dir: moving it from {} to {} takes a restart of the agent (the outbox, the command ledger and the alert state are open where they are)",
+            running.state_dir.display(),
+            config.config().state_dir.display()
+        ));
+    }
+    if identity.client_id != running.client_id {
+        return Err(format!(
+            "the client ID would change from {} to {}: a new identity takes a restart of the agent (what is queued was made as {})",
+            running.client_id, identity.client_id, running.client_id
+        ));
+    }
+    let key_pair: Option<Option<KeyPairStore>> =
+        (config.config().broker.tls != running.tls).then(|| admit::key_pair_store(&config));
+    Ok(Reloaded {
+        config,
+        identity,
+        key_pair,
+    })
 }

@@ -30,6 +30,7 @@ use crate::config::ValidConfig;
 use crate::model::Sample;
 use crate::sensors::{Sensors, DEADLINE};
 use crate::sparkplug::Reading;
+use crate::sync::Lock;
 
 /// How often the event loop looks for a stuck read: on its housekeeping tick, which it has
 /// anyway (a timer of its own would cost wakeups all the time for a rare event).
@@ -227,10 +228,7 @@ fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<Signal>) {
         marked: AtomicUsize::new(0),
     });
     let generation = {
-        let mut book = setup
-            .book
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut book = setup.book.locked();
         book.generation += 1;
         book.generation
     };
@@ -239,10 +237,7 @@ fn spawn(setup: Setup) -> (Arc<Progress>, std_mpsc::Sender<Signal>) {
         .name("sampler".to_owned())
         .spawn(move || {
             let wake: crate::sensors::Wake = Arc::new(move || {
-                let _ = waker
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .send(Signal::Wake);
+                let _ = waker.locked().send(Signal::Wake);
             });
             sample(setup, thread_progress, generation, stopped, wake)
         })
@@ -386,10 +381,7 @@ fn evaluate(
     synced: bool,
     pass_start_us: u64,
 ) -> bool {
-    let mut book = setup
-        .book
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut book = setup.book.locked();
     if book.generation != generation {
         return false;
     }
@@ -448,10 +440,7 @@ fn count_errors(stats: &SamplerStats, sample: &Sample) {
     if sample.errors.is_empty() {
         return;
     }
-    let mut counts = stats
-        .sensor_errors
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut counts = stats.sensor_errors.locked();
     for (name, _) in &sample.errors {
         // No allocation per pass once a sensor's count exists.
         match counts.get_mut(&**name) {

@@ -9,17 +9,13 @@ use sd_notify::NotifyState;
 
 use super::Core;
 use crate::service;
+use crate::sync::Lock;
 
 /// The health payload from the daemon's counters.
 pub fn health(core: &Core) -> String {
     let (rss_bytes, cpu_time_ms) = crate::health::process_usage();
     let ts = crate::model::now_ms();
-    let errors = core
-        .stats
-        .sensor_errors
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+    let errors = core.stats.sensor_errors.locked().clone();
     let counters = &core.counters;
     crate::health::Health {
         ts,
@@ -32,7 +28,8 @@ pub fn health(core: &Core) -> String {
             sent: counters.sent,
             dropped: counters.dropped
                 + counters.lost
-                + core.stats.queue_full.load(Ordering::Relaxed),
+                + core.stats.queue_full.load(Ordering::Relaxed)
+                + core.incoming_tx.dropped(),
             queued: core.outbox.per_kind.iter().sum::<usize>() as u64,
             refused: counters.refused,
         },
@@ -94,12 +91,7 @@ pub fn outbox_changed(durable: bool) {
 /// counter). One comparison per pass, no copy; a write per change, not per pass: boards have
 /// slow flash.
 pub fn write_file_if_alerts_changed(core: &mut Core) {
-    let events = core
-        .book
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .state()
-        .counter;
+    let events = core.book.locked().state().counter;
     if events != core.status_alerts && write_file(core) {
         core.status_alerts = events;
     }
@@ -107,10 +99,7 @@ pub fn write_file_if_alerts_changed(core: &mut Core) {
 
 /// The raised alerts (`sensor_fault` once, when any sensor fails) and the failing sensors.
 fn alerts(core: &Core) -> (Vec<String>, Vec<String>) {
-    let book = core
-        .book
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let book = core.book.locked();
     let on = |map: &std::collections::BTreeMap<String, bool>| {
         map.iter()
             .filter(|(_, up)| **up)

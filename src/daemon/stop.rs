@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::event::{Event, StoreEvent};
 use super::store::Request;
-use super::{Daemon, Mode, SHUTDOWN_WAIT};
+use super::{Daemon, SHUTDOWN_WAIT};
 use crate::commands::Response;
 use crate::mqtt::Incoming;
 use crate::service;
@@ -23,7 +23,7 @@ impl Daemon {
         mut self,
         signal: &'static str,
         events: &mut mpsc::Receiver<Event>,
-        incoming: &mut mpsc::Receiver<Incoming>,
+        incoming: &mut crate::mqtt::IncomingReceiver,
         store_thread: std::thread::JoinHandle<()>,
         mut shutdown: S,
     ) where
@@ -48,7 +48,7 @@ impl Daemon {
             for answer in self.commands.stop() {
                 self.answer(answer, false);
             }
-            while let Ok(message) = incoming.try_recv() {
+            while let Some(message) = incoming.try_recv() {
                 self.refuse_stopping(message);
             }
             self.core.store.send(Request::Stop);
@@ -85,16 +85,13 @@ impl Daemon {
     pub(super) async fn finish(
         &mut self,
         events: &mut mpsc::Receiver<Event>,
-        incoming: &mut mpsc::Receiver<Incoming>,
+        incoming: &mut crate::mqtt::IncomingReceiver,
         deadline: tokio::time::Instant,
     ) {
         // Leave time for the goodbye and the disconnect.
         let settle = deadline - Duration::from_millis(1500);
         loop {
-            let inflight = match &self.mode {
-                Mode::Plain(plain) => plain.delivery.inflight(),
-                Mode::Sparkplug(_) => 0,
-            };
+            let inflight = self.mode.inflight();
             let busy = !self.commands.idle() || (self.core.link.is_up() && inflight > 0);
             if !busy {
                 break;
@@ -138,10 +135,7 @@ impl Daemon {
 
     /// A command that arrives during the stop is answered, not run.
     pub(super) fn refuse_stopping(&mut self, message: Incoming) {
-        let Mode::Plain(plain) = &self.mode else {
-            return;
-        };
-        let Some(name) = plain.command_name(&message.topic) else {
+        let Some(name) = self.mode.command_name(&message.topic) else {
             return;
         };
         let name = name.to_owned();

@@ -1,6 +1,8 @@
-//! The store: one thread that owns every write the daemon makes to `state_dir` on the way to the
-//! broker: the outbox, the saved alert state and the command ledger. The event loop and the
-//! sampler hand it requests and never wait for it; what it did comes back as events.
+//! The store: one thread that owns the outbox, the saved alert state and the ledger's record of
+//! each command's answer. The event loop and the sampler hand it requests and never wait for
+//! it; what it did comes back as events. (The ledger's first record of a command, "interrupted",
+//! is written by the command's own job on the blocking pool before its action runs: see
+//! `daemon::commands`.)
 //!
 //! Durable before committed: an alert event is appended to the outbox and `fdatasync`ed before
 //! the alert state that says it was raised is saved, and a command's answer is in the outbox
@@ -22,6 +24,7 @@ use crate::alerts::{AlertEvent, SavedState};
 use crate::commands::Response;
 use crate::dedupe::Dedupe;
 use crate::outbox::{Dropped, Kind, Outbox};
+use crate::sync::Lock;
 
 /// What the store is asked to do, in order.
 #[derive(Debug)]
@@ -324,10 +327,7 @@ impl Store {
                     let Some(id) = response.id.clone() else {
                         continue;
                     };
-                    let mut ledger = self
-                        .ledger
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut ledger = self.ledger.locked();
                     if let Err(err) = ledger.record(&id, &response) {
                         tracing::error!(error = %err, "Cannot save a command's answer in the ledger.");
                     }

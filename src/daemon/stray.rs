@@ -2,6 +2,7 @@
 //! broker that delivers more than asked): ignored, and said once per topic, not once per
 //! message, so a flood of them cannot flood the journal.
 
+use crate::sync::Lock;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -21,7 +22,7 @@ static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
 /// A message arrived on `topic`, which is not one the agent takes: a warning the first time
 /// this topic is seen.
 pub fn warn(topic: &str) {
-    let mut seen = crate::sync::lock(&SEEN);
+    let mut seen = SEEN.locked();
     let seen = seen.get_or_insert_with(|| Seen {
         topics: HashSet::new(),
         more: 0,

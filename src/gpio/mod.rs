@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use crate::sync::Lock;
 use serde::Deserialize;
 
 /// A line by offset or by name.
@@ -127,17 +128,17 @@ fn backend_slot() -> &'static Mutex<Arc<dyn Backend>> {
 
 /// The backend in use: the kernel's, or a test's simulated chips.
 pub fn backend() -> Arc<dyn Backend> {
-    Arc::clone(&backend_slot().lock().unwrap_or_else(|p| p.into_inner()))
+    Arc::clone(&backend_slot().locked())
 }
 
 /// Replaces the backend (tests).
 #[cfg(test)]
 pub fn use_backend(backend: Arc<dyn Backend>) {
-    *backend_slot().lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    *backend_slot().locked() = backend;
     // Lines of the previous backend (a sampler thread of an earlier test may still be ending)
     // are not this one's.
-    inputs().lock().unwrap_or_else(|p| p.into_inner()).clear();
-    outputs().lock().unwrap_or_else(|p| p.into_inner()).clear();
+    inputs().locked().clear();
+    outputs().locked().clear();
 }
 
 fn inputs() -> &'static InputRegistry {
@@ -154,7 +155,7 @@ fn outputs() -> &'static OutputRegistry {
 pub fn input(spec: &InputSpec) -> Result<(Found, Arc<dyn Input>), String> {
     let backend = backend();
     let found = backend.find(&spec.chip, &spec.line)?;
-    let mut held = inputs().lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = inputs().locked();
     held.retain(|_, (_, line)| line.strong_count() > 0);
     if let Some((settings, line)) = held.get(&found) {
         if let Some(line) = line.upgrade() {
@@ -177,7 +178,7 @@ pub fn input(spec: &InputSpec) -> Result<(Found, Arc<dyn Input>), String> {
 pub fn output(spec: &OutputSpec) -> Result<Arc<dyn Output>, String> {
     let backend = backend();
     let found = backend.find(&spec.chip, &spec.line)?;
-    let mut held = outputs().lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = outputs().locked();
     held.retain(|_, line| line.strong_count() > 0);
     if let Some(line) = held.get(&found).and_then(Weak::upgrade) {
         return Ok(line);

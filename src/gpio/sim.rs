@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Backend, Bias, Found, Input, InputSpec, LineRef, Output, Stop};
+use crate::sync::Lock;
 
 #[derive(Default)]
 struct Line {
@@ -239,7 +240,7 @@ static BACKEND_LOCK: Mutex<()> = Mutex::new(());
 /// Installs a simulated chip with lines named `names` as the process's GPIO backend, for as long
 /// as the guard lives.
 pub fn install(names: &[&str]) -> (std::sync::MutexGuard<'static, ()>, Arc<Sim>) {
-    let guard = BACKEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = BACKEND_LOCK.locked();
     let sim = Arc::new(Sim::new(names));
     super::use_backend(Arc::clone(&sim) as Arc<dyn Backend>);
     (guard, sim)

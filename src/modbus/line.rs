@@ -27,6 +27,7 @@ use tokio_modbus::prelude::{Reader, SlaveContext, Writer};
 use tokio_modbus::Slave;
 
 use super::{Failure, Table, Transport};
+use crate::sync::Lock;
 
 /// What a job asks of the device.
 #[derive(Debug, Clone)]
@@ -65,9 +66,7 @@ impl Slot {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outcome>> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.outcome.locked()
     }
 
     /// The outcome, waiting for it until `deadline` at most.
@@ -113,9 +112,7 @@ fn registry() -> &'static Registry {
 
 /// The line of `transport`, shared with everyone else who uses it; started if nobody does.
 pub fn open(transport: &Transport) -> Arc<Line> {
-    let mut lines = registry()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut lines = registry().locked();
     lines.retain(|_, line| line.strong_count() > 0);
     if let Some(line) = lines.get(transport).and_then(Weak::upgrade) {
         return line;
@@ -152,11 +149,7 @@ impl Line {
             queued: Instant::now(),
             slot: Arc::clone(&slot),
         };
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(job);
+        let sent = self.jobs.locked().send(job);
         if sent.is_err() {
             slot.put(Err(Failure::NoAnswer(format!(
                 "the thread of {} is not running",
@@ -190,10 +183,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut seen = self.seen.locked();
             if seen.len() < 512 {
                 seen.extend_from_slice(&buf.filled()[before..]);
             }
@@ -448,9 +438,7 @@ async fn transact(
         tokio::time::sleep_until(quiet_until.into()).await;
     }
     if let Some(seen) = &conn.seen {
-        seen.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        seen.locked().clear();
     }
     let context = &mut conn.context;
     context.set_slave(Slave(job.unit));
@@ -507,13 +495,7 @@ async fn transact(
 
 /// Why a request timed out: nothing came back, or something that was not a valid frame.
 fn no_answer(what: &str, timeout: Duration, seen: Option<&Seen>) -> String {
-    let bytes = seen
-        .map(|seen| {
-            seen.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone()
-        })
-        .unwrap_or_default();
+    let bytes = seen.map(|seen| seen.locked().clone()).unwrap_or_default();
     let secs = timeout.as_secs_f64();
     if bytes.is_empty() {
         return format!("{what}: no answer within {secs} s");

@@ -283,10 +283,6 @@ impl Transport {
             "expected tcp://HOST[:PORT] or rtu:///dev/DEVICE?baud=…, found \"{url}\""
         ))
     }
-
-    pub fn is_serial(&self) -> bool {
-        matches!(self, Transport::Rtu(_))
-    }
 }
 
 /// One value on one device: a validated `modbus:` of a sensor or an actuator.

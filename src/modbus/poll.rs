@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::line::{self, Line, Outcome, Slot, Work};
+use crate::sync::Lock;
 
 /// Why the device did not answer, if it did not, as the failure a waiting sensor gets.
 fn lost(outcome: &Outcome) -> Option<Failure> {
@@ -165,8 +166,6 @@ impl Poll {
 
 impl Planned {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 }

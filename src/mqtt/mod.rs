@@ -5,11 +5,16 @@
 //! Reconnecting is ours, not Paho's (its automatic reconnect has no jitter): `run` owns the loop
 //! and asks [`Session::connect`] again after each [`backoff::Backoff`] delay.
 
+mod attempt;
 pub mod backoff;
 pub mod openssl_conf;
 pub mod tls;
 
+pub use attempt::{read_password, Attempt, Closer, Secret};
+
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use paho_mqtt as paho;
@@ -78,14 +83,83 @@ impl Outgoing {
     }
 }
 
-/// Messages waiting for the event loop. When this is full, Paho's receive thread waits (up to
-/// [`INCOMING_WAIT`]) instead of dropping what it has already acknowledged: it reads no more
-/// from the socket meanwhile, so the broker holds the rest (backpressure).
-pub const INCOMING_QUEUE: usize = 256;
+/// How much of incoming messages may wait for the event loop, in bytes (topic and payload, plus
+/// [`INCOMING_OVERHEAD`] each). Paho calls its message callback with its own lock held, so the
+/// callback must never wait: a loop that called into Paho meanwhile (a publish, a look at the
+/// connection) would wait for that lock, and neither would move again. The queue therefore
+/// takes every message up to this much and the loop drains it at once (a command is parsed and
+/// queued in microseconds); a flood beyond it is dropped with an error line and counted.
+pub const INCOMING_BYTES: usize = 16 << 20;
 
-/// How long Paho's thread waits for room in the incoming queue before it gives a message up
-/// (the event loop would have to be stuck for that long; it never waits on anything slow).
-pub const INCOMING_WAIT: Duration = Duration::from_secs(30);
+/// What one queued message counts for besides its topic and payload.
+pub const INCOMING_OVERHEAD: usize = 64;
+
+/// The sending half of the incoming queue, for Paho's message callback: never waits.
+#[derive(Clone)]
+pub struct IncomingSender {
+    tx: mpsc::UnboundedSender<Incoming>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The receiving half of the incoming queue, for the event loop.
+pub struct IncomingReceiver {
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The queue between Paho's message callback and the event loop (see [`INCOMING_BYTES`]).
+pub fn incoming_queue() -> (IncomingSender, IncomingReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        IncomingSender {
+            tx,
+            queued: Arc::clone(&queued),
+            dropped: Arc::default(),
+        },
+        IncomingReceiver { rx, queued },
+    )
+}
+
+fn weight(message: &Incoming) -> usize {
+    message.topic.len() + message.payload.len() + INCOMING_OVERHEAD
+}
+
+impl IncomingSender {
+    /// Messages dropped because the queue was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Queues `message` without waiting; false when the queue holds [`INCOMING_BYTES`] already
+    /// (the message is dropped and counted) or the loop has gone.
+    pub fn send(&self, message: Incoming) -> bool {
+        let size = weight(&message);
+        if self.queued.fetch_add(size, Ordering::AcqRel) + size > INCOMING_BYTES {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            if self.dropped.fetch_add(1, Ordering::AcqRel) == 0 {
+                tracing::error!(topic = %message.topic.escape_debug(), "More incoming messages than the agent holds while it works through them; this one and the next are dropped (counted in health).");
+            }
+            return false;
+        }
+        self.tx.send(message).is_ok()
+    }
+}
+
+impl IncomingReceiver {
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        let message = self.rx.recv().await?;
+        self.queued.fetch_sub(weight(&message), Ordering::AcqRel);
+        Some(message)
+    }
+
+    pub fn try_recv(&mut self) -> Option<Incoming> {
+        let message = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(weight(&message), Ordering::AcqRel);
+        Some(message)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -164,8 +238,6 @@ pub struct Session {
     written: Vec<(String, String)>,
     /// `{prefix}/status`.
     status_topic: String,
-    /// `{prefix}/telemetry`.
-    pub telemetry_topic: String,
     /// `{prefix}/responses`.
     pub responses_topic: String,
     /// Subscribed on every connect: `{prefix}/commands/+`, or Sparkplug's NCMD and STATE.
@@ -193,7 +265,7 @@ impl Session {
         config: &ValidConfig,
         client_id: &str,
         events: mpsc::Sender<MqttEvent>,
-        incoming: mpsc::Sender<Incoming>,
+        incoming: IncomingSender,
         key_pair: Option<&tls::KeyPairFiles>,
         profile: Profile,
     ) -> Result<Session, MqttError> {
@@ -224,27 +296,12 @@ impl Session {
         });
         client.set_message_callback(move |_, message| {
             let Some(message) = message else { return };
-            let mut command = Incoming {
+            // Never waits (see INCOMING_BYTES): Paho holds its lock here.
+            incoming.send(Incoming {
                 topic: message.topic().to_owned(),
                 payload: message.payload().to_vec(),
                 retained: message.retained(),
-            };
-            // Waits for room rather than dropping a message Paho has acknowledged.
-            let started = std::time::Instant::now();
-            loop {
-                match incoming.try_send(command) {
-                    Ok(()) => return,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    Err(mpsc::error::TrySendError::Full(back)) => {
-                        if started.elapsed() >= INCOMING_WAIT {
-                            tracing::error!(topic = %back.topic, "The event loop took no message for 30 s; one is lost.");
-                            return;
-                        }
-                        command = back;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                }
-            }
+            });
         });
 
         let prefix = config.topic_prefix(client_id);
@@ -340,7 +397,6 @@ impl Session {
                 .map(|e| (paho_uri(e), e.url.clone()))
                 .collect(),
             status_topic,
-            telemetry_topic: format!("{prefix}/telemetry"),
             responses_topic: format!("{prefix}/responses"),
             subscriptions,
             boot_id: boot_id(),
@@ -386,55 +442,20 @@ impl Session {
         }
     }
 
-    /// Hands a message to Paho, or gives the payload back when there is no connection to send
-    /// it on (so the caller can keep it without a copy).
-    pub fn publish(
-        &self,
-        topic: &str,
-        payload: String,
-        qos: u8,
-        retain: bool,
-    ) -> Result<(), String> {
+    /// Hands a message to Paho without waiting for the broker (QoS 0 needs no answer; a
+    /// failure at QoS 1 or more shows as a lost connection); false when there is no connection
+    /// to send it on.
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, qos: u8, retain: bool) -> bool {
         if !self.client.is_connected() {
-            return Err(payload);
+            return false;
         }
         let message = if retain {
             paho::Message::new_retained(topic, payload, i32::from(qos))
         } else {
             paho::Message::new(topic, payload, i32::from(qos))
         };
-        // QoS 0 needs no answer; a QoS >= 1 failure shows as a lost connection.
         drop(self.client.publish(message));
-        Ok(())
-    }
-
-    /// Hands a binary message to Paho; false when there is no connection to send it on.
-    pub fn publish_bytes(&self, topic: &str, payload: Vec<u8>, qos: u8) -> bool {
-        if !self.client.is_connected() {
-            return false;
-        }
-        drop(
-            self.client
-                .publish(paho::Message::new(topic, payload, i32::from(qos))),
-        );
         true
-    }
-
-    /// Hands an outbox message to Paho: the token completes when the broker has it (PUBACK or
-    /// PUBCOMP; for QoS 0 once written). `None` when there is no connection to send it on.
-    pub fn publish_tracked(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        qos: u8,
-    ) -> Option<paho::DeliveryToken> {
-        if !self.client.is_connected() {
-            return None;
-        }
-        Some(
-            self.client
-                .publish(paho::Message::new(topic, payload, i32::from(qos))),
-        )
     }
 
     /// Hands an outbox message to Paho; the future says, within `wait`, whether the broker took
@@ -447,7 +468,12 @@ impl Session {
         qos: u8,
         wait: Duration,
     ) -> Option<impl std::future::Future<Output = Confirmation> + Send + 'static> {
-        let token = self.publish_tracked(topic, payload, qos)?;
+        if !self.client.is_connected() {
+            return None;
+        }
+        let token = self
+            .client
+            .publish(paho::Message::new(topic, payload, i32::from(qos)));
         Some(async move {
             match tokio::time::timeout(wait, token).await {
                 Ok(Ok(_)) => Confirmation::Delivered,
@@ -469,7 +495,7 @@ impl Session {
                 )),
                 _ => Ok(()),
             },
-            Err(err) => Err(describe(&err)),
+            Err(err) => Err(attempt::describe(&err)),
         }
     }
 
@@ -511,238 +537,35 @@ impl Session {
     }
 }
 
-/// A connect attempt, apart from the session: see [`Session::attempt`].
-pub struct Attempt {
-    client: paho::AsyncClient,
-    options: paho::ConnectOptions,
-    /// `connect_timeout_s`: Paho's bound of each URL's TCP, TLS and CONNACK; ours of the
-    /// SUBSCRIBE and of the online status.
-    timeout: Duration,
-    urls_count: usize,
-    subscriptions: Vec<String>,
-    urls: String,
-    written: Vec<(String, String)>,
-    /// Plain mode: the status topic and boot id of the online status.
-    status: Option<(String, String)>,
-    /// The attempt speaks MQTT 5 (for the words of a refusal).
-    mqtt5: bool,
-}
-
-impl Attempt {
-    /// An owned handle that ends the connection this attempt makes (it may succeed after the
-    /// loop has stopped caring).
-    pub fn closer(&self) -> Closer {
-        Closer {
-            client: self.client.clone(),
-            goodbye: Outgoing {
-                topic: String::new(),
-                payload: Vec::new(),
-                qos: 0,
-                retain: false,
-            },
-        }
-    }
-
-    /// The broker URLs, for log lines.
-    pub fn urls(&self) -> &str {
-        &self.urls
-    }
-
-    /// How long the whole attempt may take at most: Paho's connect timeout for each URL, then
-    /// one each for the SUBSCRIBE and the online status, and a little slack. The daemon gives up
-    /// on an attempt that has not ended by then (a backstop: each step has its own bound).
-    pub fn bound(&self) -> Duration {
-        self.timeout * (self.urls_count as u32 + 2) + Duration::from_secs(5)
-    }
-
-    /// Connects (trying the URLs in order), subscribes, and in plain mode publishes the retained
-    /// online status and waits for the broker to take it. Each step is bounded by
-    /// `connect_timeout_s`: a broker that never answers the SUBSCRIBE or the status ends the
-    /// attempt with that reason (the connection closed), so the agent never waits half
-    /// connected.
-    pub async fn run(self) -> Result<Connected, MqttError> {
-        let failed = |cause: String| MqttError::Connect {
-            urls: self.urls.clone(),
-            cause,
-        };
-        let response =
-            self.client
-                .connect(self.options.clone())
-                .await
-                .map_err(|err| match err {
-                    paho::Error::TcpConnectTimeout => MqttError::NoAnswer {
-                        urls: self.urls.clone(),
-                        timeout_s: self.timeout.as_secs_f64(),
-                    },
-                    err => failed(describe_connect(&err, self.mqtt5)),
-                })?;
-        // On every connect: a broker that lost the session has lost the subscription too, and
-        // subscribing again to a kept one changes nothing.
-        for filter in &self.subscriptions {
-            let cause = match tokio::time::timeout(self.timeout, self.client.subscribe(filter, 1))
-                .await
-            {
-                Ok(Ok(_)) => continue,
-                Ok(Err(err)) => format!("subscribing to {filter} failed: {}", describe(&err)),
-                Err(_) => format!(
-                    "the broker accepted the connection but did not answer the SUBSCRIBE to {filter} within {} s (connect_timeout_s)",
-                    self.timeout.as_secs_f64()
-                ),
-            };
-            self.abandon().await;
-            return Err(failed(cause));
-        }
-        let connected = match response.connect_response() {
-            Some(response) => Connected {
-                server: self
-                    .written
-                    .iter()
-                    .find(|(uri, _)| *uri == response.server_uri)
-                    .map_or(response.server_uri, |(_, url)| url.clone()),
-                session_present: response.session_present,
-            },
-            None => Connected {
-                server: self.urls.clone(),
-                session_present: false,
-            },
-        };
-        if let Some((topic, boot_id)) = &self.status {
-            let now_ms = crate::model::now_ms();
-            let status = telemetry::online(now_ms, crate::clock::synced(now_ms), boot_id);
-            let token = self
-                .client
-                .publish(paho::Message::new_retained(topic, status, 1));
-            let cause = match tokio::time::timeout(self.timeout, token).await {
-                Ok(Ok(())) => None,
-                Ok(Err(paho::Error::ReasonCode(code, _))) => Some(format!(
-                    "the broker refused the online status on {topic}: {code} (reason code {:#04x}); check its ACL",
-                    code as u32
-                )),
-                Ok(Err(err)) => Some(format!(
-                    "publishing the online status on {topic} failed: {}",
-                    describe(&err)
-                )),
-                Err(_) => Some(format!(
-                    "the broker did not acknowledge the online status on {topic} within {} s (connect_timeout_s)",
-                    self.timeout.as_secs_f64()
-                )),
-            };
-            if let Some(cause) = cause {
-                self.abandon().await;
-                return Err(failed(cause));
-            }
-        }
-        Ok(connected)
-    }
-
-    /// Ends a connection this attempt made but will not use.
-    async fn abandon(&self) {
-        let options = paho::DisconnectOptionsBuilder::new()
-            .timeout(Duration::from_secs(1))
-            .finalize();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect(options)).await;
-    }
-}
-
-/// A password: its `Debug` never shows it.
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// `broker.password_file`'s first line, without its line ending.
-pub fn read_password(path: &std::path::Path) -> Result<String, MqttError> {
-    let text = std::fs::read_to_string(path).map_err(|source| MqttError::Password {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
-}
-
-/// Ends a session's connection from a task: see [`Session::closer`].
-pub struct Closer {
-    client: paho::AsyncClient,
-    goodbye: Outgoing,
-}
-
-impl std::fmt::Debug for Closer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Closer")
-            .field("goodbye", &self.goodbye.topic)
-            .finish()
-    }
-}
-
-impl Closer {
-    /// Publishes the goodbye, waits up to `wait` for it, and disconnects cleanly (within about
-    /// `wait` again) so the broker does not send the will.
-    pub async fn close(self, wait: Duration) {
-        if !self.client.is_connected() {
-            return;
-        }
-        let topic = self.goodbye.topic.clone();
-        let delivered =
-            tokio::time::timeout(wait, self.client.publish(self.goodbye.message())).await;
-        if !matches!(delivered, Ok(Ok(()))) {
-            tracing::warn!(topic = %topic, "Goodbye message not confirmed in time.");
-        }
-        self.disconnect(wait).await;
-    }
-
-    /// Disconnects cleanly without a goodbye, for a reconnect with new settings.
-    pub async fn disconnect(self, wait: Duration) {
-        if !self.client.is_connected() {
-            return;
-        }
-        let options = paho::DisconnectOptionsBuilder::new()
-            .timeout(wait)
-            .finalize();
-        match tokio::time::timeout(
-            wait + Duration::from_millis(500),
-            self.client.disconnect(options),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "Disconnect failed."),
-            Err(_) => tracing::warn!("Disconnect not confirmed in time."),
-        }
-    }
-}
-
-/// Paho's error in words: its own text for a refused CONNACK is only "(0)".
-fn describe(err: &paho::Error) -> String {
-    match err {
-        paho::Error::ConnectReturn(code) => format!("the broker refused the connection: {code}"),
-        other => other.to_string(),
-    }
-}
-
-/// A failed connect in words, naming a refused protocol version and suggesting the other: a
-/// 3.1.1-only broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK (code 1) or by closing,
-/// which Paho reports as "General failure".
-fn describe_connect(err: &paho::Error, mqtt5: bool) -> String {
-    let text = describe(err);
-    let refused = matches!(
-        err,
-        paho::Error::ConnectReturn(paho::ConnectReturnCode::UnacceptableProtocolVersion)
-            | paho::Error::ReasonCode(paho::ReasonCode::UnsupportedProtocolVersion, _)
-    );
-    if mqtt5 && (refused || matches!(err, paho::Error::Failure)) {
-        format!("{text}: the broker refused MQTT 5 or closed the connection at the CONNECT; if it speaks only MQTT 3.1.1, set broker.protocol: \"3.1.1\"")
-    } else if refused {
-        format!("{text}: the broker refused MQTT 3.1.1; if it speaks only MQTT 5, set broker.protocol: \"5\"")
-    } else {
-        text
-    }
-}
-
 /// The kernel's boot id, so consumers can tell a reboot from a reconnect.
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|id| id.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The callback never waits: up to INCOMING_BYTES it queues, beyond that it drops and
+    /// counts; what the loop takes makes room again.
+    #[test]
+    fn the_incoming_queue_never_waits_and_counts_what_it_drops() {
+        let (sender, mut receiver) = incoming_queue();
+        let message = |size: usize| Incoming {
+            topic: "t".to_owned(),
+            payload: vec![b'x'; size],
+            retained: false,
+        };
+        let big = INCOMING_BYTES / 4;
+        for _ in 0..3 {
+            assert!(sender.send(message(big)));
+        }
+        assert!(!sender.send(message(big)), "the fourth does not fit");
+        assert_eq!(sender.dropped(), 1);
+        assert!(receiver.try_recv().is_some());
+        assert!(sender.send(message(big)), "room again");
+        assert_eq!(sender.dropped(), 1);
+    }
 }

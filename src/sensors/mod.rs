@@ -24,6 +24,7 @@ use crate::config::{SensorSource, SensorSpec};
 use crate::i2c::I2cBus;
 use crate::modbus::poll::Poll;
 use crate::model::Sample;
+use crate::sync::Lock;
 
 pub use stuck::Stuck;
 pub use sysfs::hwmon_kind;
@@ -258,11 +259,6 @@ impl Sensors {
         }
     }
 
-    /// Modbus requests per pass (for `read -v` and the measurement).
-    pub fn modbus_requests(&self) -> usize {
-        self.poll.as_ref().map_or(0, |poll| poll.requests())
-    }
-
     /// Lets sources with events between passes (GPIO edges) call `wake`.
     pub fn watch(&mut self, wake: &Wake) {
         for sensor in &mut self.sensors {
@@ -345,12 +341,12 @@ impl Sensors {
                 .name("read".to_owned())
                 .spawn(move || loop {
                     let (index, mut sensor, returned) = {
-                        let Some((index, sensor)) = crate::sync::lock(&shared.queue).pop_front()
+                        let Some((index, sensor)) = shared.queue.locked().pop_front()
                         else {
                             return;
                         };
                         let returned = Arc::new(AtomicBool::new(false));
-                        crate::sync::lock(&shared.running)[worker] = Some(Running {
+                        shared.running.locked()[worker] = Some(Running {
                             index,
                             since: Instant::now(),
                             returned: Arc::clone(&returned),
@@ -362,7 +358,7 @@ impl Sensors {
                     if stuck.returned(&sensor.spec.source, &returned) {
                         tracing::info!(sensor = %sensor.spec.name, "A stuck sensor read returned; it is read again.");
                     }
-                    crate::sync::lock(&shared.running)[worker] = None;
+                    shared.running.locked()[worker] = None;
                     if shared.retired[worker].load(Ordering::Acquire) {
                         // Given up: the caller has reported this sensor already.
                         return;
@@ -386,7 +382,7 @@ impl Sensors {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let mut given_up = 0;
-                    let mut running = crate::sync::lock(&shared.running);
+                    let mut running = shared.running.locked();
                     for worker in 0..workers {
                         let Some(slot) = running[worker].as_ref() else {
                             continue;
@@ -429,7 +425,7 @@ impl Sensors {
         }
         drop(results);
         // Sensors no reader took (no thread could be started): read on this thread.
-        let left: Vec<(usize, Sensor)> = crate::sync::lock(&shared.queue).drain(..).collect();
+        let left: Vec<(usize, Sensor)> = shared.queue.locked().drain(..).collect();
         for (index, mut sensor) in left {
             let mut part = Sample::default();
             sensor.read_into(&mut part);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::SensorSource;
+use crate::sync::Lock;
 
 /// The sensors whose read is stuck, shared by every reader of one process.
 #[derive(Clone, Default)]
@@ -65,7 +66,7 @@ impl Stuck {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SensorSource>> {
-        crate::sync::lock(&self.inner.sources)
+        self.inner.sources.locked()
     }
 }
 

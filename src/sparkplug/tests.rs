@@ -150,7 +150,7 @@ fn topics_follow_the_namespace_with_the_client_id_substituted() {
 
 #[test]
 fn birth_declares_every_metric_with_name_alias_datatype_and_timestamp() {
-    let mut node = Node::new(&config(""));
+    let mut node = Node::new(&config(""), "test board", 1_000);
     node.bd_seq = 17;
     assert!(!node.has_readings());
     assert!(node.observe(&reading(1000, 48.0, None)));
@@ -220,7 +220,7 @@ fn birth_declares_every_metric_with_name_alias_datatype_and_timestamp() {
 
 #[test]
 fn node_info_changes_go_out_by_exception_as_uint64() {
-    let mut node = Node::new(&config(""));
+    let mut node = Node::new(&config(""), "test board", 1_000);
     node.observe(&reading(1000, 48.0, None));
     let birth = decode(&node.birth(1000));
     let alias = metric(&birth, "Node Info/Messages Sent").alias;
@@ -236,7 +236,7 @@ fn node_info_changes_go_out_by_exception_as_uint64() {
 
 #[test]
 fn data_reports_by_exception_with_the_deadband_and_aliases_only() {
-    let mut node = Node::new(&config(""));
+    let mut node = Node::new(&config(""), "test board", 1_000);
     node.observe(&reading(1000, 48.0, Some(1.0)));
     let birth = decode(&node.birth(1000));
     let alias_of = |name: &str| metric(&birth, name).alias.unwrap();
@@ -272,7 +272,7 @@ fn data_reports_by_exception_with_the_deadband_and_aliases_only() {
 
 #[test]
 fn seq_counts_from_the_birth_and_wraps_after_255() {
-    let mut node = Node::new(&config(""));
+    let mut node = Node::new(&config(""), "test board", 1_000);
     node.observe(&reading(1000, 1.0, Some(1.0)));
     assert_eq!(decode(&node.birth(1000)).seq, Some(0));
     let mut seqs = Vec::new();
@@ -290,7 +290,7 @@ fn seq_counts_from_the_birth_and_wraps_after_255() {
 
 #[test]
 fn ncmd_rebirth_and_actuator_writes_by_name_or_alias() {
-    let mut node = Node::new(&config(""));
+    let mut node = Node::new(&config(""), "test board", 1_000);
     node.observe(&reading(1000, 1.0, Some(1.0)));
     let birth = decode(&node.birth(1000));
     let fan_alias = metric(&birth, "Actuators/fan").alias.unwrap();
@@ -381,15 +381,10 @@ fn host_state_is_sparkplug_3_json_or_the_older_texts() {
 }
 
 #[test]
-fn bd_seq_advances_per_session_survives_restarts_and_wraps_at_256() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_eq!(next_bd_seq(dir.path()), 0);
-    assert_eq!(next_bd_seq(dir.path()), 1);
-    crate::state::save(&dir.path().join(BD_SEQ_FILE), &255u64).unwrap();
-    assert_eq!(next_bd_seq(dir.path()), 255);
-    assert_eq!(next_bd_seq(dir.path()), 0);
-    let death = Payload::decode(&death(200)[..]).unwrap();
+fn death_carries_the_sessions_bd_seq() {
+    let death = Payload::decode(&death(200, 5_000)[..]).unwrap();
     assert_eq!(death.metrics[0].name.as_deref(), Some(BD_SEQ));
     assert_eq!(death.metrics[0].value, Some(Value::LongValue(200)));
+    assert_eq!(death.timestamp, Some(5_000));
     assert_eq!(death.seq, None);
 }

@@ -1,4 +1,17 @@
-//! Command-line definitions. Parsing only; `main.rs` calls one function per subcommand.
+//! The command line: its definitions (clap), and the commands other than `run`, one file each.
+//! Each writes its report to the given writer and returns what `main` needs to pick the exit
+//! code; none of them exits the process. The daemon is `crate::daemon`; the two share only the
+//! library (`config`, `admission`, `identity`, `mqtt`, …), never each other.
+
+mod check;
+mod connect;
+mod read;
+mod status;
+
+pub use check::{check, CheckOutcome};
+pub use connect::{check_connect, ConnectOutcome};
+pub use read::{identity, read};
+pub use status::status;
 
 use std::path::PathBuf;
 

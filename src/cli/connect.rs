@@ -1,23 +1,61 @@
-//! `fieldagent check --connect`: after the offline checks, one real connection with the
-//! configured TLS and identity, a subscribe to the device's command topic and a QoS 1 publish
-//! to its health topic, each step timed, a failed connect explained by the same diagnosis the
-//! daemon logs. What an installer runs on the bench before the board leaves.
-//!
-//! It connects as the device (the broker binds the client ID to the certificate), so it refuses
-//! while the agent runs with the same `state_dir`: a second connection would take over the
-//! agent's session. It uses the agent's persistent session like the agent, so a command the
-//! broker kept for the device arrives here; each one is answered `ok:false`, not executed, as
-//! the agent would answer one it cannot run (every acknowledged command is answered).
+//! `fieldagent check --connect`: `check`, then one real connection as the device. The TLS floor
+//! in a private temporary directory (before anything touches OpenSSL), then a connect with
+//! `Profile::Probe` (the plain session's settings, no will, no online status), a timed subscribe
+//! and QoS 1 publish, and the daemon's diagnosis of a failure; commands the broker kept for the
+//! device are answered `ok:false`, not run. Refused while `status.json` says an agent runs.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Scheme, ValidConfig};
+use crate::config::{self, Scheme, ValidConfig};
+use crate::error::Error;
 use crate::identity::Identity;
 use crate::mqtt::{tls, Confirmation, Profile, Session};
-use crate::offline::Error;
+
+/// What `check --connect` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// The offline checks found errors; nothing was tried.
+    ConfigErrors,
+    Failed,
+    Passed,
+}
+
+/// `fieldagent check --connect`: `check`, then, when it found no error, one real connection
+/// ([`connect`]).
+pub fn check_connect(
+    path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> Result<ConnectOutcome, Error> {
+    // The TLS floor before anything touches OpenSSL (the offline checks do).
+    let floor = match config::inspect(path) {
+        Ok((Some(config), _)) => Some(floor(config.config().broker.tls.min_version)?),
+        _ => None,
+    };
+    let outcome = super::check(path, quiet, out)?;
+    if outcome.errors > 0 {
+        return Ok(ConnectOutcome::ConfigErrors);
+    }
+    let mut ignored = Vec::new();
+    let config = config::load_reporting(path, &mut ignored)?;
+    let (config, identity) = crate::admission::admit(config, path, &mut ignored)?;
+    let passed = connect(config, &identity, out)?;
+    drop(floor);
+    writeln!(
+        out,
+        "check --connect: {}",
+        if passed { "ok" } else { "FAILED" }
+    )?;
+    Ok(if passed {
+        ConnectOutcome::Passed
+    } else {
+        ConnectOutcome::Failed
+    })
+}
 
 /// How long queued commands are waited for after the subscribe.
 const LISTEN: Duration = Duration::from_millis(500);
@@ -100,7 +138,7 @@ async fn steps(
     out: &mut dyn Write,
 ) -> Result<bool, Error> {
     let (lost_tx, _lost) = mpsc::channel(4);
-    let (incoming_tx, mut incoming) = mpsc::channel(crate::mqtt::INCOMING_QUEUE);
+    let (incoming_tx, mut incoming) = crate::mqtt::incoming_queue();
     let mut session = Session::new(
         config,
         &identity.client_id,
