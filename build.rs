@@ -1,6 +1,7 @@
 //! Records when the binary was built (SOURCE_DATE_EPOCH for reproducible builds), so the agent
 //! knows that a clock reading earlier than that cannot be true; and, for `--version`, the
-//! commit it was built from and the version of the Paho C library it bundles.
+//! commit it was built from and the version of the Paho C library it bundles; the version the
+//! agent reports (`FIELDAGENT_VERSION`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,17 @@ fn main() {
     println!("cargo:rustc-env=FIELDAGENT_BUILD_TS={seconds}");
     println!("cargo:rustc-env=FIELDAGENT_COMMIT={}", commit());
     println!("cargo:rustc-env=FIELDAGENT_PAHO_C={}", paho_c());
+    println!("cargo:rustc-env=FIELDAGENT_VERSION={}", version());
+}
+
+/// The version the agent says it is: Cargo.toml's, or FIELDAGENT_VERSION when the builder sets
+/// it (the system test builds a second, higher version of this tree to update to).
+fn version() -> String {
+    println!("cargo:rerun-if-env-changed=FIELDAGENT_VERSION");
+    std::env::var("FIELDAGENT_VERSION")
+        .ok()
+        .filter(|version| !version.is_empty())
+        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").unwrap_or_default())
 }
 
 /// FIELDAGENT_COMMIT when the builder sets it (a Yocto recipe knows its SRCREV), else the

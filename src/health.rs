@@ -42,6 +42,9 @@ pub struct Health<'a> {
     /// False while the outbox is memory-only (state_dir refuses writes); only said then.
     #[serde(skip_serializing_if = "crate::health::is_true")]
     pub outbox_durable: bool,
+    /// The running operations and the last ones that ended (plain mode; absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<crate::operations::Summary>,
 }
 
 fn is_true(value: &bool) -> bool {
@@ -84,6 +87,7 @@ mod tests {
         errors.insert("gone".to_owned(), 3);
         let health = Health {
             outbox_durable: true,
+            operations: Vec::new(),
             ts: 5,
             time_synced: true,
             version: "0.1.0",

@@ -22,6 +22,8 @@
 //!   (pure). `dedupe`: the ledger of executed command ids.
 //! - `mqtt`: the Paho session, the TLS floor and diagnosis, backoff. `sparkplug`: the Sparkplug
 //!   B codec (pure). `telemetry`: the plain payloads. `health`: the health payload.
+//! - `operations`: remote operations as data (requests, states, the engine's record) and the
+//!   files the agent and its privileged helper speak through; pure.
 //! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`. `state`: small
 //!   state files written atomically. `local_status`: `state_dir/status.json`.
 //! - `model`: plain data shared by all, such as `Sample`. `clock`: whether the wall clock can be
@@ -29,6 +31,9 @@
 //!   `sync`: the one way to take a lock.
 
 #![deny(unsafe_code)]
+
+/// The version this agent says it is (Cargo.toml's, unless the build set `FIELDAGENT_VERSION`).
+pub const VERSION: &str = env!("FIELDAGENT_VERSION");
 
 pub mod actuators;
 pub mod admission;
@@ -43,12 +48,14 @@ pub mod dedupe;
 pub mod error;
 pub mod gpio;
 pub mod health;
+pub mod helper;
 pub mod i2c;
 pub mod identity;
 pub mod local_status;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
+pub mod operations;
 pub mod outbox;
 pub mod sensors;
 pub mod service;

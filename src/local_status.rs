@@ -31,6 +31,10 @@ pub struct Written {
     /// is, whatever the wall clock did since (absent in files of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_boot_ms: Option<u64>,
+    /// The boot it was written in (`/proc/sys/kernel/random/boot_id`): `written_boot_ms` of
+    /// another boot says nothing of this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     pub started_ts: u64,
     pub client_id: String,
     /// `plain` or `sparkplug`.
@@ -55,6 +59,9 @@ pub struct Written {
     pub dropped: u64,
     pub refused: u64,
     pub reconnects: u64,
+    /// The running operations and the last 10 that ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<crate::operations::Summary>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +130,8 @@ pub struct Status {
     pub dropped: u64,
     pub refused: u64,
     pub reconnects: u64,
+    /// The running operations and the last 10 that ended.
+    pub operations: Vec<crate::operations::Summary>,
 }
 
 /// Why the state of `state_dir` could not be read at all.
@@ -233,6 +242,7 @@ fn combine(
             dropped: 0,
             refused: 0,
             reconnects: 0,
+            operations: Vec::new(),
         };
     };
     // Since boot where the file says (a wall clock step changes nothing); a file written in
@@ -292,6 +302,7 @@ fn combine(
         dropped: w.dropped,
         refused: w.refused,
         reconnects: w.reconnects,
+        operations: w.operations,
     }
 }
 
@@ -407,6 +418,18 @@ impl Status {
                 self.sent, self.dropped, self.refused, self.reconnects
             ),
         ));
+        for operation in &self.operations {
+            rows.push((
+                "operation",
+                format!(
+                    "{} {} {} at {}",
+                    operation.kind,
+                    operation.id.escape_debug(),
+                    operation.state,
+                    utc(operation.ts)
+                ),
+            ));
+        }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         for (key, value) in rows {
             writeln!(out, "{key:<width$}  {value}")?;

@@ -69,7 +69,7 @@ pub fn online(ts_ms: u64, time_synced: bool, boot_id: &str) -> String {
         online: true,
         ts: ts_ms,
         time_synced,
-        version: Some(env!("CARGO_PKG_VERSION")),
+        version: Some(crate::VERSION),
         boot_id: Some(boot_id),
         reason: None,
     }
@@ -143,7 +143,7 @@ mod tests {
             online(5, true, "b-1"),
             format!(
                 r#"{{"online":true,"ts":5,"version":"{}","boot_id":"b-1"}}"#,
-                env!("CARGO_PKG_VERSION")
+                crate::VERSION
             )
         );
         assert_eq!(

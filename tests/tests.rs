@@ -18,6 +18,7 @@ mod identity;
 mod interop;
 mod lifecycle;
 mod modbus;
+mod operations;
 mod operator;
 mod outbox;
 mod packaging;

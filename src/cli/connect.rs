@@ -218,7 +218,7 @@ async fn steps(
         let payload = format!(
             r#"{{"ts":{},"version":"{}","check_connect":true}}"#,
             crate::model::now_ms(),
-            env!("CARGO_PKG_VERSION")
+            crate::VERSION
         );
         let started = Instant::now();
         let confirmation = match session.publish_confirmed(&topic, payload.into_bytes(), 1, timeout)

@@ -24,7 +24,7 @@ pub fn long_version() -> String {
     let day = crate::local_status::utc(built);
     format!(
         "{} (commit {}, built {})\nPaho C {} (paho-mqtt-sys with fieldagent's fixes)\n{}",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         env!("FIELDAGENT_COMMIT"),
         day.split(' ').next().unwrap_or_default(),
         env!("FIELDAGENT_PAHO_C"),
@@ -34,7 +34,7 @@ pub fn long_version() -> String {
 
 /// Device agent for industrial Linux boards: sensors to MQTT telemetry, alerts and commands.
 #[derive(Debug, Parser)]
-#[command(name = "fieldagent", version, about)]
+#[command(name = "fieldagent", version = crate::VERSION, about)]
 pub struct Cli {
     /// Config file.
     #[arg(

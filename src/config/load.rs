@@ -12,8 +12,8 @@ use super::finding::{Finding, Findings};
 use super::positions::Positions;
 use super::validate::{validate, ValidConfig};
 use super::{
-    ActuatorConfig, AlertConfig, Config, IdentityConfig, LogConfig, SensorConfig, SparkplugConfig,
-    TelemetryConfig, TopicsConfig,
+    ActuatorConfig, AlertConfig, Config, IdentityConfig, LogConfig, OperationsConfig, SensorConfig,
+    SparkplugConfig, TelemetryConfig, TopicsConfig,
 };
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -43,6 +43,7 @@ const SECTIONS: &[&str] = &[
     "alerts",
     "actuators",
     "sparkplug",
+    "operations",
     "log",
 ];
 
@@ -283,6 +284,7 @@ fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Confi
         alerts: Vec::new(),
         actuators: Vec::new(),
         sparkplug: None,
+        operations: OperationsConfig::default(),
         log: LogConfig::default(),
     };
     for (key, value) in mapping {
@@ -328,6 +330,7 @@ fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Confi
             "sparkplug" => {
                 config.sparkplug = section::<Option<SparkplugConfig>>(value, &key, findings)?
             }
+            "operations" => set(&mut config.operations, section(value, &key, findings)),
             "log" => set(&mut config.log, section(value, &key, findings)),
             _ => findings.push(Finding::error(
                 key.as_str(),

@@ -15,6 +15,7 @@ mod diff;
 mod dropin;
 mod finding;
 mod load;
+pub mod operations;
 mod positions;
 #[cfg(test)]
 mod reference;
@@ -68,6 +69,9 @@ pub struct Config {
     /// Sparkplug B edge node mode instead of the plain topics, when present.
     #[serde(default)]
     pub sparkplug: Option<SparkplugConfig>,
+    /// Remote operations (plain mode); each key enables one type.
+    #[serde(default)]
+    pub operations: OperationsConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -434,6 +438,83 @@ pub struct SparkplugConfig {
 
 fn default_edge_node_id() -> String {
     "{client_id}".to_owned()
+}
+
+/// `operations:` — remote operations; each key enables one type, and a type whose key is absent
+/// is refused as not enabled.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationsConfig {
+    #[serde(default)]
+    pub software_update: Option<SoftwareUpdateConfig>,
+    #[serde(default)]
+    pub config_update: Option<ConfigUpdateConfig>,
+    #[serde(default)]
+    pub log_upload: Option<LogUploadConfig>,
+    #[serde(default)]
+    pub restart: Option<RestartConfig>,
+}
+
+/// `operations.software_update`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareUpdateConfig {
+    /// The packages a request may name.
+    #[serde(default = "default_update_packages")]
+    pub packages: Vec<String>,
+    /// How long the new version has to be running and connected before it is rolled back, s.
+    #[serde(default = "default_update_confirm_s")]
+    pub confirm_s: f64,
+}
+
+fn default_update_packages() -> Vec<String> {
+    vec!["fieldagent".to_owned()]
+}
+
+fn default_update_confirm_s() -> f64 {
+    120.0
+}
+
+/// `operations.config_update`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigUpdateConfig {
+    /// Globs of the drop-in names (in `conf.d/`) a request may write or delete.
+    #[serde(default = "default_config_names")]
+    pub names: Vec<String>,
+    /// How long the agent has to be connected again after a change that reconnects, s.
+    #[serde(default = "default_config_confirm_s")]
+    pub confirm_s: f64,
+}
+
+fn default_config_names() -> Vec<String> {
+    vec!["50-remote*.yaml".to_owned()]
+}
+
+fn default_config_confirm_s() -> f64 {
+    60.0
+}
+
+/// `operations.log_upload`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogUploadConfig {
+    /// The most lines one upload carries.
+    #[serde(default = "default_max_lines")]
+    pub max_lines: u64,
+}
+
+fn default_max_lines() -> u64 {
+    5000
+}
+
+/// `operations.restart`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// The whole device may be restarted, not only the agent.
+    #[serde(default)]
+    pub device: bool,
 }
 
 /// `log:`.

@@ -137,6 +137,11 @@ mod tests {
         keys_of::<AlertConfig>("alerts[]", &mut accepted);
         keys_of::<ActuatorConfig>("actuators[]", &mut accepted);
         keys_of::<SparkplugConfig>("sparkplug", &mut accepted);
+        keys_of::<OperationsConfig>("operations", &mut accepted);
+        keys_of::<SoftwareUpdateConfig>("operations.software_update", &mut accepted);
+        keys_of::<ConfigUpdateConfig>("operations.config_update", &mut accepted);
+        keys_of::<LogUploadConfig>("operations.log_upload", &mut accepted);
+        keys_of::<RestartConfig>("operations.restart", &mut accepted);
         keys_of::<LogConfig>("log", &mut accepted);
         assert!(accepted.len() > 60, "{accepted:?}");
         let documented: BTreeSet<String> = page()

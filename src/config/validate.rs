@@ -178,6 +178,7 @@ pub(crate) fn validate(
     if let Some(sparkplug) = &config.sparkplug {
         check_sparkplug(sparkplug, &config, &sensors, findings);
     }
+    super::operations::check_operations(&config, findings);
     Some(ValidConfig {
         config,
         endpoints,

@@ -218,6 +218,7 @@ impl Daemon {
                     self.core.connect_log.connected();
                     self.core.server = Some((connected.server.clone(), crate::model::now_ms()));
                     self.mode.on_connected(&mut self.core, &connected, bd_seq);
+                    self.operations_connected();
                     status::notify(&self.core);
                     status::write_file(&self.core);
                 }

@@ -32,6 +32,8 @@ pub(crate) struct Core {
     pub started: Instant,
     pub stats: Arc<SamplerStats>,
     pub book: Arc<Mutex<AlertBook>>,
+    /// The remote operations (plain mode).
+    pub operations: super::operations::Operations,
     /// The sensors whose read is stuck, for every sampler thread (across reloads) and `read`.
     pub stuck: crate::sensors::Stuck,
     /// The broker we are connected to, and since when (Unix ms).

@@ -54,6 +54,8 @@ pub enum Event {
     Renewed(Result<(), String>),
     /// A session we ended has disconnected: the next connect may start.
     SessionClosed,
+    /// What an operation's background work found (the helper's files, a log upload's chunks).
+    Operations(OperationEvent),
     /// Sparkplug: an NCMD write ended; `value` is what the actuator holds now (`None` when it
     /// cannot be read); `finished` when its actuator is free again (false after a timeout:
     /// `Finished` follows).
@@ -62,6 +64,29 @@ pub enum Event {
         result: Result<String, String>,
         value: Option<String>,
         finished: bool,
+    },
+}
+
+/// What the work around operations reports (see `daemon::operations`).
+#[derive(Debug)]
+pub enum OperationEvent {
+    /// The helper's files of each running operation: its result, if any, and whether its request
+    /// still waits to be taken.
+    Looked(
+        Vec<(
+            String,
+            Option<crate::operations::protocol::HelperResult>,
+            bool,
+        )>,
+    ),
+    /// The operation cannot go on.
+    Failed { id: String, reason: String },
+    /// A log upload's chunks are made (or why not): they go out before its terminal state.
+    Uploaded {
+        id: String,
+        chunks: Result<usize, String>,
+        lines: u64,
+        messages: Vec<(std::sync::Arc<str>, Vec<u8>)>,
     },
 }
 

@@ -189,7 +189,7 @@ fn answer(command: &Command, context: &Context) -> (Response, bool) {
 /// Whether a command with `expires_ts` may run at `now_ms`: not once it expired, and not while
 /// the clock is not believed (`synced` false): a board that booted in 1970 must not run a
 /// command that expired last week.
-fn expiry(expires_ts: Option<u64>, now_ms: u64, synced: bool) -> Result<(), String> {
+pub(super) fn expiry(expires_ts: Option<u64>, now_ms: u64, synced: bool) -> Result<(), String> {
     let Some(expires) = expires_ts else {
         return Ok(());
     };
@@ -217,7 +217,7 @@ fn execute(command: &Command, context: &Context) -> Response {
             );
             response
                 .data
-                .insert("version".to_owned(), env!("CARGO_PKG_VERSION").into());
+                .insert("version".to_owned(), crate::VERSION.into());
         }
         Action::Read => {
             let mut sensors = Sensors::new(&context.specs, &context.sysfs_root);

@@ -22,6 +22,7 @@ mod event;
 mod execute;
 pub mod link;
 mod mode;
+mod operations;
 mod plain;
 mod provision;
 mod reload;
@@ -175,6 +176,15 @@ where
     let stats = Arc::new(SamplerStats::default());
     let started = Instant::now();
     let held_outputs = crate::actuators::hold(&config.actuators);
+    let operations = operations::Operations::load(
+        &config.config().state_dir,
+        &config.topic_prefix(&identity.client_id),
+        crate::operations::Before {
+            started_ts: crate::model::now_ms(),
+            boot_id: crate::mqtt::boot_id(),
+            version: crate::VERSION.to_owned(),
+        },
+    );
     let core = Core {
         link: Link::new(&config.config().broker.reconnect, Instant::now()),
         config,
@@ -192,6 +202,7 @@ where
         stats: Arc::clone(&stats),
         book: Arc::clone(&book),
         stuck: crate::sensors::Stuck::default(),
+        operations,
         server: None,
         offline_since: crate::model::now_ms(),
         status_writing: Arc::default(),
@@ -227,6 +238,7 @@ where
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("sampling; connecting"),
     ]);
+    daemon.resume_operations();
     status::write_file(&daemon.core);
     // The watchdog, health and housekeeping ride on the passes, with one backstop timer.
     let mut chores = chores::Chores::new(
@@ -393,6 +405,7 @@ impl Daemon {
             }
             Event::Alert(event) => self.mode.on_alert(&mut self.core, event),
             Event::Reloaded(result) => self.on_reloaded(*result),
+            Event::Operations(event) => self.on_operation_event(event),
             Event::Renewed(result) => self.on_renewed(result),
             Event::SessionClosed => {
                 let after = self.core.reconnect_after.take();
@@ -467,6 +480,7 @@ impl Daemon {
                     tracing::warn!(reason = %refused, "NCMD write refused.");
                 }
             }
+            Arrived::Operation { kind, message } => return self.on_operation(&kind, message),
             Arrived::Done => return,
         }
         self.run_commands();
@@ -509,7 +523,7 @@ impl Daemon {
     pub(super) fn on_pass(&mut self, pass: Pass) {
         self.mode.on_pass(&mut self.core, pass);
         // An alert raised or cleared, a sensor failing or back: `status` says so at once.
-        status::write_file_if_alerts_changed(&mut self.core);
+        status::write_file_if_changed(&mut self.core);
     }
 
     pub(super) fn health_tick(&mut self) {
@@ -522,6 +536,7 @@ impl Daemon {
     fn chores(&mut self, due: chores::Due) {
         // At every pass: the connection state the agent reports is the one Paho is in.
         self.check_connection();
+        self.poll_operations();
         if due.pet {
             self.pet_watchdog();
         }

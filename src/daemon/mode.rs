@@ -3,9 +3,9 @@
 //! call. What only one mode does has a default that does nothing, so the loop reads the same
 //! for both.
 //!
-//! The operation engine (plain mode only, like commands) will meet the loop here too: requests
+//! The operation engine (plain mode only, like commands) meets the loop here too: requests
 //! arrive through [`Mode::on_incoming`] as [`Arrived::Operation`], and their states leave through
-//! the outbox like command answers.
+//! the outbox like command answers (`daemon::operations`).
 
 use std::sync::Arc;
 
@@ -24,6 +24,8 @@ pub(crate) enum Arrived {
     Command { name: String, message: Incoming },
     /// The actuator writes of a Sparkplug NCMD, in order, for the executor.
     Writes(Vec<(String, String)>),
+    /// An operation request on `{prefix}/operations/{kind}`, for the operation engine.
+    Operation { kind: String, message: Incoming },
     /// Handled by the mode, or ignored (logged once per topic).
     Done,
 }

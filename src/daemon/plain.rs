@@ -46,6 +46,8 @@ impl Limits {
 struct Topics {
     /// `{prefix}/commands/`: a command's topic is this and its name, nothing else.
     commands: String,
+    /// `{prefix}/operations/`: a request's topic is this and its type.
+    operations: String,
     alerts: Arc<str>,
     telemetry: Arc<str>,
     responses: Arc<str>,
@@ -57,6 +59,7 @@ impl Topics {
         let prefix = config.topic_prefix(&identity.client_id);
         Topics {
             commands: format!("{prefix}/commands/"),
+            operations: format!("{prefix}/operations/"),
             alerts: Arc::from(format!("{prefix}/alerts")),
             telemetry: Arc::from(format!("{prefix}/telemetry")),
             responses: Arc::from(format!("{prefix}/responses")),
@@ -97,6 +100,13 @@ impl Plain {
     fn command_topic<'a>(&self, topic: &'a str) -> Option<&'a str> {
         let name = topic.strip_prefix(self.topics.commands.as_str())?;
         (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// The operation's type when `topic` is exactly `{prefix}/operations/{type}` (not the status
+    /// or log topics the agent publishes itself).
+    fn operation_topic<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let kind = topic.strip_prefix(self.topics.operations.as_str())?;
+        (!kind.is_empty() && !kind.contains('/') && kind != "status").then_some(kind)
     }
 
     fn connected(&mut self, core: &mut Core, connected: &Connected) {
@@ -285,16 +295,24 @@ impl Mode for Plain {
     }
 
     fn on_incoming(&mut self, _core: &mut Core, message: Incoming) -> Arrived {
-        match self.command_topic(&message.topic) {
-            Some(name) => Arrived::Command {
+        if let Some(name) = self.command_topic(&message.topic) {
+            return Arrived::Command {
                 name: name.to_owned(),
                 message,
-            },
-            None => {
-                super::stray::warn(&message.topic);
-                Arrived::Done
-            }
+            };
         }
+        if let Some(kind) = self.operation_topic(&message.topic) {
+            return Arrived::Operation {
+                kind: kind.to_owned(),
+                message,
+            };
+        }
+        // Its own statuses, which `{prefix}/operations/+` brings back: nothing to do.
+        if message.topic.strip_prefix(self.topics.operations.as_str()) == Some("status") {
+            return Arrived::Done;
+        }
+        super::stray::warn(&message.topic);
+        Arrived::Done
     }
 
     fn command_name<'a>(&self, topic: &'a str) -> Option<&'a str> {

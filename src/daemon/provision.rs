@@ -120,9 +120,10 @@ fn announce(config: &ValidConfig, missing: &Path) {
     let now = crate::model::now_ms();
     let written = crate::local_status::Written {
         pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::VERSION.to_owned(),
         written_ts: now,
         written_boot_ms: Some(crate::clock::boot_ms()),
+        boot_id: Some(crate::mqtt::boot_id()),
         started_ts: now,
         client_id: config.config().identity.client_id.clone(),
         mode: "waiting".to_owned(),

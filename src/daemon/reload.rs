@@ -162,6 +162,9 @@ impl Daemon {
                 .locked()
                 .reconfigure(&config, &identity.client_id);
         }
+        self.core
+            .operations
+            .set_prefix(&config.topic_prefix(&identity.client_id));
         self.core.config = config;
         self.core.identity = identity;
         if resample {

@@ -20,7 +20,7 @@ pub fn health(core: &Core) -> String {
     crate::health::Health {
         ts,
         time_synced: crate::clock::synced(ts),
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::VERSION,
         uptime_s: core.started.elapsed().as_secs(),
         rss_bytes,
         cpu_time_ms,
@@ -38,6 +38,7 @@ pub fn health(core: &Core) -> String {
             .then_some(core.connect_log.last_error.as_str()),
         sensor_errors: &errors,
         outbox_durable: core.outbox.durable,
+        operations: core.operations.summaries(),
     }
     .to_json()
 }
@@ -88,12 +89,14 @@ pub fn outbox_changed(durable: bool) {
 
 /// After a sampling pass: `status.json` again when an alert event was made since the last
 /// write (a raise or clear, a sensor failing or back: each one advances the alert book's event
-/// counter). One comparison per pass, no copy; a write per change, not per pass: boards have
-/// slow flash.
-pub fn write_file_if_alerts_changed(core: &mut Core) {
+/// counter) or an operation changed state. One comparison per pass, no copy; a write per change,
+/// not per pass: boards have slow flash.
+pub fn write_file_if_changed(core: &mut Core) {
     let events = core.book.locked().state().counter;
-    if events != core.status_alerts && write_file(core) {
+    let operations = core.operations.changed;
+    if (events != core.status_alerts || operations) && write_file(core) {
         core.status_alerts = events;
+        core.operations.changed = false;
     }
 }
 
@@ -126,9 +129,10 @@ pub fn write_file(core: &Core) -> bool {
     let (raised, failing_sensors) = alerts(core);
     let written = crate::local_status::Written {
         pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: crate::VERSION.to_owned(),
         written_ts: now,
         written_boot_ms: Some(crate::clock::boot_ms()),
+        boot_id: Some(core.operations.boot_id().to_owned()),
         started_ts: now.saturating_sub(core.started.elapsed().as_millis() as u64),
         client_id: core.identity.client_id.clone(),
         mode: if core.config.config().sparkplug.is_some() {
@@ -157,6 +161,7 @@ pub fn write_file(core: &Core) -> bool {
             + core.stats.queue_full.load(Ordering::Relaxed),
         refused: core.counters.refused,
         reconnects: core.link.connects.saturating_sub(1),
+        operations: core.operations.summaries(),
     };
     let dir = core.config.config().state_dir.clone();
     let busy: std::sync::Arc<AtomicBool> = std::sync::Arc::clone(&core.status_writing);

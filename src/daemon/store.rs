@@ -57,6 +57,15 @@ pub enum Request {
         response: Response,
         record: bool,
     },
+    /// Operations' states: `ledger` saved at `path` (fsynced) first, then `messages` queued
+    /// (their statuses, and what must precede them), then the ledger saved again with
+    /// `published` marked so, once the messages are on disk.
+    Operations {
+        ledger: crate::operations::engine::Ledger,
+        path: PathBuf,
+        messages: Vec<(Arc<str>, Vec<u8>)>,
+        published: Vec<String>,
+    },
     /// Up to `max` messages for sending, in priority order, for connection `generation`.
     Take {
         max: usize,
@@ -110,6 +119,11 @@ enum AfterSync {
         names: Vec<String>,
     },
     Record(Response),
+    Published {
+        ledger: crate::operations::engine::Ledger,
+        path: PathBuf,
+        ids: Vec<String>,
+    },
 }
 
 struct Store {
@@ -236,6 +250,26 @@ impl Store {
                     self.after_sync.push(AfterSync::Record(response));
                 }
             }
+            Request::Operations {
+                ledger,
+                path,
+                messages,
+                published,
+            } => {
+                // The record before the status: a crash between them pushes the same status
+                // again at the next start, never one the record does not hold.
+                if let Err(err) = crate::state::save(&path, &ledger) {
+                    tracing::error!(path = %path.display(), error = %err, "Cannot save the operations' record; a restart may not know how they ended.");
+                }
+                for (topic, payload) in messages {
+                    self.push(Kind::Response, 1, &topic, &payload, None);
+                }
+                self.after_sync.push(AfterSync::Published {
+                    ledger,
+                    path,
+                    ids: published,
+                });
+            }
             Request::Take { max, generation } => {
                 // What is taken must be on disk first: it may be confirmed at once.
                 self.outbox.sync();
@@ -330,6 +364,24 @@ impl Store {
                     let mut ledger = self.ledger.locked();
                     if let Err(err) = ledger.record(&id, &response) {
                         tracing::error!(error = %err, "Cannot save a command's answer in the ledger.");
+                    }
+                }
+                AfterSync::Published {
+                    mut ledger,
+                    path,
+                    ids,
+                } => {
+                    if !durable {
+                        // Memory-only: the next start pushes them again.
+                        continue;
+                    }
+                    for op in ledger.operations.iter_mut() {
+                        if ids.contains(&op.id) {
+                            op.published = true;
+                        }
+                    }
+                    if let Err(err) = crate::state::save(&path, &ledger) {
+                        tracing::debug!(path = %path.display(), error = %err, "Cannot mark operations' states as published; a restart sends them again.");
                     }
                 }
             }

@@ -240,7 +240,8 @@ pub struct Session {
     status_topic: String,
     /// `{prefix}/responses`.
     pub responses_topic: String,
-    /// Subscribed on every connect: `{prefix}/commands/+`, or Sparkplug's NCMD and STATE.
+    /// Subscribed on every connect: `{prefix}/commands/+` and `{prefix}/operations/+`, or
+    /// Sparkplug's NCMD and STATE.
     subscriptions: Vec<String>,
     boot_id: String,
     /// `broker.protocol` is "5".
@@ -375,7 +376,10 @@ impl Session {
             options.ssl_options(ssl.finalize());
         }
         let subscriptions = match &profile {
-            Profile::Plain => vec![format!("{prefix}/commands/+")],
+            Profile::Plain => vec![
+                format!("{prefix}/commands/+"),
+                format!("{prefix}/operations/+"),
+            ],
             Profile::Sparkplug { subscriptions } => subscriptions.clone(),
             Profile::Probe => Vec::new(),
         };
@@ -538,7 +542,7 @@ impl Session {
 }
 
 /// The kernel's boot id, so consumers can tell a reboot from a reconnect.
-fn boot_id() -> String {
+pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|id| id.trim().to_owned())
         .unwrap_or_default()

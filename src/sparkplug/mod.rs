@@ -180,7 +180,7 @@ impl Node {
             MetricValue::Text(hardware.to_owned()),
             now,
         );
-        let firmware = format!("fieldagent {}", env!("CARGO_PKG_VERSION"));
+        let firmware = format!("fieldagent {}", crate::VERSION);
         node.define(
             "Properties/Firmware",
             DataType::String,

@@ -196,10 +196,7 @@ fn birth_declares_every_metric_with_name_alias_datatype_and_timestamp() {
     assert_eq!(metric(&birth, "Actuators/fan").is_null, Some(true));
     assert_eq!(
         metric(&birth, "Properties/Firmware").value,
-        Some(Value::StringValue(format!(
-            "fieldagent {}",
-            env!("CARGO_PKG_VERSION")
-        )))
+        Some(Value::StringValue(format!("fieldagent {}", crate::VERSION)))
     );
     assert_eq!(
         metric(&birth, "Time Synced").value,

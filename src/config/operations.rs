@@ -1,0 +1,147 @@
+//! Checks of `operations:` (plain mode's remote operations). Part of validation (see
+//! `validate`): every finding at once, no I/O.
+
+use super::finding::Finding;
+use super::Config;
+
+/// The package names a Debian archive takes: lower case letters, digits, `+ - .`, two or more,
+/// starting with a letter or digit.
+pub fn debian_package_name(name: &str) -> bool {
+    name.len() >= 2
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Whether the drop-in name `name` matches `glob` (`*` any run of characters, `?` one). A name
+/// with a path separator, or `..`, or that does not end in `.yaml`, or is hidden, never matches:
+/// only files in `conf.d/` itself are drop-ins.
+pub fn drop_in_matches(glob: &str, name: &str) -> bool {
+    if name.contains('/')
+        || name.contains('\\')
+        || name.contains("..")
+        || name.starts_with('.')
+        || !name.ends_with(".yaml")
+        || name.len() > 128
+        || name.chars().any(char::is_control)
+    {
+        return false;
+    }
+    fn matches(glob: &[u8], name: &[u8]) -> bool {
+        match (glob.first(), name.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                matches(&glob[1..], name) || (!name.is_empty() && matches(glob, &name[1..]))
+            }
+            (Some(b'?'), Some(_)) => matches(&glob[1..], &name[1..]),
+            (Some(g), Some(n)) if g == n => matches(&glob[1..], &name[1..]),
+            _ => false,
+        }
+    }
+    matches(glob.as_bytes(), name.as_bytes())
+}
+
+pub(super) fn check_operations(config: &Config, findings: &mut Vec<Finding>) {
+    let operations = &config.operations;
+    let enabled = operations.software_update.is_some()
+        || operations.config_update.is_some()
+        || operations.log_upload.is_some()
+        || operations.restart.is_some();
+    if enabled && config.sparkplug.is_some() {
+        findings.push(Finding::error(
+            "operations",
+            "expected no operations with sparkplug: (Sparkplug B has no topic for them), found operations set",
+        ));
+    }
+    if let Some(update) = &operations.software_update {
+        if update.packages.is_empty() {
+            findings.push(Finding::error(
+                "operations.software_update.packages",
+                "expected at least one package name, found none",
+            ));
+        }
+        for (index, package) in update.packages.iter().enumerate() {
+            if !debian_package_name(package) {
+                findings.push(Finding::error(
+                    format!("operations.software_update.packages[{index}]"),
+                    format!("expected a Debian package name (lower case letters, digits, + - .), found \"{package}\""),
+                ));
+            }
+        }
+        check_confirm(
+            "operations.software_update.confirm_s",
+            update.confirm_s,
+            findings,
+        );
+    }
+    if let Some(update) = &operations.config_update {
+        if update.names.is_empty() {
+            findings.push(Finding::error(
+                "operations.config_update.names",
+                "expected at least one glob such as \"50-remote*.yaml\", found none",
+            ));
+        }
+        for (index, glob) in update.names.iter().enumerate() {
+            if glob.contains('/') || glob.contains("..") || !glob.ends_with(".yaml") {
+                findings.push(Finding::error(
+                    format!("operations.config_update.names[{index}]"),
+                    format!("expected a glob of drop-in names in conf.d/ ending in .yaml, without / or .., found \"{glob}\""),
+                ));
+            }
+        }
+        check_confirm(
+            "operations.config_update.confirm_s",
+            update.confirm_s,
+            findings,
+        );
+    }
+    if let Some(upload) = &operations.log_upload {
+        if !(1..=100_000).contains(&upload.max_lines) {
+            findings.push(Finding::error(
+                "operations.log_upload.max_lines",
+                format!("expected 1 to 100000, found {}", upload.max_lines),
+            ));
+        }
+    }
+}
+
+fn check_confirm(key: &str, confirm_s: f64, findings: &mut Vec<Finding>) {
+    if !(confirm_s.is_finite() && (10.0..=3600.0).contains(&confirm_s)) {
+        findings.push(Finding::error(
+            key,
+            format!("expected 10 to 3600 seconds, found {confirm_s}"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_drop_in_names_in_conf_d_only() {
+        for (glob, name, expected) in [
+            ("50-remote*.yaml", "50-remote.yaml", true),
+            ("50-remote*.yaml", "50-remote-sensors.yaml", true),
+            ("50-remote*.yaml", "10-board.yaml", false),
+            ("5?-x.yaml", "51-x.yaml", true),
+            ("*.yaml", "../config.yaml", false),
+            ("*.yaml", "sub/x.yaml", false),
+            ("*", "x..yaml", false),
+            ("*.yaml", ".hidden.yaml", false),
+            ("*", "50-remote.txt", false),
+        ] {
+            assert_eq!(drop_in_matches(glob, name), expected, "{glob} {name}");
+        }
+        assert!(debian_package_name("fieldagent"));
+        assert!(debian_package_name("libssl3t64"));
+        assert!(!debian_package_name("Fieldagent"));
+        assert!(!debian_package_name("x"));
+        assert!(!debian_package_name("a;rm -rf /"));
+    }
+}

@@ -1,0 +1,494 @@
+//! `software_update` through apt, with a way back that needs neither the network nor a person.
+//!
+//! The helper keeps a journal of one update at a time (`update.json` in its own directory, saved
+//! atomically and fsynced before each phase begins), so a power cut at any instant ends in a
+//! known state:
+//!
+//! | phase | what is done in it | after a power cut (`recover` at boot before the agent, then `run`) |
+//! |---|---|---|
+//! | downloading | the installed version's package kept (`apt-get download`, fsynced), the new one fetched (`apt-get install --download-only`); nothing changed yet | ends `failed` "interrupted: …": nothing was changed |
+//! | installing | `apt-get install PACKAGE=VERSION` (dpkg restarts the agent) | `dpkg --configure -a`, the kept package installed again, then as `reverted` |
+//! | confirming | waiting up to `confirm_s` for the new version to be running and connected (`status.json`, written in this boot by a live agent of that version) | confirming again, from the boot on |
+//! | rolling_back | the kept package installed again (`apt-get install ./kept.deb`, offline) | installed again (again), then as `reverted` |
+//! | reverted | the kept version installed; waiting for it to be online | waiting again, then `failed` "rolled back: …" |
+//! | done | the outcome is in the journal; the result written for the agent | the result written again until it is known to be |
+//!
+//! The outcome is saved in the journal before the result is written for the agent, so it is
+//! decided once: a power cut between the two writes the same result again. The agent learns each
+//! step and the outcome from the result file; its terminal state says `successful`
+//! `{"from","to"}`, or `failed` with a reason that starts `rolled back:` or `interrupted:`, or
+//! why nothing was changed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{run_command, run_command_in, Helper, RESUME};
+use crate::operations::protocol;
+use crate::operations::State;
+
+/// The journal's file, in the helper's directory.
+pub const JOURNAL: &str = "update.json";
+
+/// The phases of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Downloading,
+    Installing,
+    Confirming,
+    RollingBack,
+    Reverted,
+    Done,
+}
+
+/// One update, as the helper keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub id: String,
+    pub package: String,
+    pub from: String,
+    pub to: String,
+    pub phase: Phase,
+    /// The installed version's package, kept to go back to.
+    pub kept: Option<PathBuf>,
+    /// How long the new (and, rolling back, the old) version has to come online.
+    pub confirm_s: f64,
+    /// Why it is rolling back, for the reason its failure gives.
+    #[serde(default)]
+    pub why: String,
+    /// How it ended, decided once (phase `done`).
+    #[serde(default)]
+    pub outcome: Option<State>,
+    /// The outcome is written for the agent.
+    #[serde(default)]
+    pub reported: bool,
+}
+
+impl Journal {
+    fn path(helper: &Helper) -> PathBuf {
+        helper.dir.join(JOURNAL)
+    }
+
+    fn load(helper: &Helper) -> Option<Journal> {
+        let path = Journal::path(helper);
+        path.exists()
+            .then(|| crate::state::load::<Option<Journal>>(&path))
+            .flatten()
+    }
+
+    /// Enters `phase`, saved before anything of it is done.
+    fn enter(&mut self, helper: &Helper, phase: Phase) {
+        self.phase = phase;
+        if let Err(err) = crate::state::save(&Journal::path(helper), &Some(self.clone())) {
+            tracing::error!(error = %err, "Cannot save the update journal; a power cut now would leave the update's phase unknown.");
+        }
+    }
+
+    /// Ends with `outcome`: saved in the journal first, then written for the agent.
+    fn finish(&mut self, helper: &Helper, outcome: State) {
+        self.outcome = Some(outcome);
+        self.enter(helper, Phase::Done);
+        self.report(helper);
+    }
+
+    /// The decided outcome written for the agent (again, after a power cut between the two).
+    fn report(&mut self, helper: &Helper) {
+        if let Some(outcome) = self.outcome.clone() {
+            helper.result(&self.id, outcome);
+            self.reported = true;
+            self.enter(helper, Phase::Done);
+        }
+    }
+}
+
+/// The directory the kept package is in.
+fn kept_dir(helper: &Helper) -> PathBuf {
+    helper.dir.join("kept")
+}
+
+fn executing(helper: &Helper, id: &str, step: &str) {
+    helper.result(
+        id,
+        State::Executing {
+            step: step.to_owned(),
+        },
+    );
+}
+
+/// `software_update` `package` to `version`, from the device's own apt sources.
+pub fn update(helper: &Helper, id: &str, package: &str, version: &str) {
+    let fail = |reason: String| helper.result(id, State::Failed { reason });
+    if !Path::new("/usr/bin/apt-get").exists() || !Path::new("/usr/bin/dpkg").exists() {
+        return fail("this system has no apt: a device built as an image (Yocto) updates its whole image with RAUC, SWUpdate or Mender instead; nothing was changed".to_owned());
+    }
+    let Some(confirm_s) = helper
+        .config
+        .config()
+        .operations
+        .software_update
+        .as_ref()
+        .map(|update| update.confirm_s)
+    else {
+        return fail("refused by the helper: operations.software_update is not enabled".to_owned());
+    };
+    let from = match installed(package) {
+        Some(from) => from,
+        None => return fail(format!("{package} is not installed; nothing was changed")),
+    };
+    if from == version {
+        return helper.result(
+            id,
+            State::Successful {
+                result: json!({ "from": from, "to": version, "note": "already installed" }),
+            },
+        );
+    }
+    let mut journal = Journal {
+        id: id.to_owned(),
+        package: package.to_owned(),
+        from: from.clone(),
+        to: version.to_owned(),
+        phase: Phase::Downloading,
+        kept: None,
+        confirm_s,
+        why: String::new(),
+        outcome: None,
+        reported: false,
+    };
+    journal.enter(helper, Phase::Downloading);
+    executing(helper, id, "downloading");
+    if let Err(why) = run_command("apt-get", &["update"]) {
+        tracing::warn!(reason = %why, "apt-get update failed; trying the indexes there are.");
+    }
+    // The way back first: without it, nothing is changed.
+    let kept = match keep(helper, package, &from) {
+        Ok(kept) => kept,
+        Err(why) => {
+            return journal.finish(
+                helper,
+                State::Failed {
+                    reason: format!(
+                        "cannot keep version {from} to go back to ({why}); nothing was changed"
+                    ),
+                },
+            );
+        }
+    };
+    journal.kept = Some(kept);
+    let wanted = format!("{package}={version}");
+    if let Err(why) = run_command(
+        "apt-get",
+        &[
+            "install",
+            "--download-only",
+            "--yes",
+            "--allow-downgrades",
+            &wanted,
+        ],
+    ) {
+        forget_kept(helper);
+        return journal.finish(
+            helper,
+            State::Failed {
+                reason: format!(
+                    "version {version} cannot be downloaded ({why}); nothing was changed"
+                ),
+            },
+        );
+    }
+    journal.enter(helper, Phase::Installing);
+    executing(helper, id, "installing");
+    let installed_at = crate::clock::boot_ms();
+    let install = run_command(
+        "apt-get",
+        &[
+            "install",
+            "--yes",
+            "--allow-downgrades",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            &wanted,
+        ],
+    );
+    if let Err(why) = install {
+        journal.why = format!("the install of {version} failed ({why})");
+        journal.enter(helper, Phase::RollingBack);
+        return roll_back(helper, &mut journal);
+    }
+    executing(helper, id, "restarting");
+    journal.enter(helper, Phase::Confirming);
+    confirm(helper, &mut journal, installed_at);
+}
+
+/// Waits for the new version to be running and connected, then ends; rolls back when it is not
+/// within `confirm_s`.
+fn confirm(helper: &Helper, journal: &mut Journal, since_boot_ms: u64) {
+    executing(helper, &journal.id, "confirming");
+    let upstream = crate::operations::upstream_version(&journal.to).to_owned();
+    let wait = Duration::from_secs_f64(journal.confirm_s);
+    if online(helper, &upstream, since_boot_ms, wait) {
+        forget_kept(helper);
+        let result = json!({ "from": journal.from, "to": journal.to });
+        return journal.finish(helper, State::Successful { result });
+    }
+    journal.why = format!(
+        "version {} was not running and connected within {} s",
+        journal.to, journal.confirm_s
+    );
+    journal.enter(helper, Phase::RollingBack);
+    roll_back(helper, journal);
+}
+
+/// Installs the kept version again (offline), then waits for it as `reverted`.
+fn roll_back(helper: &Helper, journal: &mut Journal) {
+    executing(helper, &journal.id, "rolling back");
+    let installed_at = crate::clock::boot_ms();
+    match reinstall(journal) {
+        Ok(()) => {
+            journal.enter(helper, Phase::Reverted);
+            reverted(helper, journal, installed_at);
+        }
+        Err(why) => {
+            let reason = format!(
+                "rolled back: {}; installing {} again failed too ({why}): a person must look at this device",
+                journal.why, journal.from
+            );
+            journal.finish(helper, State::Failed { reason });
+        }
+    }
+}
+
+/// The kept version is installed again: waits for it to be online, and ends `failed`
+/// "rolled back: …".
+fn reverted(helper: &Helper, journal: &mut Journal, since_boot_ms: u64) {
+    let upstream = crate::operations::upstream_version(&journal.from).to_owned();
+    let wait = Duration::from_secs_f64(journal.confirm_s);
+    let reason = if online(helper, &upstream, since_boot_ms, wait) {
+        format!(
+            "rolled back: {}; {} is installed again and online",
+            journal.why, journal.from
+        )
+    } else {
+        format!(
+            "rolled back: {}; {} is installed again but was not online within {} s either",
+            journal.why, journal.from, journal.confirm_s
+        )
+    };
+    forget_kept(helper);
+    journal.finish(helper, State::Failed { reason });
+}
+
+/// The kept package installed again: dpkg's own repairs first (an install a power cut
+/// interrupted), then the package from its file, with what apt has cached for its dependencies.
+fn reinstall(journal: &Journal) -> Result<(), String> {
+    let _ = run_command("dpkg", &["--configure", "-a"]);
+    let kept = journal
+        .kept
+        .as_ref()
+        .ok_or_else(|| "no package was kept".to_owned())?;
+    let kept = kept.display().to_string();
+    run_command(
+        "apt-get",
+        &[
+            "install",
+            "--yes",
+            "--allow-downgrades",
+            "--no-download",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            &kept,
+        ],
+    )
+    .or_else(|first| {
+        // apt refuses when it has no index for a dependency: dpkg takes the file alone.
+        run_command("dpkg", &["--install", "--force-confold", &kept])
+            .map_err(|second| format!("{first}; then {second}"))
+    })
+    .map(|_| ())
+}
+
+/// The installed version's package, into the helper's directory.
+fn keep(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, String> {
+    let dir = kept_dir(helper);
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::state::private_dir(&dir).map_err(|err| err.to_string())?;
+    run_command_in(
+        "apt-get",
+        &["download", &format!("{package}={version}")],
+        Some(&dir),
+        super::COMMAND_TIMEOUT,
+    )?;
+    let found = std::fs::read_dir(&dir)
+        .map_err(|err| err.to_string())?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))?;
+    // Durable before the install begins.
+    std::fs::File::open(&found)
+        .and_then(|file| file.sync_all())
+        .map_err(|err| err.to_string())?;
+    Ok(found)
+}
+
+fn forget_kept(helper: &Helper) {
+    let _ = std::fs::remove_dir_all(kept_dir(helper));
+}
+
+/// The installed version of `package`, when it is installed.
+fn installed(package: &str) -> Option<String> {
+    let output = run_command(
+        "dpkg-query",
+        &[
+            "--show",
+            "--showformat=${db:Status-Status} ${Version}",
+            package,
+        ],
+    )
+    .ok()?;
+    let (status, version) = output.trim().split_once(' ')?;
+    (status == "installed").then(|| version.to_owned())
+}
+
+/// Waits up to `wait` until `state_dir/status.json` says an agent of version `upstream` is
+/// running and connected: written in this boot (its boot id), after `since_boot_ms`, by a
+/// process that is alive.
+fn online(helper: &Helper, upstream: &str, since_boot_ms: u64, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let boot_id = crate::mqtt::boot_id();
+    loop {
+        let written: Option<crate::local_status::Written> = helper
+            .state
+            .read(crate::local_status::FILE, 1024 * 1024)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(written) = written {
+            if says_online(&written, upstream, &boot_id, since_boot_ms) {
+                return true;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `written` is from an agent of version `upstream`, of boot `boot_id`, written after
+/// `since_boot_ms`, alive and connected.
+fn says_online(
+    written: &crate::local_status::Written,
+    upstream: &str,
+    boot_id: &str,
+    since_boot_ms: u64,
+) -> bool {
+    let this_boot = written.boot_id.as_deref() == Some(boot_id);
+    let fresh = written
+        .written_boot_ms
+        .is_some_and(|written| written >= since_boot_ms);
+    let alive = Path::new(&format!("/proc/{}", written.pid)).exists();
+    this_boot && fresh && alive && written.connected && written.version == upstream
+}
+
+/// `run`: an update a start found unfinished (after `recover`, or a helper killed mid-way) goes
+/// on from its phase.
+pub fn resume(helper: &Helper) {
+    let Some(mut journal) = Journal::load(helper) else {
+        return;
+    };
+    match journal.phase {
+        Phase::Done if journal.reported => {}
+        Phase::Done => journal.report(helper),
+        Phase::Downloading => {
+            forget_kept(helper);
+            let reason = format!(
+                "interrupted: the update stopped while downloading; nothing was changed, {} is installed",
+                journal.from
+            );
+            journal.finish(helper, State::Failed { reason });
+        }
+        Phase::Installing => {
+            journal.why = "the install was interrupted (a power cut or a kill)".to_owned();
+            journal.enter(helper, Phase::RollingBack);
+            roll_back(helper, &mut journal);
+        }
+        Phase::Confirming => {
+            tracing::info!(id = %journal.id, "Confirming the update again after a restart.");
+            // Whatever this boot's agent of the new version wrote counts (the boot id tells
+            // this boot from the one before).
+            confirm(helper, &mut journal, 0);
+        }
+        Phase::RollingBack => roll_back(helper, &mut journal),
+        Phase::Reverted => reverted(helper, &mut journal, 0),
+    }
+}
+
+/// `recover`, at boot before the agent starts: the packages are put right so the agent that
+/// starts is one of the two versions, cleanly installed; waiting for it to come online is left
+/// to `run`, which a request file of the helper's own starts once the agent runs.
+pub fn recover(helper: &Helper) {
+    let Some(mut journal) = Journal::load(helper) else {
+        return;
+    };
+    match journal.phase {
+        Phase::Done if journal.reported => return,
+        Phase::Done | Phase::Downloading | Phase::Reverted => {}
+        Phase::Installing | Phase::RollingBack => {
+            tracing::warn!(id = %journal.id, phase = ?journal.phase, "An update was interrupted; installing the kept version again before the agent starts.");
+            if journal.phase == Phase::Installing {
+                journal.why = "a power cut interrupted the install".to_owned();
+                journal.enter(helper, Phase::RollingBack);
+            }
+            match reinstall(&journal) {
+                Ok(()) => journal.enter(helper, Phase::Reverted),
+                Err(why) => {
+                    tracing::error!(reason = %why, "Cannot install the kept version again.")
+                }
+            }
+        }
+        Phase::Confirming => {
+            // A half-configured package would not start: dpkg finishes it.
+            let _ = run_command("dpkg", &["--configure", "-a"]);
+        }
+    }
+    // `run` goes on once the agent runs (the path unit starts it for this file).
+    if let Err(err) =
+        helper.write_for_agent(protocol::REQUESTS, RESUME, &json!({ "resume": journal.id }))
+    {
+        tracing::error!(error = %err, "Cannot leave the resume request; the update ends at the next request.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_keeps_its_phase_through_its_file() {
+        let journal = Journal {
+            id: "u1".to_owned(),
+            package: "fieldagent".to_owned(),
+            from: "0.1.0-1".to_owned(),
+            to: "0.1.1-1".to_owned(),
+            phase: Phase::Confirming,
+            kept: Some(PathBuf::from(
+                "/var/lib/fieldagent-helper/kept/fieldagent_0.1.0-1_amd64.deb",
+            )),
+            confirm_s: 120.0,
+            why: String::new(),
+            outcome: None,
+            reported: false,
+        };
+        let text = serde_json::to_string(&Some(journal.clone())).unwrap();
+        assert!(text.contains(r#""phase":"confirming""#), "{text}");
+        let back: Option<Journal> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, Some(journal));
+    }
+}
