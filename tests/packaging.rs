@@ -176,6 +176,20 @@ fn the_deb_has_its_metadata_and_files() {
     let contents = dpkg_deb(&["--contents"], &deb);
     for (path, mode) in [
         ("./usr/bin/fieldagent", "-rwxr-xr-x"),
+        ("./usr/libexec/fieldagent/fieldagent-helper", "-rwxr-xr-x"),
+        (
+            "./usr/lib/systemd/system/fieldagent-helper.path",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/lib/systemd/system/fieldagent-helper.service",
+            "-rw-r--r--",
+        ),
+        (
+            "./usr/lib/systemd/system/fieldagent-helper-recover.service",
+            "-rw-r--r--",
+        ),
+        ("./usr/share/doc/fieldagent/operations.md", "-rw-r--r--"),
         ("./etc/fieldagent/config.yaml", "-rw-r--r--"),
         ("./usr/lib/systemd/system/fieldagent.service", "-rw-r--r--"),
         ("./usr/lib/sysusers.d/fieldagent.conf", "-rw-r--r--"),
@@ -250,19 +264,51 @@ fn the_deb_has_its_metadata_and_files() {
         "the .deb's copyright is not packaging/copyright"
     );
 
-    // Upgrades restart a running service; removal stops it (dh_installsystemd's scripts).
+    // Installs start the agent and upgrades restart it, without waiting (the helper that may be
+    // running the upgrade confirms the new version itself, and at boot runs before the agent);
+    // the helper's service is never stopped or restarted by an upgrade; removal stops them all.
     let postinst = control_file(&deb, "postinst");
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
     assert!(
         postinst.contains("udevadm trigger --subsystem-match=gpio"),
         "{postinst}"
     );
-    assert!(postinst.contains("_dh_action=restart"), "{postinst}");
-    assert!(postinst.contains("deb-systemd-helper enable fieldagent.service"));
-    let prerm = control_file(&deb, "prerm");
     assert!(
-        prerm.contains("deb-systemd-invoke stop fieldagent.service"),
+        postinst.contains("systemctl --no-block \"$action\" fieldagent.service"),
+        "{postinst}"
+    );
+    for unit in [
+        "fieldagent.service",
+        "fieldagent-helper.path",
+        "fieldagent-helper-recover.service",
+    ] {
+        assert!(
+            postinst.contains(&format!("deb-systemd-helper enable {unit}")),
+            "{unit}: {postinst}"
+        );
+    }
+    assert!(
+        !postinst
+            .lines()
+            .any(|line| line.trim_start().starts_with("deb-systemd-invoke")),
+        "a postinst that waits for a unit: {postinst}"
+    );
+    assert!(
+        !postinst.contains("restart fieldagent-helper"),
+        "{postinst}"
+    );
+    let prerm = control_file(&deb, "prerm");
+    let stop = prerm
+        .lines()
+        .find(|line| line.contains("deb-systemd-invoke stop"))
+        .unwrap_or_else(|| panic!("{prerm}"));
+    assert!(
+        stop.contains("fieldagent.service") && stop.contains("fieldagent-helper.path"),
         "{prerm}"
+    );
+    assert!(
+        prerm.contains("[ \"$1\" = remove ]"),
+        "stops on upgrade: {prerm}"
     );
 }
 
@@ -388,10 +434,17 @@ fn install_upgrade_remove_purge() {
          id -nG fieldagent | grep -qw i2c && id -nG fieldagent | grep -qw gpio
          dpkg-query -W -f='${Conffiles}' fieldagent | grep -q '/etc/fieldagent/config.yaml'
          test -L /etc/systemd/system/multi-user.target.wants/fieldagent.service
+         test -L /etc/systemd/system/multi-user.target.wants/fieldagent-helper-recover.service
+         test -L /etc/systemd/system/paths.target.wants/fieldagent-helper.path
+         test -x /usr/libexec/fieldagent/fieldagent-helper
          test -f /usr/share/man/man1/fieldagent.1.gz",
     );
     // The installed unit verifies against the installed binary and this systemd.
-    let verify = root.run("systemd-analyze verify /usr/lib/systemd/system/fieldagent.service");
+    let verify = root.run(
+        "systemd-analyze verify /usr/lib/systemd/system/fieldagent.service \
+         /usr/lib/systemd/system/fieldagent-helper.path /usr/lib/systemd/system/fieldagent-helper.service \
+         /usr/lib/systemd/system/fieldagent-helper-recover.service",
+    );
     assert!(
         verify.status.success() && verify.stderr.is_empty(),
         "{}",
@@ -403,7 +456,9 @@ fn install_upgrade_remove_purge() {
         "echo '# edited by the operator' >> /etc/fieldagent/config.yaml
          echo key > /etc/fieldagent/device.key
          install -d -o fieldagent -g fieldagent /var/lib/fieldagent
-         echo '{}' > /var/lib/fieldagent/alerts.json",
+         echo '{}' > /var/lib/fieldagent/alerts.json
+         install -d -m 0700 /var/lib/fieldagent-helper
+         echo '{}' > /var/lib/fieldagent-helper/update.json",
     );
     root.ok("dpkg -i /mnt/v2.deb");
     root.ok("dpkg-query -W -f='${Version}' fieldagent | grep -qx '.*-2'
@@ -423,6 +478,8 @@ fn install_upgrade_remove_purge() {
     );
     root.ok("! test -e /etc/fieldagent/config.yaml
          ! test -e /var/lib/fieldagent
+         ! test -e /var/lib/fieldagent-helper
+         ! test -e /etc/systemd/system/paths.target.wants/fieldagent-helper.path
          ! getent passwd fieldagent
          ! getent group fieldagent
          test -f /etc/fieldagent/device.key

@@ -119,6 +119,7 @@ impl Daemon {
     pub(super) fn resume_operations(&mut self) {
         let now = crate::model::now_ms();
         let before = self.core.operations.before.clone();
+        let state_dir = self.core.operations.state_dir.clone();
         let changed = self
             .core
             .operations
@@ -135,6 +136,14 @@ impl Daemon {
                 } if op.before.boot_id != before.boot_id => Some(State::Executing {
                     step: "confirming".to_owned(),
                 }),
+                // The helper keeps nothing of a log upload: taken (its request gone) and
+                // without a result, it was cut short with the agent.
+                Params::LogUpload { .. }
+                    if !protocol::request_path(&state_dir, &op.id).exists()
+                        && !protocol::result_path(&state_dir, &op.id).exists() =>
+                {
+                    None
+                }
                 // The helper decides these; it finishes or undoes an interrupted update at boot.
                 _ => Some(op.state.clone()),
             });

@@ -91,13 +91,37 @@ impl Helper {
             if !name.ends_with(".json") || name.starts_with('~') {
                 continue;
             }
-            let request = read_request(&requests, &name);
-            // Taken: the file goes before the work starts, so a request is never run twice.
-            let _ = requests.remove(&name);
-            match request {
-                Ok(request) => self.take(request),
-                Err(why) => tracing::error!(file = %name, reason = %why, "Request not taken."),
+            let request = match read_request(&requests, &name) {
+                Ok(request) => request,
+                Err(why) => {
+                    tracing::error!(file = %name, reason = %why, "Request not taken.");
+                    let _ = requests.remove(&name);
+                    continue;
+                }
+            };
+            // An update is recorded in the helper's journal before its file goes (a power cut
+            // between the two finds it there, taken); anything else goes before its work
+            // starts. Either way a request is never run twice.
+            if update::taken(self).as_deref() == Some(request.id.as_str()) {
+                let _ = requests.remove(&name);
+                continue;
             }
+            if let Params::SoftwareUpdate { package, version } = &request.params {
+                let journal = match self.allowed(&request.params) {
+                    Ok(()) => update::begin(self, &request.id, package, version),
+                    Err(reason) => {
+                        self.result(&request.id, State::Failed { reason });
+                        None
+                    }
+                };
+                let _ = requests.remove(&name);
+                if let Some(journal) = journal {
+                    update::update(self, journal);
+                }
+                continue;
+            }
+            let _ = requests.remove(&name);
+            self.take(request);
         }
         // What is not a request goes too, or the path unit would start the helper again and
         // again for it.
@@ -116,8 +140,11 @@ impl Helper {
             return self.result(&request.id, State::Failed { reason });
         }
         match &request.params {
+            // Begun by `run`, which records it in the update journal first.
             Params::SoftwareUpdate { package, version } => {
-                update::update(self, &request.id, package, version)
+                if let Some(journal) = update::begin(self, &request.id, package, version) {
+                    update::update(self, journal);
+                }
             }
             Params::Restart { target } => self.restart(&request.id, *target),
             Params::LogUpload {

@@ -104,9 +104,14 @@ impl Journal {
     }
 }
 
-/// The directory the kept package is in.
-fn kept_dir(helper: &Helper) -> PathBuf {
-    helper.dir.join("kept")
+/// The package of the installed version, kept by every update for the next one's way back.
+fn installed_dir(helper: &Helper) -> PathBuf {
+    helper.dir.join("installed")
+}
+
+/// The package of the version being installed.
+fn incoming_dir(helper: &Helper) -> PathBuf {
+    helper.dir.join("incoming")
 }
 
 fn executing(helper: &Helper, id: &str, step: &str) {
@@ -118,11 +123,18 @@ fn executing(helper: &Helper, id: &str, step: &str) {
     );
 }
 
-/// `software_update` `package` to `version`, from the device's own apt sources.
-pub fn update(helper: &Helper, id: &str, package: &str, version: &str) {
+/// apt waits this long for another apt or dpkg (a daily timer, a person) to let go of its lock
+/// rather than failing at once.
+const LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
+/// The journal of the update the request `id` asks for (`package` to `version`), saved before
+/// the request file is removed, so a request taken is never lost nor taken twice; `None` when it
+/// ends at once (no apt, not installed, already that version), its result written.
+pub fn begin(helper: &Helper, id: &str, package: &str, version: &str) -> Option<Journal> {
     let fail = |reason: String| helper.result(id, State::Failed { reason });
     if !Path::new("/usr/bin/apt-get").exists() || !Path::new("/usr/bin/dpkg").exists() {
-        return fail("this system has no apt: a device built as an image (Yocto) updates its whole image with RAUC, SWUpdate or Mender instead; nothing was changed".to_owned());
+        fail("this system has no apt: a device built as an image (Yocto) updates its whole image with RAUC, SWUpdate or Mender instead; nothing was changed".to_owned());
+        return None;
     }
     let Some(confirm_s) = helper
         .config
@@ -132,24 +144,26 @@ pub fn update(helper: &Helper, id: &str, package: &str, version: &str) {
         .as_ref()
         .map(|update| update.confirm_s)
     else {
-        return fail("refused by the helper: operations.software_update is not enabled".to_owned());
+        fail("refused by the helper: operations.software_update is not enabled".to_owned());
+        return None;
     };
-    let from = match installed(package) {
-        Some(from) => from,
-        None => return fail(format!("{package} is not installed; nothing was changed")),
+    let Some(from) = installed(package) else {
+        fail(format!("{package} is not installed; nothing was changed"));
+        return None;
     };
     if from == version {
-        return helper.result(
+        helper.result(
             id,
             State::Successful {
                 result: json!({ "from": from, "to": version, "note": "already installed" }),
             },
         );
+        return None;
     }
     let mut journal = Journal {
         id: id.to_owned(),
         package: package.to_owned(),
-        from: from.clone(),
+        from,
         to: version.to_owned(),
         phase: Phase::Downloading,
         kept: None,
@@ -159,70 +173,78 @@ pub fn update(helper: &Helper, id: &str, package: &str, version: &str) {
         reported: false,
     };
     journal.enter(helper, Phase::Downloading);
-    executing(helper, id, "downloading");
-    if let Err(why) = run_command("apt-get", &["update"]) {
+    Some(journal)
+}
+
+/// The id of the update the journal holds, whatever its phase: its request was taken.
+pub fn taken(helper: &Helper) -> Option<String> {
+    Journal::load(helper).map(|journal| journal.id)
+}
+
+/// `software_update` as `begin` recorded it: the way back kept, the new version downloaded,
+/// installed, confirmed, or rolled back.
+pub fn update(helper: &Helper, mut journal: Journal) {
+    let id = journal.id.clone();
+    let (package, from, version) = (
+        journal.package.clone(),
+        journal.from.clone(),
+        journal.to.clone(),
+    );
+    executing(helper, &id, "downloading");
+    if let Err(why) = run_command("apt-get", &["update", "-o", LOCK_WAIT]) {
         tracing::warn!(reason = %why, "apt-get update failed; trying the indexes there are.");
     }
     // The way back first: without it, nothing is changed.
-    let kept = match keep(helper, package, &from) {
+    let kept = match keep(helper, &package, &from) {
         Ok(kept) => kept,
         Err(why) => {
-            return journal.finish(
-                helper,
-                State::Failed {
-                    reason: format!(
-                        "cannot keep version {from} to go back to ({why}); nothing was changed"
-                    ),
-                },
-            );
+            let reason =
+                format!("cannot keep version {from} to go back to ({why}); nothing was changed");
+            return journal.finish(helper, State::Failed { reason });
         }
     };
     journal.kept = Some(kept);
-    let wanted = format!("{package}={version}");
-    if let Err(why) = run_command(
-        "apt-get",
-        &[
-            "install",
-            "--download-only",
-            "--yes",
-            "--allow-downgrades",
-            &wanted,
-        ],
-    ) {
-        forget_kept(helper);
-        return journal.finish(
-            helper,
-            State::Failed {
-                reason: format!(
-                    "version {version} cannot be downloaded ({why}); nothing was changed"
-                ),
-            },
-        );
-    }
+    let incoming = match download(helper, &package, &version) {
+        Ok(incoming) => incoming,
+        Err(why) => {
+            let reason =
+                format!("version {version} cannot be downloaded ({why}); nothing was changed");
+            return journal.finish(helper, State::Failed { reason });
+        }
+    };
     journal.enter(helper, Phase::Installing);
-    executing(helper, id, "installing");
+    executing(helper, &id, "installing");
     let installed_at = crate::clock::boot_ms();
-    let install = run_command(
-        "apt-get",
-        &[
-            "install",
-            "--yes",
-            "--allow-downgrades",
-            "-o",
-            "Dpkg::Options::=--force-confold",
-            "-o",
-            "Dpkg::Options::=--force-confdef",
-            &wanted,
-        ],
-    );
-    if let Err(why) = install {
+    if let Err(why) = install_file(&incoming) {
         journal.why = format!("the install of {version} failed ({why})");
         journal.enter(helper, Phase::RollingBack);
         return roll_back(helper, &mut journal);
     }
-    executing(helper, id, "restarting");
+    executing(helper, &id, "restarting");
     journal.enter(helper, Phase::Confirming);
     confirm(helper, &mut journal, installed_at);
+}
+
+/// Installs the package file at `path` (its dependencies from the device's sources when it
+/// has new ones), keeping the operator's conffiles.
+fn install_file(path: &Path) -> Result<(), String> {
+    let path = path.display().to_string();
+    run_command(
+        "apt-get",
+        &[
+            "install",
+            "--yes",
+            "--allow-downgrades",
+            "-o",
+            LOCK_WAIT,
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            &path,
+        ],
+    )
+    .map(|_| ())
 }
 
 /// Waits for the new version to be running and connected, then ends; rolls back when it is not
@@ -232,7 +254,8 @@ fn confirm(helper: &Helper, journal: &mut Journal, since_boot_ms: u64) {
     let upstream = crate::operations::upstream_version(&journal.to).to_owned();
     let wait = Duration::from_secs_f64(journal.confirm_s);
     if online(helper, &upstream, since_boot_ms, wait) {
-        forget_kept(helper);
+        // The new version's package is the way back of the next update.
+        promote_incoming(helper);
         let result = json!({ "from": journal.from, "to": journal.to });
         return journal.finish(helper, State::Successful { result });
     }
@@ -279,12 +302,13 @@ fn reverted(helper: &Helper, journal: &mut Journal, since_boot_ms: u64) {
             journal.why, journal.from, journal.confirm_s
         )
     };
-    forget_kept(helper);
+    let _ = std::fs::remove_dir_all(incoming_dir(helper));
     journal.finish(helper, State::Failed { reason });
 }
 
 /// The kept package installed again: dpkg's own repairs first (an install a power cut
-/// interrupted), then the package from its file, with what apt has cached for its dependencies.
+/// interrupted), then the package from its file, offline, with what apt has for its
+/// dependencies; dpkg alone when apt will not.
 fn reinstall(journal: &Journal) -> Result<(), String> {
     let _ = run_command("dpkg", &["--configure", "-a"]);
     let kept = journal
@@ -300,6 +324,8 @@ fn reinstall(journal: &Journal) -> Result<(), String> {
             "--allow-downgrades",
             "--no-download",
             "-o",
+            LOCK_WAIT,
+            "-o",
             "Dpkg::Options::=--force-confold",
             "-o",
             "Dpkg::Options::=--force-confdef",
@@ -307,39 +333,104 @@ fn reinstall(journal: &Journal) -> Result<(), String> {
         ],
     )
     .or_else(|first| {
-        // apt refuses when it has no index for a dependency: dpkg takes the file alone.
         run_command("dpkg", &["--install", "--force-confold", &kept])
             .map_err(|second| format!("{first}; then {second}"))
     })
     .map(|_| ())
 }
 
-/// The installed version's package, into the helper's directory.
+/// The package file of `package` at `version`, in the helper's `installed/`: kept there by the
+/// update that installed it, else copied from apt's cache, else downloaded from the device's
+/// sources (which often hold only the newest version: hence the first two).
 fn keep(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, String> {
-    let dir = kept_dir(helper);
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = installed_dir(helper);
     crate::state::private_dir(&dir).map_err(|err| err.to_string())?;
-    run_command_in(
-        "apt-get",
-        &["download", &format!("{package}={version}")],
-        Some(&dir),
-        super::COMMAND_TIMEOUT,
-    )?;
-    let found = std::fs::read_dir(&dir)
+    if let Some(found) = package_in(&dir, package, version) {
+        return Ok(found);
+    }
+    let cached = package_in(Path::new("/var/cache/apt/archives"), package, version);
+    let found = if let Some(cached) = cached {
+        let target = dir.join(cached.file_name().expect("a file"));
+        std::fs::copy(&cached, &target).map_err(|err| err.to_string())?;
+        target
+    } else {
+        let wanted = format!("{package}={version}");
+        run_command_in(
+            "apt-get",
+            &["download", "-o", LOCK_WAIT, &wanted],
+            Some(&dir),
+            super::COMMAND_TIMEOUT,
+        )
+        .map_err(|why| format!("not kept by an earlier update, not in apt's cache, and {why}"))?;
+        package_in(&dir, package, version)
+            .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))?
+    };
+    // Only this version's package stays; durable before anything is changed.
+    for entry in std::fs::read_dir(&dir)
         .map_err(|err| err.to_string())?
         .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))?;
-    // Durable before the install begins.
+    {
+        if entry.path() != found {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     std::fs::File::open(&found)
+        .and_then(|file| file.sync_all())
+        .map_err(|err| err.to_string())?;
+    std::fs::File::open(&dir)
         .and_then(|file| file.sync_all())
         .map_err(|err| err.to_string())?;
     Ok(found)
 }
 
-fn forget_kept(helper: &Helper) {
-    let _ = std::fs::remove_dir_all(kept_dir(helper));
+/// The new version's package, downloaded from the device's sources into `incoming/`.
+fn download(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, String> {
+    let dir = incoming_dir(helper);
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::state::private_dir(&dir).map_err(|err| err.to_string())?;
+    let wanted = format!("{package}={version}");
+    run_command_in(
+        "apt-get",
+        &["download", "-o", LOCK_WAIT, &wanted],
+        Some(&dir),
+        super::COMMAND_TIMEOUT,
+    )?;
+    package_in(&dir, package, version)
+        .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))
+}
+
+/// The new version is confirmed: its package replaces the old one in `installed/`.
+fn promote_incoming(helper: &Helper) {
+    let incoming = incoming_dir(helper);
+    let installed = installed_dir(helper);
+    let Ok(entries) = std::fs::read_dir(&incoming) else {
+        return;
+    };
+    let new: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+    if new.is_empty() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(&installed);
+    if std::fs::rename(&incoming, &installed).is_ok() {
+        let _ = std::fs::File::open(&helper.dir).and_then(|dir| dir.sync_all());
+    }
+}
+
+/// The package file in `dir` whose control fields say `package` and `version`.
+fn package_in(dir: &Path, package: &str, version: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "deb"))
+        .find(|path| {
+            let path = path.display().to_string();
+            run_command(
+                "dpkg-deb",
+                &["--show", "--showformat=${Package} ${Version}", &path],
+            )
+            .is_ok_and(|fields| fields.trim() == format!("{package} {version}"))
+        })
 }
 
 /// The installed version of `package`, when it is installed.
@@ -407,7 +498,7 @@ pub fn resume(helper: &Helper) {
         Phase::Done if journal.reported => {}
         Phase::Done => journal.report(helper),
         Phase::Downloading => {
-            forget_kept(helper);
+            let _ = std::fs::remove_dir_all(incoming_dir(helper));
             let reason = format!(
                 "interrupted: the update stopped while downloading; nothing was changed, {} is installed",
                 journal.from
@@ -490,5 +581,38 @@ mod tests {
         assert!(text.contains(r#""phase":"confirming""#), "{text}");
         let back: Option<Journal> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, Some(journal));
+    }
+
+    #[test]
+    fn online_means_this_boot_this_version_a_live_process_and_connected() {
+        let written = crate::local_status::Written {
+            pid: std::process::id(),
+            version: "0.1.1".to_owned(),
+            written_boot_ms: Some(5_000),
+            boot_id: Some("boot-a".to_owned()),
+            connected: true,
+            ..Default::default()
+        };
+        assert!(says_online(&written, "0.1.1", "boot-a", 4_000));
+        // Another version, another boot, written before the install, offline, a dead process.
+        assert!(!says_online(&written, "0.1.0", "boot-a", 4_000));
+        assert!(!says_online(&written, "0.1.1", "boot-b", 4_000));
+        assert!(!says_online(&written, "0.1.1", "boot-a", 6_000));
+        let offline = crate::local_status::Written {
+            connected: false,
+            ..written.clone()
+        };
+        assert!(!says_online(&offline, "0.1.1", "boot-a", 4_000));
+        let gone = crate::local_status::Written {
+            pid: u32::MAX - 1,
+            ..written.clone()
+        };
+        assert!(!says_online(&gone, "0.1.1", "boot-a", 4_000));
+        // A file of an older agent, without the boot id: never proof.
+        let old = crate::local_status::Written {
+            boot_id: None,
+            ..written
+        };
+        assert!(!says_online(&old, "0.1.1", "boot-a", 0));
     }
 }

@@ -37,6 +37,9 @@ mod proxy;
 #[path = "../util.rs"]
 mod util;
 
+mod operations;
+mod repo;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -49,6 +52,7 @@ use serde_json::{json, Value};
 
 use broker::{Broker, BrokerPki, Subscriber};
 use proxy::{Mode, Proxy};
+use repo::{Repo, REPO_IN_GUEST};
 use util::TestDir;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -59,6 +63,8 @@ const ID: &str = "vm-node-1";
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut cycles = 20;
+    let mut update_cuts = 10;
+    let mut short = false;
     let mut only: Option<Vec<String>> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -68,6 +74,13 @@ fn main() {
                     .and_then(|n| n.parse().ok())
                     .expect("--cycles N")
             }
+            "--update-cuts" => {
+                update_cuts = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--update-cuts N")
+            }
+            "--short" => short = true,
             "--only" => {
                 only = Some(
                     args.next()
@@ -99,6 +112,18 @@ fn main() {
     if wanted("powercut") {
         run.power_cuts(cycles, &mut report);
     }
+    if wanted("update") || wanted("operations") {
+        if run.vm.is_none() {
+            run.boot();
+        }
+        run.enable_operations();
+    }
+    if wanted("update") {
+        run.updates(update_cuts, short, &mut report);
+    }
+    if wanted("operations") {
+        run.operations(&mut report);
+    }
     if wanted("upgrade") {
         run.upgrade_and_purge(&mut report);
     }
@@ -118,6 +143,13 @@ impl Report {
         let line = format!("- {what}: {value}");
         println!("{line}");
         self.lines.push(line);
+    }
+
+    /// A table of figures under `title`.
+    fn table(&mut self, title: &str, header: &str, rows: Vec<String>) {
+        let text = format!("\n{title}:\n\n{header}\n{}\n", rows.join("\n"));
+        println!("{text}");
+        self.lines.push(text);
     }
 
     fn verdict(&mut self, scenario: &str, ok: bool, detail: impl std::fmt::Display) {
@@ -305,7 +337,7 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(dir: &Path, disk: &Path, forward_port: u16) -> Vm {
+    fn boot(dir: &Path, disk: &Path, forward_port: u16, repo_port: u16) -> Vm {
         let system = Path::new(ROOT).join("target/system");
         let socket = dir.join(format!("qga-{}.sock", fastrand::u32(..)));
         let started = Instant::now();
@@ -329,7 +361,7 @@ impl Vm {
             ))
             .arg("-netdev")
             .arg(format!(
-                "user,id=n0,restrict=on,guestfwd=tcp:{BROKER_IN_GUEST}:8883-cmd:socat STDIO TCP:127.0.0.1:{forward_port}"
+                "user,id=n0,restrict=on,guestfwd=tcp:{BROKER_IN_GUEST}:8883-cmd:socat STDIO TCP:127.0.0.1:{forward_port},guestfwd=tcp:{REPO_IN_GUEST}:80-cmd:socat STDIO TCP:127.0.0.1:{repo_port}"
             ))
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-chardev")
@@ -384,6 +416,10 @@ struct Run {
     vm: Option<Vm>,
     alerts: Subscriber,
     status: Subscriber,
+    /// `devices/<id>/operations/#`: the operations' states and log chunks.
+    op_states: Subscriber,
+    /// The guest's apt repository.
+    repo: Repo,
 }
 
 impl Run {
@@ -420,21 +456,31 @@ impl Run {
             1,
             "status-observer",
         );
+        let op_states = Subscriber::start_as(
+            &broker,
+            &pki,
+            &format!("devices/{ID}/operations/#"),
+            1,
+            "operations-observer",
+        );
+        let repo = Repo::new(dir.path());
         Run {
             dir,
             pki,
-            broker: broker,
+            broker,
             proxy,
             disk,
             vm: None,
             alerts,
             status,
+            op_states,
+            repo,
         }
     }
 
     fn boot(&mut self) -> Duration {
         self.vm = None;
-        let vm = Vm::boot(self.dir.path(), &self.disk, self.proxy.port);
+        let vm = Vm::boot(self.dir.path(), &self.disk, self.proxy.port, self.repo.port);
         let took = vm.booted_in;
         self.vm = Some(vm);
         took
@@ -453,20 +499,29 @@ impl Run {
     }
 
     fn install(&mut self, report: &mut Report) {
-        let deb = newest_deb();
+        let first = operations::debs().remove(0);
+        self.repo.publish(&first);
         let boot = self.boot();
         report.figure(
             "boot to a usable guest (guest agent answering)",
             format!("{:.1} s", boot.as_secs_f64()),
         );
-        let bytes = std::fs::read(&deb).unwrap();
-        self.guest().write_file("/root/fieldagent.deb", &bytes);
+        // As an operator's image does: its apt sources name the fleet's repository and its key
+        // (the image's own mirror is out of reach of this guest).
+        let key = self.repo.key.clone();
+        let guest = self.guest();
+        guest.ok("mkdir -p /etc/apt/keyrings && mv /etc/apt/sources.list /etc/apt/sources.list.image 2>/dev/null || true");
+        guest.write_file("/etc/apt/keyrings/fieldagent.asc", key.as_bytes());
+        guest.write_file(
+            "/etc/apt/sources.list.d/fieldagent.sources",
+            Repo::sources().as_bytes(),
+        );
         let started = Instant::now();
-        let out = self
-            .guest()
-            .ok("DEBIAN_FRONTEND=noninteractive apt-get install -y /root/fieldagent.deb 2>&1");
+        let out = guest.ok(
+            "apt-get update 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y fieldagent 2>&1",
+        );
         report.figure(
-            "`apt install ./fieldagent.deb`",
+            "`apt-get update && apt-get install fieldagent` from the signed repository",
             format!("{:.1} s", started.elapsed().as_secs_f64()),
         );
         let complaint = out.contains("Could not execute systemctl");
@@ -809,8 +864,16 @@ impl Run {
         if self.vm.is_none() {
             self.boot();
         }
-        // A newer version of the same package.
-        let deb = newest_deb();
+        // A newer version of the package installed (after the update scenario, the raised one).
+        let installed = self
+            .guest()
+            .ok("dpkg-query -W -f '${Version}' fieldagent")
+            .trim()
+            .to_owned();
+        let deb = operations::debs()
+            .into_iter()
+            .find(|deb| operations::deb_version(deb) == installed)
+            .unwrap_or_else(newest_deb);
         let work = self.dir.path().join("repack");
         let _ = std::fs::remove_dir_all(&work);
         assert!(Command::new("dpkg-deb")

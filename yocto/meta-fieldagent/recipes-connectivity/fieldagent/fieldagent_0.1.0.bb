@@ -38,7 +38,9 @@ require ${BPN}-crates.inc
 
 inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
 
-SYSTEMD_SERVICE:${PN} = "fieldagent.service"
+# The agent, and the path unit that starts its privileged helper (restart, log upload; an image
+# has no apt, so software_update is refused: images update with RAUC, SWUpdate or Mender).
+SYSTEMD_SERVICE:${PN} = "fieldagent.service fieldagent-helper.path"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 # The service user, and the groups that give it /dev/i2c-N, /dev/gpiochipN and serial lines
@@ -50,6 +52,11 @@ USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/fieldagent --no-
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/packaging/systemd/fieldagent.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/packaging/systemd-helper/fieldagent-helper.path ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/packaging/systemd-helper/fieldagent-helper.service ${D}${systemd_system_unitdir}/
+    # The helper is run by systemd only, not a command: out of PATH, where its units look.
+    install -d ${D}${libexecdir}/fieldagent
+    mv ${D}${bindir}/fieldagent-helper ${D}${libexecdir}/fieldagent/
     install -d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/packaging/tmpfiles.d/fieldagent.conf ${D}${nonarch_libdir}/tmpfiles.d/
     # /dev/gpiochipN to group gpio.
