@@ -326,6 +326,9 @@ impl Agent {
             );
         }
         self.call("guest-file-close", json!({ "handle": handle }));
+        // qemu-ga creates files writable by everyone (its umask is 0); the agent refuses such
+        // a drop-in, as an operator's would be.
+        self.ok(&format!("chmod go-w '{path}'"));
     }
 }
 
