@@ -48,6 +48,9 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
             }),
+        Some(Command::Config { json }) => {
+            cli::show_config(&cli.config, json, &mut out).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Identity) => {
             cli::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }

@@ -24,6 +24,7 @@ mod outbox;
 mod packaging;
 mod proxy;
 mod reload;
+mod remote_config;
 mod sensors;
 mod service;
 mod sparkplug;

@@ -19,6 +19,9 @@ _fieldagent() {
             fieldagent,check)
                 cmd="fieldagent__subcmd__check"
                 ;;
+            fieldagent,config)
+                cmd="fieldagent__subcmd__config"
+                ;;
             fieldagent,help)
                 cmd="fieldagent__subcmd__help"
                 ;;
@@ -36,6 +39,9 @@ _fieldagent() {
                 ;;
             fieldagent__subcmd__help,check)
                 cmd="fieldagent__subcmd__help__subcmd__check"
+                ;;
+            fieldagent__subcmd__help,config)
+                cmd="fieldagent__subcmd__help__subcmd__config"
                 ;;
             fieldagent__subcmd__help,help)
                 cmd="fieldagent__subcmd__help__subcmd__help"
@@ -59,7 +65,7 @@ _fieldagent() {
 
     case "${cmd}" in
         fieldagent)
-            opts="-v -q -h -V --config --verbose --quiet --help --version run check identity read status help"
+            opts="-v -q -h -V --config --verbose --quiet --help --version run check config identity read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -94,8 +100,26 @@ _fieldagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fieldagent__subcmd__config)
+            opts="-v -q -h --json --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fieldagent__subcmd__help)
-            opts="run check identity read status help"
+            opts="run check config identity read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -109,6 +133,20 @@ _fieldagent() {
             return 0
             ;;
         fieldagent__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__help__subcmd__config)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

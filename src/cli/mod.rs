@@ -4,11 +4,13 @@
 //! library (`config`, `admission`, `identity`, `mqtt`, …), never each other.
 
 mod check;
+mod config;
 mod connect;
 mod read;
 mod status;
 
 pub use check::{check, CheckOutcome};
+pub use config::show as show_config;
 pub use connect::{check_connect, ConnectOutcome};
 pub use read::{identity, read};
 pub use status::status;
@@ -70,6 +72,13 @@ pub enum Command {
         /// exit 1 when a step fails. Refused while the agent runs.
         #[arg(long)]
         connect: bool,
+    },
+    /// Print the merged config as the agent runs it (its drop-ins merged, every default filled
+    /// in) with where each value comes from (file and line, or default); exit 0 or 78.
+    Config {
+        /// Print one JSON object {"config":{…},"origins":{"key.path":"file:line"|"default"}}.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the MQTT client ID and which source it came from.
     Identity,

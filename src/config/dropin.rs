@@ -1,7 +1,8 @@
 //! Drop-in configuration: every `*.yaml` in `conf.d/` beside the config file, in name order,
 //! merged over it. A map key overrides (maps merge key by key, all the way down; a scalar or a
 //! list replaces what was there); `sensors`, `alerts` and `actuators` merge entry by entry by
-//! `name`: the same name replaces the entry in place, a new name is appended.
+//! `name`: the same name replaces the entry in place, a new name is appended, and
+//! `{ name: X, remove: true }` removes the entry named X.
 //!
 //! The merge records where each part of the result came from ([`Origin`]), so a finding about
 //! the merged config names the file, the key path as written there (`sensors[0]` of the drop-in,
@@ -108,9 +109,22 @@ pub fn under(key: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
+/// What a merge made of `documents`: the merged config, where each part came from, and what
+/// was wrong with a removal (`(file, finding)`, the finding's key as that file writes it).
+pub struct Merged {
+    pub value: Value,
+    pub origins: Vec<Origin>,
+    pub findings: Vec<(usize, Finding)>,
+}
+
+/// Marks an entry a removal took out, until the merge drops it.
+const REMOVED: &str = "!fieldagent-removed";
+
 /// Merges `documents` (each a mapping; the first is the main config) into one, with the origin
-/// of every part, in the order they apply (a later one overrides an earlier one it lies in).
-pub fn merge(documents: Vec<Value>) -> (Value, Vec<Origin>) {
+/// of every part, in the order they apply (a later one overrides an earlier one it lies in),
+/// and what was wrong with a removal.
+pub fn merge(documents: Vec<Value>) -> Merged {
+    let mut findings = Vec::new();
     let mut documents = documents.into_iter();
     let mut merged = documents.next().unwrap_or(Value::Null);
     let mut origins = vec![Origin {
@@ -123,7 +137,7 @@ pub fn merge(documents: Vec<Value>) -> (Value, Vec<Origin>) {
         match (&mut merged, document) {
             (_, Value::Null) => {}
             (Value::Mapping(base), Value::Mapping(over)) => {
-                merge_map(base, over, "", file, &mut origins);
+                merge_map(base, over, "", file, &mut origins, &mut findings);
             }
             (base, over) => {
                 // Not a mapping: the parse of the merged config reports it.
@@ -136,7 +150,50 @@ pub fn merge(documents: Vec<Value>) -> (Value, Vec<Origin>) {
             }
         }
     }
-    (merged, origins)
+    drop_removed(&mut merged, &mut origins);
+    Merged {
+        value: merged,
+        origins,
+        findings,
+    }
+}
+
+/// Takes the entries removals marked out of the named lists, and says where each entry left now
+/// came from (its index moved).
+fn drop_removed(merged: &mut Value, origins: &mut Vec<Origin>) {
+    let Value::Mapping(map) = merged else {
+        return;
+    };
+    for list in NAMED_LISTS {
+        let Some(Value::Sequence(entries)) = map.get_mut(*list) else {
+            continue;
+        };
+        if !entries.iter().any(is_removed) {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut moved = Vec::new();
+        for (index, entry) in std::mem::take(entries).into_iter().enumerate() {
+            if is_removed(&entry) {
+                continue;
+            }
+            let at = format!("{list}[{index}]");
+            if let Some(origin) = origins.iter().rev().find(|o| under(&at, &o.merged)) {
+                moved.push(Origin {
+                    merged: format!("{list}[{}]", kept.len()),
+                    file: origin.file,
+                    source: format!("{}{}", origin.source, &at[origin.merged.len()..]),
+                });
+            }
+            kept.push(entry);
+        }
+        *entries = kept;
+        origins.extend(moved);
+    }
+}
+
+fn is_removed(entry: &Value) -> bool {
+    matches!(entry, Value::Tagged(tagged) if tagged.tag == REMOVED)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -153,6 +210,7 @@ fn merge_map(
     path: &str,
     file: usize,
     origins: &mut Vec<Origin>,
+    findings: &mut Vec<(usize, Finding)>,
 ) {
     for (key, value) in over {
         let name = key.as_str().unwrap_or("?").to_owned();
@@ -161,10 +219,18 @@ fn merge_map(
             (Some(Value::Sequence(entries)), Value::Sequence(more))
                 if path.is_empty() && NAMED_LISTS.contains(&name.as_str()) =>
             {
-                merge_named(entries, more, &name, file, origins);
+                merge_named(entries, more, &name, file, origins, findings);
+            }
+            (None, Value::Sequence(more))
+                if path.is_empty() && NAMED_LISTS.contains(&name.as_str()) =>
+            {
+                // A list the main config does not have: its removals remove nothing.
+                let mut entries = Vec::new();
+                merge_named(&mut entries, more, &name, file, origins, findings);
+                base.insert(key, Value::Sequence(entries));
             }
             (Some(Value::Mapping(inner)), Value::Mapping(more)) => {
-                merge_map(inner, more, &child, file, origins);
+                merge_map(inner, more, &child, file, origins, findings);
             }
             (_, value) => {
                 base.insert(key, value);
@@ -184,6 +250,7 @@ fn merge_named(
     list: &str,
     file: usize,
     origins: &mut Vec<Origin>,
+    findings: &mut Vec<(usize, Finding)>,
 ) {
     fn name_of(entry: &Value) -> Option<String> {
         entry.get("name").and_then(Value::as_str).map(str::to_owned)
@@ -197,6 +264,29 @@ fn merge_named(
         .collect();
     for (at, entry) in more.into_iter().enumerate() {
         let name = name_of(&entry);
+        if let Some(removal) = removal(&entry) {
+            let key = format!("{list}[{at}]");
+            match (removal, name.as_ref().and_then(|name| by_name.remove(name))) {
+                (Err(why), _) => findings.push((file, Finding::error(key, why))),
+                (Ok(()), Some(index)) => {
+                    entries[index] = Value::Tagged(Box::new(serde_yaml::value::TaggedValue {
+                        tag: serde_yaml::value::Tag::new(REMOVED),
+                        value: Value::Null,
+                    }));
+                }
+                (Ok(()), None) => findings.push((
+                    file,
+                    Finding::warning(
+                        key,
+                        format!(
+                            "removes nothing: no entry of {list} named \"{}\" comes before this drop-in",
+                            name.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                )),
+            }
+            continue;
+        }
         let index = match name.as_ref().and_then(|name| by_name.get(name)) {
             Some(&index) => {
                 entries[index] = entry;
@@ -218,6 +308,32 @@ fn merge_named(
     }
 }
 
+/// Whether `entry` is a removal (`remove:` set), and whether it is a well-formed one: exactly
+/// `name` and `remove: true`.
+fn removal(entry: &Value) -> Option<Result<(), String>> {
+    let Value::Mapping(map) = entry else {
+        return None;
+    };
+    let remove = map.get("remove")?;
+    if remove != &Value::Bool(true) {
+        return Some(Err(
+            "expected remove: true (the entry named so is removed), found another value".to_owned(),
+        ));
+    }
+    if !map.get("name").is_some_and(Value::is_string) {
+        return Some(Err(
+            "a removal names the entry it removes: { name: X, remove: true }".to_owned(),
+        ));
+    }
+    if map.len() != 2 {
+        return Some(Err(
+            "a removal holds only name and remove: true; to change the entry, leave remove out"
+                .to_owned(),
+        ));
+    }
+    Some(Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +344,11 @@ mod tests {
 
     #[test]
     fn maps_merge_scalars_and_lists_replace_named_entries_merge_by_name() {
-        let (merged, origins) = merge(vec![
+        let Merged {
+            value: merged,
+            origins,
+            ..
+        } = merge(vec![
             yaml(
                 "broker: { urls: [a], keepalive_s: 60, tls: { ca_file: /ca } }\n\
                  sensors: [{ name: t, file: /t }, { name: u, file: /u }]\n",
@@ -261,6 +381,55 @@ mod tests {
         assert_eq!(from("sensors[1].file"), (1, "sensors[0]".to_owned()));
         assert_eq!(from("sensors[2]"), (1, "sensors[1]".to_owned()));
         assert_eq!(from("sensors[0]"), (0, String::new()));
+    }
+
+    #[test]
+    fn a_removal_takes_an_entry_out_and_the_rest_keep_their_origins() {
+        let merged = merge(vec![
+            yaml("sensors: [{ name: a, file: /a }, { name: b, file: /b }, { name: c, file: /c }]\n"),
+            yaml("sensors: [{ name: b, remove: true }, { name: d, file: /d }, { name: zz, remove: true }]\n"),
+            yaml("sensors: [{ name: b, file: /b2 }, { name: a, remove: true, file: /x }, { name: c, remove: yes }]\n"),
+        ]);
+        assert_eq!(
+            merged.value,
+            yaml("sensors: [{ name: a, file: /a }, { name: c, file: /c }, { name: d, file: /d }, { name: b, file: /b2 }]\n")
+        );
+        let from = |key: &str| {
+            merged
+                .origins
+                .iter()
+                .rev()
+                .find(|o| under(key, &o.merged))
+                .map(|o| (o.file, o.source.clone()))
+                .unwrap()
+        };
+        assert_eq!(from("sensors[1]"), (0, "sensors[2]".to_owned()));
+        assert_eq!(from("sensors[2].file"), (1, "sensors[1]".to_owned()));
+        assert_eq!(from("sensors[3]"), (2, "sensors[0]".to_owned()));
+        let findings: Vec<(usize, String, String)> = merged
+            .findings
+            .iter()
+            .map(|(file, f)| (*file, f.key.clone(), f.message.clone()))
+            .collect();
+        assert_eq!(findings.len(), 3, "{findings:?}");
+        assert_eq!((findings[0].0, findings[0].1.as_str()), (1, "sensors[2]"));
+        assert!(findings[0].2.contains("removes nothing"), "{findings:?}");
+        assert!(
+            findings[1].2.contains("only name and remove"),
+            "{findings:?}"
+        );
+        assert!(
+            findings[2].2.contains("expected remove: true"),
+            "{findings:?}"
+        );
+        assert_eq!(
+            merged.findings[0].1.severity,
+            super::super::finding::Severity::Warning
+        );
+        assert_eq!(
+            merged.findings[1].1.severity,
+            super::super::finding::Severity::Error
+        );
     }
 
     #[test]

@@ -77,6 +77,23 @@ pub const MAX_TOTAL_BYTES: u64 = 2 << 20;
 /// parsed, even when findings contain errors, so certificates and sensors can still be probed.
 /// The config is `None` only when the file is not YAML or not a mapping.
 pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigError> {
+    inspect_with(path, None)
+}
+
+/// A drop-in as a remote change would make it: `name` in `conf.d/` with `content`, or deleted
+/// when `content` is `None`.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub name: &'a str,
+    pub content: Option<&'a str>,
+}
+
+/// [`inspect`] of the config as it would be with `candidate` in place of what `conf.d/` holds
+/// under its name (nothing on disk is changed).
+pub fn inspect_with(
+    path: &Path,
+    candidate: Option<Candidate>,
+) -> Result<(Option<ValidConfig>, Findings), ConfigError> {
     let mut budget = MAX_TOTAL_BYTES;
     let mut findings = Vec::new();
     let text = match read_bounded(path, &mut budget)? {
@@ -97,13 +114,41 @@ pub fn inspect(path: &Path) -> Result<(Option<ValidConfig>, Findings), ConfigErr
     })?;
     findings.extend(refused);
     let mut texts = vec![(path.to_owned(), text)];
+    let replaced = candidate.map(|c| super::dropin::directory(path).join(c.name));
     for file in dropins {
+        if Some(&file) == replaced.as_ref() {
+            continue;
+        }
         match read_bounded(&file, &mut budget)? {
             Ok(text) => texts.push((file, text)),
             Err(mut finding) => {
                 finding.file = Some(file);
                 findings.push(finding);
             }
+        }
+    }
+    if let (
+        Some(file),
+        Some(Candidate {
+            content: Some(content),
+            ..
+        }),
+    ) = (replaced, candidate)
+    {
+        if content.len() as u64 > budget {
+            let mut finding = Finding::error(
+                "",
+                format!(
+                    "refused: with it the config file and its drop-ins would hold more than {} MiB",
+                    MAX_TOTAL_BYTES >> 20
+                ),
+            );
+            finding.file = Some(file);
+            findings.push(finding);
+        } else {
+            texts.push((file, content.to_owned()));
+            // Drop-ins apply in name order.
+            texts[1..].sort_by(|a, b| a.0.cmp(&b.0));
         }
     }
     Ok(inspect_many(&texts, path, findings))
@@ -214,7 +259,16 @@ fn inspect_texts(
     if findings.has_errors() {
         return (None, findings);
     }
-    let (document, origins) = super::dropin::merge(documents);
+    let merged = super::dropin::merge(documents);
+    let (document, origins) = (merged.value, merged.origins);
+    for (file, mut finding) in merged.findings {
+        finding.position = indexes
+            .get(file)
+            .and_then(|index| index.get(&finding.key))
+            .map(|&(_, line, column)| (line, column));
+        finding.file = (file > 0).then(|| texts[file].0.clone());
+        findings.items.push(finding);
+    }
     let files = texts.iter().map(|(file, _)| file.clone()).collect();
     let positions = Positions::merged(indexes, files, origins);
     let parsed = parse_document(document, &mut findings.items);

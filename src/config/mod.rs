@@ -13,6 +13,7 @@ mod sources;
 pub use sources::{ADS1115_GAINS, ADS1115_RATES};
 mod diff;
 mod dropin;
+pub mod explain;
 mod finding;
 mod load;
 pub mod operations;
@@ -26,11 +27,12 @@ mod validate;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use diff::Changes;
+pub use dropin::directory as dropin_directory;
 pub use finding::{Finding, Findings, Severity};
-pub use load::{inspect, load, load_str, ConfigError};
+pub use load::{inspect, inspect_with, load, load_str, Candidate, ConfigError};
 pub use report::load_reporting;
 pub use sensor::*;
 pub use validate::{
@@ -42,7 +44,7 @@ pub use validate::{
 pub const DEFAULT_PATH: &str = "/etc/fieldagent/config.yaml";
 
 /// The whole config file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The only section without a full default: `broker.urls` is required.
@@ -85,7 +87,7 @@ fn default_sysfs_root() -> PathBuf {
 }
 
 /// `broker:` — how to reach the broker.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Tried in order, so a dead first broker fails over to the next. Required: validation
@@ -167,6 +169,15 @@ pub enum Protocol {
     V5,
 }
 
+impl Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -190,7 +201,7 @@ impl<'de> Deserialize<'de> for Protocol {
 }
 
 /// `broker.tls:` — mutual TLS material and policy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Required for `mqtts://` and `ssl://` URLs.
@@ -224,7 +235,7 @@ fn default_true() -> bool {
 }
 
 /// The lowest TLS version the agent accepts; nothing below 1.2 exists here on purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -234,7 +245,7 @@ pub enum TlsVersion {
 }
 
 /// `broker.reconnect:` — exponential backoff with random jitter.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReconnectConfig {
     #[serde(default = "default_initial_s")]
@@ -267,7 +278,7 @@ fn default_jitter() -> f64 {
 }
 
 /// `identity:` — where the MQTT client ID comes from.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// `auto`, or a literal client ID.
@@ -308,7 +319,7 @@ fn default_identity_sources() -> Vec<IdentitySource> {
     ]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentitySource {
     CertificateCn,
@@ -317,7 +328,7 @@ pub enum IdentitySource {
 }
 
 /// `topics:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsConfig {
     #[serde(default = "default_prefix")]
@@ -337,7 +348,7 @@ fn default_prefix() -> String {
 }
 
 /// `telemetry:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Seconds between two sampling passes; fractions are allowed.
@@ -365,7 +376,7 @@ fn default_interval_s() -> f64 {
 }
 
 /// One entry of `alerts:`. Exactly one of `above`, `below`, `equals`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     pub name: String,
@@ -397,7 +408,7 @@ fn default_alert_qos() -> u8 {
 }
 
 /// Alert severity as operators see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertSeverity {
     Info,
@@ -408,7 +419,7 @@ pub enum AlertSeverity {
 
 /// One entry of `actuators:` — a file, GPIO line or Modbus coil or register a remote command may
 /// set to one of `values`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActuatorConfig {
     pub name: String,
@@ -423,7 +434,7 @@ pub struct ActuatorConfig {
 }
 
 /// `sparkplug:` — Sparkplug B 3.0 edge node settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparkplugConfig {
     pub group_id: String,
@@ -442,7 +453,7 @@ fn default_edge_node_id() -> String {
 
 /// `operations:` — remote operations; each key enables one type, and a type whose key is absent
 /// is refused as not enabled.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperationsConfig {
     #[serde(default)]
@@ -456,7 +467,7 @@ pub struct OperationsConfig {
 }
 
 /// `operations.software_update`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoftwareUpdateConfig {
     /// The packages a request may name.
@@ -476,7 +487,7 @@ fn default_update_confirm_s() -> f64 {
 }
 
 /// `operations.config_update`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigUpdateConfig {
     /// Globs of the drop-in names (in `conf.d/`) a request may write or delete.
@@ -496,7 +507,7 @@ fn default_config_confirm_s() -> f64 {
 }
 
 /// `operations.log_upload`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogUploadConfig {
     /// The most lines one upload carries.
@@ -509,7 +520,7 @@ fn default_max_lines() -> u64 {
 }
 
 /// `operations.restart`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartConfig {
     /// The whole device may be restarted, not only the agent.
@@ -518,7 +529,7 @@ pub struct RestartConfig {
 }
 
 /// `log:`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
@@ -527,7 +538,7 @@ pub struct LogConfig {
     pub target: LogTarget,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Trace,
@@ -555,7 +566,7 @@ impl LogLevel {
 }
 
 /// `auto` is journald when run by systemd, else stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
     #[default]

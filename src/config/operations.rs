@@ -119,6 +119,57 @@ fn check_confirm(key: &str, confirm_s: f64, findings: &mut Vec<Finding>) {
     }
 }
 
+/// The most of `check`'s findings a refusal quotes.
+const FINDINGS_SHOWN: usize = 4000;
+
+/// The config at `path` with the change made in memory: `check`'s errors refuse it (with the
+/// findings, so conf.d is never written with a config that would not load), and so does a
+/// change the running agent cannot take without a restart.
+pub fn check_change(
+    path: &std::path::Path,
+    name: &str,
+    content: Option<&str>,
+    running: &super::Config,
+) -> Result<(), String> {
+    let candidate = super::Candidate { name, content };
+    let (config, findings) = super::inspect_with(path, Some(candidate))
+        .map_err(|err| format!("refused: the config cannot be read: {err}"))?;
+    if findings.has_errors() {
+        let mut text = String::new();
+        for finding in findings.errors() {
+            let line = finding.display(path).to_string();
+            if text.len() + line.len() > FINDINGS_SHOWN {
+                text.push_str("; …");
+                break;
+            }
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            text.push_str(&line);
+        }
+        return Err(format!(
+            "refused: the config with this change does not pass check; nothing was written: {text}"
+        ));
+    }
+    let Some(config) = config else {
+        return Err("refused: the config with this change does not load".to_owned());
+    };
+    let new = config.config();
+    if new.state_dir != running.state_dir {
+        return Err("refused: it moves state_dir, which takes a restart of the agent".to_owned());
+    }
+    if new.sparkplug.is_some() != running.sparkplug.is_some() {
+        return Err(
+            "refused: it switches between plain and Sparkplug mode, which takes a restart"
+                .to_owned(),
+        );
+    }
+    if new.operations.config_update.is_none() {
+        return Err("refused: it turns config_update off, so it could not be undone remotely if it went wrong; change that key on the device itself".to_owned());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! pass refuses YAML aliases before anything expands them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -142,6 +142,12 @@ impl Positions {
             let cut = key.rfind(['.', '['])?;
             key = &key[..cut];
         }
+    }
+
+    /// The file, line and column where `key` itself is written (not an ancestor), if it is.
+    pub fn written(&self, key: &str) -> Option<(&Path, usize, usize)> {
+        let &(file, line, column) = self.by_path.get(key)?;
+        Some((self.files.get(file)?.as_path(), line, column))
     }
 
     /// Places findings that have no position yet: line and column, and for a key from a

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One entry of `sensors:`. Exactly one source key is set; validation turns it into
 /// [`SensorSource`]. The source keys are plain options (not a serde enum) so that unknown keys
 /// stay errors and a missing or doubled source gets a message of our own.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     pub name: String,
@@ -41,7 +41,7 @@ pub struct SensorConfig {
 }
 
 /// `modbus:` of a sensor or an actuator: one value on a Modbus device.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusConfig {
     /// `tcp://host[:502]` or `rtu:///dev/ttyUSB0?baud=9600&parity=E&data=8&stop=1`.
@@ -69,7 +69,7 @@ fn default_modbus_unit() -> u8 {
 }
 
 /// `gpio:` of a sensor: an input line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpioInputConfig {
     /// `gpiochip0`, `/dev/gpiochip0` or the chip's label.
@@ -89,7 +89,7 @@ pub struct GpioInputConfig {
 }
 
 /// `gpio:` of an actuator: an output line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpioOutputConfig {
     pub chip: String,
@@ -99,7 +99,7 @@ pub struct GpioOutputConfig {
 }
 
 /// A thermal zone, found by the contents of its `type` file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThermalZoneConfig {
     #[serde(rename = "type")]
@@ -107,7 +107,7 @@ pub struct ThermalZoneConfig {
 }
 
 /// A hwmon input, found by the chip's `name` file (never by hwmonN, which changes across boots).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HwmonConfig {
     pub chip: String,
@@ -116,7 +116,7 @@ pub struct HwmonConfig {
 }
 
 /// `file:`: a path whose file holds exactly one number, or a path with the field that holds it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum FileConfig {
     Path(PathBuf),
@@ -133,7 +133,7 @@ impl FileConfig {
 }
 
 /// `file: { path, key }` or `file: { path, column }`, for bridge files with several values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileFieldConfig {
     pub path: PathBuf,
@@ -155,7 +155,7 @@ pub enum FileField {
 }
 
 /// A 1-Wire temperature sensor (DS18B20 and kin) under `sysfs_root/bus/w1/devices/DEVICE/`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct W1Config {
     /// The device's directory name, e.g. `28-0316a2791fff`.
@@ -163,7 +163,7 @@ pub struct W1Config {
 }
 
 /// An IIO channel, found by the device's `name` file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IioConfig {
     pub device: String,
@@ -172,7 +172,7 @@ pub struct IioConfig {
 }
 
 /// An I2C chip read directly over `/dev/i2c-N`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct I2cConfig {
     pub bus: u32,
@@ -200,7 +200,7 @@ pub struct I2cConfig {
     pub signed: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum I2cChip {
     Tmp102,
@@ -224,7 +224,7 @@ impl I2cChip {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Endian {
     #[default]
@@ -233,7 +233,7 @@ pub enum Endian {
 }
 
 /// Host metrics, read through sysinfo and statvfs rather than sysfs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SystemMetric {
     CpuPercent,

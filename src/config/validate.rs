@@ -45,6 +45,12 @@ impl ValidConfig {
         self.positions.locate(findings);
     }
 
+    /// Where the key `key` (`broker.urls`, `sensors[2].file`) is written: the file (the config
+    /// or a drop-in), line and column; `None` when no file sets it (its default applies).
+    pub fn written(&self, key: &str) -> Option<(&std::path::Path, usize, usize)> {
+        self.positions.written(key)
+    }
+
     /// The topic prefix with `{client_id}` substituted.
     pub fn topic_prefix(&self, client_id: &str) -> String {
         substitute(&self.config.topics.prefix, client_id)

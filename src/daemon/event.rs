@@ -81,6 +81,11 @@ pub enum OperationEvent {
     ),
     /// The operation cannot go on.
     Failed { id: String, reason: String },
+    /// A `config_update`'s change checked against the config (or why it is refused).
+    Checked {
+        id: String,
+        result: Result<(), String>,
+    },
     /// A log upload's chunks are made (or why not): they go out before its terminal state.
     Uploaded {
         id: String,

@@ -26,6 +26,7 @@ mod operations;
 mod plain;
 mod provision;
 mod reload;
+mod remote_config;
 mod sampler;
 mod status;
 mod stop;

@@ -38,6 +38,7 @@ pub fn stalled(kind: Kind, confirm_s: f64) -> Duration {
         Kind::SoftwareUpdate => {
             Duration::from_secs_f64(2.0 * confirm_s) + Duration::from_secs(1800)
         }
+        Kind::ConfigUpdate => Duration::from_secs_f64(confirm_s) + Duration::from_secs(600),
         _ => Duration::from_secs(600),
     }
 }
@@ -70,6 +71,10 @@ pub(crate) struct Operations {
     has_apt: bool,
     /// A state changed since `status.json` was last written.
     pub changed: bool,
+    /// The `config_update` whose change the running (or next) reload applies.
+    pub reload_for: Option<String>,
+    /// `config_update`s waiting for a connection made with their change, until when.
+    pub confirming: HashMap<String, Instant>,
 }
 
 impl Operations {
@@ -89,6 +94,8 @@ impl Operations {
             uploading: Vec::new(),
             has_apt: Path::new("/usr/bin/apt-get").exists() && Path::new("/usr/bin/dpkg").exists(),
             changed: false,
+            reload_for: None,
+            confirming: HashMap::new(),
         }
     }
 
@@ -104,6 +111,20 @@ impl Operations {
 
     pub fn is_running(&self) -> bool {
         self.engine.running().next().is_some()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Operation> {
+        self.engine.get(id)
+    }
+
+    /// The operations that have not ended, oldest first.
+    pub fn running(&self) -> impl Iterator<Item = &Operation> {
+        self.engine.running()
+    }
+
+    /// A reload for operation `id` is asked for or running.
+    pub fn reloading_for(&self, id: &str) -> bool {
+        self.reload_for.as_deref() == Some(id)
     }
 
     /// This boot's id (read once at start).
@@ -160,6 +181,7 @@ impl Daemon {
                 .progress
                 .insert(op.id.clone(), Instant::now());
         }
+        self.resume_config_updates();
         if !all.is_empty() {
             self.record_operations(all, Vec::new());
         }
@@ -189,11 +211,6 @@ impl Daemon {
         {
             return self.publish_operation_answer(refuse(why).status_json(now));
         }
-        if request.params.kind() == Kind::ConfigUpdate {
-            let why =
-                "refused: config_update is not available in this version of the agent".to_owned();
-            return self.publish_operation_answer(refuse(why).status_json(now));
-        }
         if request.params.kind() == Kind::SoftwareUpdate && !self.core.operations.has_apt {
             let why = "refused: this system has no apt (an image built with Yocto or similar updates as a whole image, with RAUC, SWUpdate or Mender); nothing was changed".to_owned();
             return self.publish_operation_answer(refuse(why).status_json(now));
@@ -208,7 +225,11 @@ impl Daemon {
                     .progress
                     .insert(op.id.clone(), Instant::now());
                 self.record_operations(vec![op.clone()], Vec::new());
-                self.hand_to_helper(op);
+                if op.kind() == Kind::ConfigUpdate {
+                    self.check_config_update(op);
+                } else {
+                    self.hand_to_helper(op);
+                }
             }
         }
     }
@@ -274,7 +295,7 @@ impl Daemon {
     }
 
     /// Operation `id` enters `state` now (nothing when that changes nothing).
-    fn move_operation(&mut self, id: &str, state: State) {
+    pub(super) fn move_operation(&mut self, id: &str, state: State) {
         let now = crate::model::now_ms();
         if let Some(op) = self.core.operations.engine.set(id, state, now) {
             self.core
@@ -286,14 +307,20 @@ impl Daemon {
     }
 
     /// Writes the request for the helper (on the blocking pool).
-    fn hand_to_helper(&mut self, op: Operation) {
-        let state_dir = self.core.operations.state_dir.clone();
-        let events = self.core.events.clone();
-        let request = HelperRequest {
+    pub(super) fn hand_to_helper(&mut self, op: Operation) {
+        self.write_request(HelperRequest {
             id: op.id.clone(),
             params: op.params.clone(),
             accepted_ts: op.accepted_ts,
-        };
+            undo: false,
+        });
+    }
+
+    /// Writes `request` into `state_dir/requests/` (on the blocking pool); the operation fails
+    /// when it cannot be written.
+    pub(super) fn write_request(&mut self, request: HelperRequest) {
+        let state_dir = self.core.operations.state_dir.clone();
+        let events = self.core.events.clone();
         tokio::spawn(async move {
             let id = request.id.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -316,6 +343,7 @@ impl Daemon {
 
     /// At each pass while an operation runs: a look at the helper's files (one at a time).
     pub(super) fn poll_operations(&mut self) {
+        self.check_config_deadlines();
         let ops = &mut self.core.operations;
         if ops.polling || !ops.is_running() {
             return;
@@ -356,6 +384,7 @@ impl Daemon {
             OperationEvent::Failed { id, reason } => {
                 self.move_operation(&id, State::Failed { reason });
             }
+            OperationEvent::Checked { id, result } => self.on_config_checked(&id, result),
             OperationEvent::Uploaded {
                 id,
                 chunks,
@@ -419,6 +448,13 @@ impl Daemon {
                     self.move_operation(id, State::Failed { reason })
                 }
                 (Params::Restart { .. }, _) => self.check_stalled(&op, seen),
+                (Params::ConfigUpdate { .. }, state) => {
+                    self.on_config_result(&op, state);
+                    let op = self.core.operations.engine.get(id).cloned();
+                    if let Some(op) = op.filter(|op| !op.state.is_terminal()) {
+                        self.check_stalled(&op, seen);
+                    }
+                }
                 (_, state) => {
                     if state == op.state {
                         self.check_stalled(&op, seen);
@@ -440,6 +476,14 @@ impl Daemon {
                 .software_update
                 .as_ref()
                 .map_or(120.0, |update| update.confirm_s),
+            Params::ConfigUpdate { .. } => self
+                .core
+                .config
+                .config()
+                .operations
+                .config_update
+                .as_ref()
+                .map_or(60.0, |update| update.confirm_s),
             _ => 0.0,
         };
         let limit = stalled(op.kind(), confirm_s);
@@ -458,6 +502,7 @@ impl Daemon {
 
     /// Connected: a restart this agent came back from is successful now, with its proof.
     pub(super) fn operations_connected(&mut self) {
+        self.config_connected();
         let before = self.core.operations.before.clone();
         let confirming: Vec<(String, Target)> = self
             .core

@@ -96,16 +96,23 @@ impl Daemon {
 
     pub(super) fn on_reloaded(&mut self, result: Result<Reloaded, String>) {
         self.reloading = false;
-        match result {
+        let outcome = match result {
             Ok(reloaded) => self.apply_reload(reloaded),
-            Err(why) => refused(&why),
-        }
+            Err(why) => {
+                refused(&why);
+                Err(why)
+            }
+        };
         if std::mem::take(&mut self.reload_again) {
             self.reload();
+        } else {
+            // The last of the reloads asked for: a remote change waiting for it goes on.
+            self.config_reloaded(outcome);
         }
     }
 
-    fn apply_reload(&mut self, reloaded: Reloaded) {
+    /// Applies a reload; whether it reconnects, or why it was refused.
+    fn apply_reload(&mut self, reloaded: Reloaded) -> Result<bool, String> {
         let Reloaded {
             config,
             identity,
@@ -132,7 +139,8 @@ impl Daemon {
                     Ok(session) => session,
                     Err(err) => {
                         self.key_pair = key_pair;
-                        return refused(&err.to_string());
+                        refused(&err.to_string());
+                        return Err(err.to_string());
                     }
                 };
             self.key_pair = key_pair;
@@ -186,6 +194,7 @@ impl Daemon {
             );
         }
         service::notify(&[sd_notify::NotifyState::Ready]);
+        Ok(changes.session)
     }
 }
 

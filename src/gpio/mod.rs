@@ -27,7 +27,7 @@ use crate::sync::Lock;
 use serde::Deserialize;
 
 /// A line by offset or by name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum LineRef {
     Offset(u32),
@@ -44,7 +44,7 @@ impl std::fmt::Display for LineRef {
 }
 
 /// The pull resistor of an input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bias {
     /// Leave it as the board configured it.

@@ -13,9 +13,11 @@
 //! What the helper does of each kind: `software_update` through apt with a way back
 //! ([`update`]); `restart` by `systemctl restart fieldagent` or `systemctl reboot`; `log_upload`
 //! from the journal (`journalctl -u fieldagent -o json`), streamed into `state_dir/logs/` a line
-//! at a time; `config_update` not yet (refused with that reason).
+//! at a time; `config_update` by writing the drop-in, and putting it back when the agent asks
+//! ([`config`]).
 
 pub mod agent_dir;
+pub mod config;
 pub mod update;
 
 use std::io::{BufRead, Write};
@@ -50,6 +52,8 @@ pub const RESUME: &str = "~resume.json";
 /// What the helper works with.
 pub struct Helper {
     pub config: ValidConfig,
+    /// The agent's config file (its `conf.d/` is where `config_update` writes).
+    pub config_path: PathBuf,
     /// The helper's own directory.
     pub dir: PathBuf,
     /// `state_dir`, the agent's: only ever entered through [`AgentDir`].
@@ -71,6 +75,7 @@ impl Helper {
             .map_err(|err| format!("cannot make {}: {err}", dir.display()))?;
         Ok(Helper {
             config,
+            config_path: config_path.to_owned(),
             dir: dir.to_owned(),
             state,
         })
@@ -161,12 +166,13 @@ impl Helper {
                 *priority,
                 grep.as_deref(),
             ),
-            Params::ConfigUpdate { .. } => self.result(
-                &request.id,
-                State::Failed {
-                    reason: "config_update is not done by this version of the helper".to_owned(),
-                },
-            ),
+            Params::ConfigUpdate { name, content } if request.undo => {
+                let _ = (name, content);
+                config::undo(self, &request.id)
+            }
+            Params::ConfigUpdate { name, content } => {
+                config::apply(self, &request.id, name, content.as_deref())
+            }
         }
     }
 

@@ -191,9 +191,7 @@ pub fn update(helper: &Helper, mut journal: Journal) {
         journal.to.clone(),
     );
     executing(helper, &id, "downloading");
-    if let Err(why) = run_command("apt-get", &["update", "-o", LOCK_WAIT]) {
-        tracing::warn!(reason = %why, "apt-get update failed; trying the indexes there are.");
-    }
+    refresh_indexes();
     // The way back first: without it, nothing is changed.
     let kept = match keep(helper, &package, &from) {
         Ok(kept) => kept,
@@ -389,14 +387,50 @@ fn download(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, St
     let _ = std::fs::remove_dir_all(&dir);
     crate::state::private_dir(&dir).map_err(|err| err.to_string())?;
     let wanted = format!("{package}={version}");
-    run_command_in(
-        "apt-get",
-        &["download", "-o", LOCK_WAIT, &wanted],
-        Some(&dir),
-        super::COMMAND_TIMEOUT,
-    )?;
+    let fetch = || {
+        run_command_in(
+            "apt-get",
+            &["download", "-o", LOCK_WAIT, &wanted],
+            Some(&dir),
+            super::COMMAND_TIMEOUT,
+        )
+    };
+    if let Err(first) = fetch() {
+        // apt keeps its indexes without an fsync: a power cut soon after an `apt-get update`
+        // can leave them empty while their signed release file says they are current, and apt
+        // then knows no version at all. They are fetched whole again, once.
+        tracing::warn!(reason = %first, "Download failed; fetching apt's indexes whole again.");
+        clear_indexes();
+        refresh_indexes();
+        fetch().map_err(|second| {
+            format!("{second} (and before the indexes were fetched again: {first})")
+        })?;
+    }
     package_in(&dir, package, version)
         .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))
+}
+
+/// `apt-get update`, then everything to disk: apt does not fsync its indexes, and a power cut
+/// before the kernel writes them would leave them empty.
+fn refresh_indexes() {
+    if let Err(why) = run_command("apt-get", &["update", "-o", LOCK_WAIT]) {
+        tracing::warn!(reason = %why, "apt-get update failed; trying the indexes there are.");
+    }
+    nix::unistd::sync();
+}
+
+/// apt's downloaded indexes removed (not its lock or its partial downloads' directory), so the
+/// next `apt-get update` fetches each whole.
+fn clear_indexes() {
+    let Ok(entries) = std::fs::read_dir("/var/lib/apt/lists") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name != "lock" && name != "partial" && entry.path().is_file() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The new version is confirmed: its package replaces the old one in `installed/`.

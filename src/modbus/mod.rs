@@ -33,7 +33,9 @@ pub const MAX_REGISTERS: u16 = 125;
 pub const MAX_BITS: u16 = 2000;
 
 /// Which of a device's four tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Table {
     Holding,
@@ -68,7 +70,7 @@ impl Table {
 }
 
 /// The shape of a register value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ValueType {
     #[default]
@@ -101,7 +103,7 @@ impl ValueType {
 
 /// Which register of a 32-bit value comes first. Within a register the bytes are always
 /// big-endian (the protocol's rule); devices differ only in the order of the two registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WordOrder {
     /// The high word first ("ABCD"), as most devices do.

@@ -35,6 +35,9 @@ pub struct HelperRequest {
     pub params: Params,
     /// When the agent accepted it (Unix ms).
     pub accepted_ts: u64,
+    /// Undo what this operation did (a `config_update`'s file put back as it was).
+    #[serde(default)]
+    pub undo: bool,
 }
 
 /// What the helper says of a request.

@@ -303,10 +303,13 @@ impl Run {
             let reason = last["reason"].as_str().unwrap_or_default();
             let consistent = match last["state"].as_str() {
                 Some("successful") => now == deb_version(target),
+                // Undone, cut short before anything changed, or refused before anything
+                // changed (a download that failed): on the version it was on.
                 Some("failed") => {
                     now == from
                         && (reason.starts_with("rolled back:")
-                            || reason.starts_with("interrupted:"))
+                            || reason.starts_with("interrupted:")
+                            || reason.contains("nothing was changed"))
                 }
                 _ => false,
             };
@@ -315,6 +318,15 @@ impl Run {
                 good += 1;
             }
             let said = match last["state"].as_str() {
+                Some("failed")
+                    if reason.contains("nothing was changed")
+                        && !reason.starts_with("interrupted") =>
+                {
+                    format!(
+                        "not changed ({})",
+                        reason.split(" (").next().unwrap_or_default()
+                    )
+                }
                 Some("failed") => reason.split(':').next().unwrap_or_default().to_owned(),
                 Some(state) => state.to_owned(),
                 None => "no state".to_owned(),
