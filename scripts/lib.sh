@@ -73,6 +73,11 @@ ensure_test_tools() {
     say "npm ci in tests/sparkplug (Eclipse Tahu's sparkplug-payload)"
     (cd tests/sparkplug && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
   fi
+  # An independent JOSE implementation for the signed-request tests (tests/signed.rs).
+  if [ ! -d tests/jose/node_modules/jose ]; then
+    say "npm ci in tests/jose (panva/jose)"
+    (cd tests/jose && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  fi
   # The brokers of the interop tests (tests/interop.rs): aedes from npm, rumqttd from crates.io,
   # built once into target/interop/ (about 3 minutes).
   if [ ! -d tests/brokers/node_modules/aedes ]; then

@@ -17,9 +17,11 @@ pub fn admit(
     warn: &mut dyn Write,
 ) -> Result<(ValidConfig, Identity), Error> {
     let now_s = (crate::model::now_ms() / 1000) as i64;
+    let mut items = crate::certs::probe_for_run(&config.config().broker, now_s);
+    items.extend(crate::signed::probe(&config.config().security).1);
     let mut findings = Findings {
         file: path.to_owned(),
-        items: crate::certs::probe_for_run(&config.config().broker, now_s),
+        items,
     };
     config.locate(&mut findings.items);
     for finding in findings

@@ -25,6 +25,9 @@ pub enum Error {
     TlsFloorIgnored(String),
     #[error(transparent)]
     Status(#[from] crate::local_status::ReadError),
+    /// `sign` cannot make the token (its key, its request).
+    #[error("{0}")]
+    Sign(String),
 }
 
 impl Error {

@@ -26,6 +26,8 @@
 //!   files the agent and its privileged helper speak through; pure.
 //! - `outbox`: the durable, bounded queue of QoS >= 1 messages in `state_dir`. `state`: small
 //!   state files written atomically. `local_status`: `state_dir/status.json`.
+//! - `signed`: signed requests (JWS, EdDSA), checked before a command or operation is parsed;
+//!   pure.
 //! - `model`: plain data shared by all, such as `Sample`. `clock`: whether the wall clock can be
 //!   believed, and the monotonic one. `service`: signals, systemd notifications, logging.
 //!   `sync`: the one way to take a lock.
@@ -59,6 +61,7 @@ pub mod operations;
 pub mod outbox;
 pub mod sensors;
 pub mod service;
+pub mod signed;
 pub mod sparkplug;
 pub mod state;
 pub mod sync;

@@ -51,6 +51,12 @@ fn main() -> ExitCode {
         Some(Command::Config { json }) => {
             cli::show_config(&cli.config, json, &mut out).map(|()| ExitCode::SUCCESS)
         }
+        Some(Command::Sign {
+            key,
+            kid,
+            topic,
+            request,
+        }) => cli::sign(&key, &kid, &topic, &request, &mut out).map(|()| ExitCode::SUCCESS),
         Some(Command::Identity) => {
             cli::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }

@@ -27,4 +27,5 @@ mod reload;
 mod remote_config;
 mod sensors;
 mod service;
+mod signed;
 mod sparkplug;

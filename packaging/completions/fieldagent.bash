@@ -34,6 +34,9 @@ _fieldagent() {
             fieldagent,run)
                 cmd="fieldagent__subcmd__run"
                 ;;
+            fieldagent,sign)
+                cmd="fieldagent__subcmd__sign"
+                ;;
             fieldagent,status)
                 cmd="fieldagent__subcmd__status"
                 ;;
@@ -55,6 +58,9 @@ _fieldagent() {
             fieldagent__subcmd__help,run)
                 cmd="fieldagent__subcmd__help__subcmd__run"
                 ;;
+            fieldagent__subcmd__help,sign)
+                cmd="fieldagent__subcmd__help__subcmd__sign"
+                ;;
             fieldagent__subcmd__help,status)
                 cmd="fieldagent__subcmd__help__subcmd__status"
                 ;;
@@ -65,7 +71,7 @@ _fieldagent() {
 
     case "${cmd}" in
         fieldagent)
-            opts="-v -q -h -V --config --verbose --quiet --help --version run check config identity read status help"
+            opts="-v -q -h -V --config --verbose --quiet --help --version run check config identity sign read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -119,7 +125,7 @@ _fieldagent() {
             return 0
             ;;
         fieldagent__subcmd__help)
-            opts="run check config identity read status help"
+            opts="run check config identity sign read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -216,6 +222,20 @@ _fieldagent() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        fieldagent__subcmd__help__subcmd__sign)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         fieldagent__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -273,6 +293,36 @@ _fieldagent() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__sign)
+            opts="-v -q -h --key --kid --topic --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --topic)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -33,6 +33,7 @@ complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "run" -d 'Run 
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "check" -d 'Validate the config, certificates, identity and sensors; print every finding; exit 0 or 78'
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "config" -d 'Print the merged config as the agent runs it (its drop-ins merged, every default filled in) with where each value comes from (file and line, or default); exit 0 or 78'
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "identity" -d 'Print the MQTT client ID and which source it came from'
+complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "sign" -d 'For operators: sign a command or operation request for devices that require signed requests (security.command_keys); prints the JWS to publish as the message'
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "read" -d 'Read every configured sensor once and print a table'
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "status" -d 'Say what the running agent is doing (connection, queue, raised alerts, failing sensors), from state_dir; exit 0 when it runs, 3 when it does not or its state is stale'
 complete -c fieldagent -n "__fish_fieldagent_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -54,6 +55,13 @@ complete -c fieldagent -n "__fish_fieldagent_using_subcommand identity" -l confi
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand identity" -s v -l verbose -d 'More log output from `run` than log.level says (-v debug, -vv trace)'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand identity" -s q -l quiet -d 'Less: `run` logs warnings and errors only (-qq errors only); `check` prints only warnings and errors'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand identity" -s h -l help -d 'Print help'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -l key -d 'The Ed25519 private key (PEM), whose public half is <KID>.pem on the devices' -r -F
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -l kid -d 'The key id: the name of the public key\'s file on the devices, without .pem' -r
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -l topic -d 'The exact topic the request will be published to' -r
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -l config -d 'Config file' -r -F
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -s v -l verbose -d 'More log output from `run` than log.level says (-v debug, -vv trace)'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -s q -l quiet -d 'Less: `run` logs warnings and errors only (-qq errors only); `check` prints only warnings and errors'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand sign" -s h -l help -d 'Print help'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand read" -l config -d 'Config file' -r -F
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand read" -l json -d 'Print one JSON object {"values":{…},"errors":{…}} instead of a table'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand read" -s v -l verbose -d 'More log output from `run` than log.level says (-v debug, -vv trace)'
@@ -64,10 +72,11 @@ complete -c fieldagent -n "__fish_fieldagent_using_subcommand status" -l json -d
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand status" -s v -l verbose -d 'More log output from `run` than log.level says (-v debug, -vv trace)'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand status" -s q -l quiet -d 'Less: `run` logs warnings and errors only (-qq errors only); `check` prints only warnings and errors'
 complete -c fieldagent -n "__fish_fieldagent_using_subcommand status" -s h -l help -d 'Print help'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "run" -d 'Run the agent (the default when no subcommand is given)'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "check" -d 'Validate the config, certificates, identity and sensors; print every finding; exit 0 or 78'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "config" -d 'Print the merged config as the agent runs it (its drop-ins merged, every default filled in) with where each value comes from (file and line, or default); exit 0 or 78'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "identity" -d 'Print the MQTT client ID and which source it came from'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "read" -d 'Read every configured sensor once and print a table'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "status" -d 'Say what the running agent is doing (connection, queue, raised alerts, failing sensors), from state_dir; exit 0 when it runs, 3 when it does not or its state is stale'
-complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity read status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "run" -d 'Run the agent (the default when no subcommand is given)'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "check" -d 'Validate the config, certificates, identity and sensors; print every finding; exit 0 or 78'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "config" -d 'Print the merged config as the agent runs it (its drop-ins merged, every default filled in) with where each value comes from (file and line, or default); exit 0 or 78'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "identity" -d 'Print the MQTT client ID and which source it came from'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "sign" -d 'For operators: sign a command or operation request for devices that require signed requests (security.command_keys); prints the JWS to publish as the message'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "read" -d 'Read every configured sensor once and print a table'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "status" -d 'Say what the running agent is doing (connection, queue, raised alerts, failing sensors), from state_dir; exit 0 when it runs, 3 when it does not or its state is stale'
+complete -c fieldagent -n "__fish_fieldagent_using_subcommand help; and not __fish_seen_subcommand_from run check config identity sign read status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -97,6 +97,20 @@ fn probe(config: &ValidConfig, items: &mut Vec<Finding>) {
         Err(err) => found.push(Finding::error("identity", err.to_string())),
     }
     probe_actuators(config, &mut found);
+    let (keys, signed) = crate::signed::probe(&config.config().security);
+    let refused = signed.iter().any(|f| f.severity == Severity::Error);
+    found.extend(signed);
+    if let (Some(keys), false) = (keys, refused) {
+        if !keys.is_empty() {
+            found.push(Finding::ok(
+                "security.command_keys",
+                format!(
+                    "{} key(s); every command and operation request must be signed by one",
+                    keys.len()
+                ),
+            ));
+        }
+    }
     let mut sensors = Sensors::new(&config.sensors, &config.config().sysfs_root);
     let sample =
         sensors.read_all_within(crate::sensors::DEADLINE, &crate::sensors::Stuck::default());

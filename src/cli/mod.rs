@@ -7,12 +7,14 @@ mod check;
 mod config;
 mod connect;
 mod read;
+mod sign;
 mod status;
 
 pub use check::{check, CheckOutcome};
 pub use config::show as show_config;
 pub use connect::{check_connect, ConnectOutcome};
 pub use read::{identity, read};
+pub use sign::sign;
 pub use status::status;
 
 use std::path::PathBuf;
@@ -82,6 +84,21 @@ pub enum Command {
     },
     /// Print the MQTT client ID and which source it came from.
     Identity,
+    /// For operators: sign a command or operation request for devices that require signed
+    /// requests (security.command_keys); prints the JWS to publish as the message.
+    Sign {
+        /// The Ed25519 private key (PEM), whose public half is <KID>.pem on the devices.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The key id: the name of the public key's file on the devices, without .pem.
+        #[arg(long, value_name = "ID")]
+        kid: String,
+        /// The exact topic the request will be published to.
+        #[arg(long)]
+        topic: String,
+        /// The request, e.g. '{"id":"c-17","value":"1"}'.
+        request: String,
+    },
     /// Read every configured sensor once and print a table.
     Read {
         /// Print one JSON object {"values":{…},"errors":{…}} instead of a table.

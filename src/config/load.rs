@@ -12,8 +12,8 @@ use super::finding::{Finding, Findings};
 use super::positions::Positions;
 use super::validate::{validate, ValidConfig};
 use super::{
-    ActuatorConfig, AlertConfig, Config, IdentityConfig, LogConfig, OperationsConfig, SensorConfig,
-    SparkplugConfig, TelemetryConfig, TopicsConfig,
+    ActuatorConfig, AlertConfig, Config, IdentityConfig, LogConfig, OperationsConfig,
+    SecurityConfig, SensorConfig, SparkplugConfig, TelemetryConfig, TopicsConfig,
 };
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -44,6 +44,7 @@ const SECTIONS: &[&str] = &[
     "actuators",
     "sparkplug",
     "operations",
+    "security",
     "log",
 ];
 
@@ -339,6 +340,7 @@ fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Confi
         actuators: Vec::new(),
         sparkplug: None,
         operations: OperationsConfig::default(),
+        security: SecurityConfig::default(),
         log: LogConfig::default(),
     };
     for (key, value) in mapping {
@@ -385,6 +387,7 @@ fn parse_document(document: Value, findings: &mut Vec<Finding>) -> Option<(Confi
                 config.sparkplug = section::<Option<SparkplugConfig>>(value, &key, findings)?
             }
             "operations" => set(&mut config.operations, section(value, &key, findings)),
+            "security" => set(&mut config.security, section(value, &key, findings)),
             "log" => set(&mut config.log, section(value, &key, findings)),
             _ => findings.push(Finding::error(
                 key.as_str(),

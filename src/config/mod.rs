@@ -74,6 +74,9 @@ pub struct Config {
     /// Remote operations (plain mode); each key enables one type.
     #[serde(default)]
     pub operations: OperationsConfig,
+    /// Signed requests.
+    #[serde(default)]
+    pub security: SecurityConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -449,6 +452,32 @@ pub struct SparkplugConfig {
 
 fn default_edge_node_id() -> String {
     "{client_id}".to_owned()
+}
+
+/// `security:` — who may ask the device to act.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// A directory of Ed25519 public keys (`<key id>.pem`); when set, every command and
+    /// operation request must be signed by one of them.
+    #[serde(default)]
+    pub command_keys: Option<PathBuf>,
+    /// How old a signed request may be.
+    #[serde(default = "default_max_command_age_s")]
+    pub max_command_age_s: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            command_keys: None,
+            max_command_age_s: default_max_command_age_s(),
+        }
+    }
+}
+
+fn default_max_command_age_s() -> u64 {
+    300
 }
 
 /// `operations:` — remote operations; each key enables one type, and a type whose key is absent

@@ -46,6 +46,27 @@ pub fn drop_in_matches(glob: &str, name: &str) -> bool {
     matches(glob.as_bytes(), name.as_bytes())
 }
 
+/// `security:`: signed requests cannot be had in Sparkplug mode (an NCMD carries no signature),
+/// and the window of a signed request's age is bounded.
+pub(super) fn check_security(config: &Config, findings: &mut Vec<Finding>) {
+    let security = &config.security;
+    if security.command_keys.is_some() && config.sparkplug.is_some() {
+        findings.push(Finding::error(
+            "security.command_keys",
+            "signed requests need the plain topics: a Sparkplug NCMD carries no signature; remove security.command_keys or sparkplug",
+        ));
+    }
+    if !(10..=86_400).contains(&security.max_command_age_s) {
+        findings.push(Finding::error(
+            "security.max_command_age_s",
+            format!(
+                "expected 10 to 86400 seconds, found {}",
+                security.max_command_age_s
+            ),
+        ));
+    }
+}
+
 pub(super) fn check_operations(config: &Config, findings: &mut Vec<Finding>) {
     let operations = &config.operations;
     let enabled = operations.software_update.is_some()
@@ -173,6 +194,37 @@ pub fn check_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_requests_need_the_plain_topics_and_a_bounded_window() {
+        let base = "broker: { urls: [\"mqtts://b:8883\"], tls: { ca_file: /ca, cert_file: /c, key_file: /k } }\n";
+        let refused = |extra: &str| {
+            let text = format!("{base}{extra}");
+            match crate::config::load_str(
+                &text,
+                std::path::Path::new("/etc/fieldagent/config.yaml"),
+            ) {
+                Ok(_) => Vec::new(),
+                Err(crate::config::ConfigError::Invalid(findings)) => findings
+                    .errors()
+                    .map(|f| format!("{}: {}", f.key, f.message))
+                    .collect(),
+                Err(other) => vec![other.to_string()],
+            }
+        };
+        let both = refused("security: { command_keys: /etc/fieldagent/command-keys.d }\nsparkplug: { group_id: plant }\n");
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(
+            both[0].starts_with("security.command_keys: signed requests need the plain topics"),
+            "{both:?}"
+        );
+        let window = refused("security: { max_command_age_s: 5 }\n");
+        assert!(
+            window[0].contains("expected 10 to 86400 seconds, found 5"),
+            "{window:?}"
+        );
+        assert!(refused("security: { command_keys: /k, max_command_age_s: 600 }\n").is_empty());
+    }
 
     #[test]
     fn globs_match_drop_in_names_in_conf_d_only() {

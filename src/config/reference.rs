@@ -142,6 +142,7 @@ mod tests {
         keys_of::<ConfigUpdateConfig>("operations.config_update", &mut accepted);
         keys_of::<LogUploadConfig>("operations.log_upload", &mut accepted);
         keys_of::<RestartConfig>("operations.restart", &mut accepted);
+        keys_of::<SecurityConfig>("security", &mut accepted);
         keys_of::<LogConfig>("log", &mut accepted);
         assert!(accepted.len() > 60, "{accepted:?}");
         let documented: BTreeSet<String> = page()

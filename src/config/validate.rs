@@ -185,6 +185,7 @@ pub(crate) fn validate(
         check_sparkplug(sparkplug, &config, &sensors, findings);
     }
     super::operations::check_operations(&config, findings);
+    super::operations::check_security(&config, findings);
     Some(ValidConfig {
         config,
         endpoints,

@@ -34,6 +34,8 @@ pub(crate) struct Core {
     pub book: Arc<Mutex<AlertBook>>,
     /// The remote operations (plain mode).
     pub operations: super::operations::Operations,
+    /// The keys requests must be signed with (`security.command_keys`), when they must be.
+    pub keys: Option<Arc<crate::signed::Keys>>,
     /// The sensors whose read is stuck, for every sampler thread (across reloads) and `read`.
     pub stuck: crate::sensors::Stuck,
     /// The broker we are connected to, and since when (Unix ms).

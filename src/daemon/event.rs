@@ -101,6 +101,8 @@ pub enum OperationEvent {
 pub struct Reloaded {
     pub config: ValidConfig,
     pub identity: Identity,
+    /// The keys requests must be signed with, read again.
+    pub keys: Option<crate::signed::Keys>,
     pub key_pair: Option<Option<crate::mqtt::tls::KeyPairStore>>,
 }
 

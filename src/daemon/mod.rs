@@ -28,6 +28,7 @@ mod provision;
 mod reload;
 mod remote_config;
 mod sampler;
+mod signed;
 mod status;
 mod stop;
 mod store;
@@ -186,7 +187,18 @@ where
             version: crate::VERSION.to_owned(),
         },
     );
+    // Vetted by admission already: what the directory holds now.
+    let keys = crate::signed::probe(&config.config().security)
+        .0
+        .map(std::sync::Arc::new);
+    if let Some(keys) = &keys {
+        tracing::info!(
+            keys = keys.len(),
+            "Commands and operation requests must be signed."
+        );
+    }
     let core = Core {
+        keys,
         link: Link::new(&config.config().broker.reconnect, Instant::now()),
         config,
         identity,
@@ -464,6 +476,17 @@ impl Daemon {
     pub(super) fn on_incoming(&mut self, message: Incoming) {
         match self.mode.on_incoming(&mut self.core, message) {
             Arrived::Command { name, message } => {
+                let message = match self.opened(message) {
+                    Ok(message) => message,
+                    Err(refused) => {
+                        let answer = crate::commands::Response::refused(
+                            refused.id.as_deref(),
+                            &name,
+                            refused.reason,
+                        );
+                        return self.answer(answer, false);
+                    }
+                };
                 if let Some(answer) = self.commands.arrive(
                     &name,
                     &message.payload,
@@ -481,7 +504,12 @@ impl Daemon {
                     tracing::warn!(reason = %refused, "NCMD write refused.");
                 }
             }
-            Arrived::Operation { kind, message } => return self.on_operation(&kind, message),
+            Arrived::Operation { kind, message } => {
+                return match self.opened(message) {
+                    Ok(message) => self.on_operation(&kind, message),
+                    Err(refused) => self.refuse_operation(&kind, refused),
+                }
+            }
             Arrived::Done => return,
         }
         self.run_commands();

@@ -234,6 +234,16 @@ impl Daemon {
         }
     }
 
+    /// A request the signature check refused: `failed` with its reason, not recorded.
+    pub(super) fn refuse_operation(&mut self, kind: &str, refused: crate::signed::Refused) {
+        let refusal = operations::Refusal {
+            id: refused.id,
+            kind: kind.chars().take(64).collect(),
+            reason: refused.reason,
+        };
+        self.publish_operation_answer(refusal.status_json(crate::model::now_ms()));
+    }
+
     /// An answer that is not recorded (a refusal, a duplicate): into the outbox like a command's.
     fn publish_operation_answer(&mut self, status: String) {
         self.core.store.send(Request::Push {

@@ -116,6 +116,7 @@ impl Daemon {
         let Reloaded {
             config,
             identity,
+            keys,
             key_pair,
         } = reloaded;
         let old = self.core.config.config();
@@ -175,6 +176,10 @@ impl Daemon {
             .set_prefix(&config.topic_prefix(&identity.client_id));
         self.core.config = config;
         self.core.identity = identity;
+        if let Some(keys) = &keys {
+            tracing::info!(keys = keys.len(), "Signing keys read again.");
+        }
+        self.core.keys = keys.map(std::sync::Arc::new);
         if resample {
             let mut old = std::mem::replace(
                 &mut self.sampler,
@@ -240,9 +245,12 @@ fn prepare(path: &std::path::Path, running: &Running) -> Result<Reloaded, String
     }
     let key_pair: Option<Option<KeyPairStore>> =
         (config.config().broker.tls != running.tls).then(|| admit::key_pair_store(&config));
+    // Admission refused a key directory with errors; this is what it holds now.
+    let keys = crate::signed::probe(&config.config().security).0;
     Ok(Reloaded {
         config,
         identity,
+        keys,
         key_pair,
     })
 }
