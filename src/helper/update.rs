@@ -372,12 +372,7 @@ fn keep(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, String
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    std::fs::File::open(&found)
-        .and_then(|file| file.sync_all())
-        .map_err(|err| err.to_string())?;
-    std::fs::File::open(&dir)
-        .and_then(|file| file.sync_all())
-        .map_err(|err| err.to_string())?;
+    sync_file(&found)?;
     Ok(found)
 }
 
@@ -406,8 +401,19 @@ fn download(helper: &Helper, package: &str, version: &str) -> Result<PathBuf, St
             format!("{second} (and before the indexes were fetched again: {first})")
         })?;
     }
-    package_in(&dir, package, version)
-        .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))
+    let found = package_in(&dir, package, version)
+        .ok_or_else(|| format!("apt-get download left no package in {}", dir.display()))?;
+    // On disk before the install: after it, this file is the next update's way back.
+    sync_file(&found)?;
+    Ok(found)
+}
+
+/// `path` and its directory on disk.
+fn sync_file(path: &Path) -> Result<(), String> {
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all())
+        .map_err(|err| format!("cannot write {} to disk: {err}", path.display()))
 }
 
 /// `apt-get update`, then everything to disk: apt does not fsync its indexes, and a power cut

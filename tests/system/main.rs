@@ -127,7 +127,9 @@ fn main() {
     if wanted("upgrade") {
         run.upgrade_and_purge(&mut report);
     }
-    run.vm.take();
+    // Everything the run started stops (by PID, in its fixtures' Drop) before the report may
+    // end the process with a failure.
+    drop(run);
     report.finish();
 }
 
@@ -409,6 +411,8 @@ impl Drop for Vm {
 }
 
 /// Everything of one run: the broker, the proxy in front of it, the guest disk, the observer.
+/// Dropped before the report is written (which may exit the process): its fixtures stop what
+/// they started.
 struct Run {
     dir: TestDir,
     pki: BrokerPki,

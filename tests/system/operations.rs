@@ -316,6 +316,16 @@ impl Run {
             let ok = terminals.len() == 1 && consistent && audit.is_empty() && online;
             if ok {
                 good += 1;
+            } else {
+                // What the guest says of it, for the log of the run.
+                let (_, said, _) = self.guest().sh(
+                    "dpkg --audit; dpkg -l fieldagent | tail -1; cat /var/lib/fieldagent-helper/update.json; echo; ls -l /var/lib/fieldagent-helper/*/; journalctl -b --no-pager -u fieldagent-helper-recover -u fieldagent-helper | tail -40",
+                    Duration::from_secs(60),
+                );
+                println!(
+                    "cycle {} ({terminals:?}, consistent {consistent}, online {online}):\n{said}",
+                    cycle + 1
+                );
             }
             let said = match last["state"].as_str() {
                 Some("failed")
