@@ -127,6 +127,11 @@ impl Operations {
         self.reload_for.as_deref() == Some(id)
     }
 
+    /// When this agent started (Unix ms), as operations record it.
+    pub fn started_ts(&self) -> u64 {
+        self.before.started_ts
+    }
+
     /// This boot's id (read once at start).
     pub fn boot_id(&self) -> &str {
         &self.before.boot_id

@@ -156,7 +156,10 @@ impl Daemon {
         }
         match outcome {
             Err(refused) => self.undo_config(&op, format!("the reload refused it: {refused}")),
-            Ok(reconnects) if !reconnects && self.core.link.is_up() => {
+            // Sensors, alerts, actuators: taken without reconnecting, done. Unless this agent
+            // started after the change was accepted: it loaded the change at its start, so the
+            // reload cannot tell whether it reconnects, and a connection must prove it.
+            Ok(false) if op.before.started_ts == self.core.operations.started_ts() => {
                 self.move_operation(
                     &id,
                     State::Successful {

@@ -130,7 +130,7 @@ fn main() {
     // Everything the run started stops (by PID, in its fixtures' Drop) before the report may
     // end the process with a failure.
     drop(run);
-    report.finish();
+    report.finish(only.as_deref());
 }
 
 /// Verdicts and figures, printed as they come and written at the end.
@@ -166,7 +166,9 @@ impl Report {
         }
     }
 
-    fn finish(self) {
+    /// Writes the report: `system-test.md` for a whole run, `system-test-<scenarios>.md` for one
+    /// of some scenarios only (`--only`), so a partial run never overwrites the whole one's.
+    fn finish(self, only: Option<&[String]>) {
         let host = Command::new("hostname").arg("-s").output().ok();
         let host = host
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -186,8 +188,12 @@ impl Report {
             std::env::args().skip(1).collect::<Vec<_>>().join(" "),
             self.lines.join("\n")
         );
-        std::fs::write(dir.join("system-test.md"), text).unwrap();
-        println!("written: {}", dir.join("system-test.md").display());
+        let name = match only {
+            Some(scenarios) => format!("system-test-{}.md", scenarios.join("-")),
+            None => "system-test.md".to_owned(),
+        };
+        std::fs::write(dir.join(&name), text).unwrap();
+        println!("written: {}", dir.join(&name).display());
         if self.failed > 0 {
             eprintln!("{} scenario(s) failed", self.failed);
             std::process::exit(1);

@@ -142,6 +142,28 @@ impl Run {
         }
     }
 
+    /// The statuses of operation `id` until one for which `wanted` holds (or its terminal one,
+    /// or `within`).
+    fn follow_until(&self, id: &str, within: Duration, wanted: impl Fn(&Value) -> bool) -> Outcome {
+        let started = Instant::now();
+        let states = RefCell::new(Vec::new());
+        self.op_states.wait_for(within, |message| {
+            let Ok(status) = serde_json::from_str::<Value>(&message.payload) else {
+                return false;
+            };
+            if status["id"] != id || !message.topic.ends_with("/operations/status") {
+                return false;
+            }
+            let done = terminal(&status) || wanted(&status);
+            states.borrow_mut().push(status);
+            done
+        });
+        Outcome {
+            states: states.into_inner(),
+            took: started.elapsed(),
+        }
+    }
+
     fn installed_version(&mut self) -> String {
         self.guest()
             .ok("dpkg-query -W -f '${Version}' fieldagent")
@@ -280,8 +302,19 @@ impl Run {
                 "software_update",
                 json!({ "id": id, "package": "fieldagent", "version": deb_version(target) }),
             );
-            let cut_at = Duration::from_millis(fastrand::u64(0..window));
-            let before = self.follow(&id, cut_at, Duration::ZERO);
+            // Every third cycle is cut the moment the new version says it is being confirmed
+            // (a window of a few seconds a random instant seldom hits); the others at a random
+            // instant within one update's duration.
+            let asked = Instant::now();
+            let before = if cycle % 3 == 2 {
+                self.follow_until(&id, Duration::from_millis(window * 2), |status| {
+                    status["step"] == "confirming"
+                })
+            } else {
+                let cut_at = Duration::from_millis(fastrand::u64(0..window));
+                self.follow(&id, cut_at, Duration::ZERO)
+            };
+            let cut_at = asked.elapsed();
             self.vm.take().unwrap().cut();
             let booted = Instant::now();
             self.boot();
@@ -369,7 +402,7 @@ impl Run {
             ));
         }
         report.table(
-            "Updates cut by a power cut (qemu killed) at a random instant within one update's duration",
+            "Updates cut by a power cut (qemu killed): every third cycle the moment the new version is being confirmed, the others at a random instant within one update's duration",
             "| cycle | update | cut at | states seen before the cut | outcome | installed after | terminal states | boot to terminal state | dpkg clean, online |\n|---|---|---|---|---|---|---|---|---|",
             rows,
         );
