@@ -67,6 +67,11 @@ ensure_cargo_deb() {
 ensure_test_tools() {
   # libfaketime: the wall clock stepped under a running agent (tests/lifecycle.rs).
   apt_install protobuf-compiler libfaketime
+  # Device keys in hardware without hardware (tests/device_keys.rs): swtpm, a TPM 2.0 simulator,
+  # behind tpm2-abrmd on a private D-Bus bus, used through tpm2-openssl; SoftHSM as a PKCS#11
+  # token, made with opensc's pkcs11-tool, used through the pkcs11 engine.
+  apt_install swtpm swtpm-tools tpm2-openssl tpm2-abrmd libtss2-tcti-swtpm0 libtss2-tcti-tabrmd0 \
+    dbus softhsm2 opensc libengine-pkcs11-openssl
   command -v node >/dev/null 2>&1 || apt_install nodejs
   command -v npm >/dev/null 2>&1 || apt_install npm
   if [ ! -d tests/sparkplug/node_modules/sparkplug-payload ]; then

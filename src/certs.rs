@@ -67,7 +67,10 @@ fn probe_with(broker: &BrokerConfig, now_s: i64, expired: Severity) -> Vec<Findi
         .as_deref()
         .and_then(|path| probe_cert("broker.tls.cert_file", path, now_s, expired, &mut findings));
     if let Some(path) = &tls.key_file {
-        let key = probe_key("broker.tls.key_file", path, &mut findings);
+        let key = match crate::keys::kind_of(path) {
+            crate::keys::KeyKind::File => probe_key("broker.tls.key_file", path, &mut findings),
+            kind => probe_device_key(tls, kind, &mut findings),
+        };
         if let (Some(cert), Some(key)) = (cert, key) {
             match cert.public_key() {
                 Ok(public) if public.public_eq(&key) => {}
@@ -290,6 +293,63 @@ fn check_validity(
                 cert.not_before()
             ),
         ));
+    }
+}
+
+/// A key in a TPM or a PKCS#11 token: its settings, then the key itself through OpenSSL's tpm2
+/// provider or pkcs11 engine (set up as the agent sets them up); the PIN is never quoted.
+fn probe_device_key(
+    tls: &crate::config::TlsConfig,
+    kind: crate::keys::KeyKind,
+    findings: &mut Vec<Finding>,
+) -> Option<PKey<Private>> {
+    use crate::keys::KeyKind;
+    match kind {
+        KeyKind::Pkcs11 => {
+            let Some(p11) = &tls.pkcs11 else {
+                findings.push(Finding::error(
+                    "broker.tls.pkcs11",
+                    "not set: a pkcs11: key_file needs the token's module (broker.tls.pkcs11.module) and its PIN file",
+                ));
+                return None;
+            };
+            let uri = tls.key_file.as_ref()?.to_string_lossy().into_owned();
+            if uri.contains("pin-value") || uri.contains("pin-source") {
+                findings.push(Finding::warning(
+                    "broker.tls.key_file",
+                    "the URI carries the PIN (pin-value): it then shows wherever the URI does; put it in broker.tls.pkcs11.pin_file",
+                ));
+            }
+            if !p11.module.exists() {
+                findings.push(Finding::error(
+                    "broker.tls.pkcs11.module",
+                    format!(
+                        "{} does not exist; expected the token's PKCS#11 module",
+                        p11.module.display()
+                    ),
+                ));
+                return None;
+            }
+            if let Some(pin_file) = &p11.pin_file {
+                warn_if_world_readable("broker.tls.pkcs11.pin_file", pin_file, findings);
+            }
+        }
+        KeyKind::Tpm => {
+            if tls.tpm.is_none() {
+                findings.push(Finding::note(
+                    "broker.tls.tpm",
+                    "not set: the TPM key is used through the default TCTI, device:/dev/tpmrm0",
+                ));
+            }
+        }
+        KeyKind::File => {}
+    }
+    match crate::keys::load(tls) {
+        Ok(key) => Some(key),
+        Err(why) => {
+            findings.push(Finding::error("broker.tls.key_file", why));
+            None
+        }
     }
 }
 

@@ -28,6 +28,9 @@ pub enum Error {
     /// `sign` cannot make the token (its key, its request).
     #[error("{0}")]
     Sign(String),
+    /// A `cert` command cannot do what it was asked (the key, the request).
+    #[error("{0}")]
+    Cert(String),
 }
 
 impl Error {

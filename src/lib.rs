@@ -14,6 +14,8 @@
 //!   reloads and `check --connect` share it.
 //! - `config`: typed config structs, YAML loading with key paths and positions, drop-ins,
 //!   validation, the loader that reports warnings.
+//! - `keys`: the device key wherever it lives (a file, a TPM, a PKCS#11 token): made on the
+//!   board, requests made with it, loaded for the connection.
 //! - `certs`: probing the TLS files the config points at. `identity`: the client ID from the
 //!   certificate's CN, the board serial or a MAC.
 //! - `sensors`: the `Source` kinds, the `Sensors` set that reads them, what is known stuck.
@@ -53,6 +55,7 @@ pub mod health;
 pub mod helper;
 pub mod i2c;
 pub mod identity;
+pub mod keys;
 pub mod local_status;
 pub mod modbus;
 pub mod model;

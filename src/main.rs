@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use fieldagent::cli::{self, Cli, Command};
+use fieldagent::cli::{self, CertCommand, Cli, Command};
 
 /// sysexits.h EX_CONFIG: the unit file's RestartPreventExitStatus, so systemd does not restart a
 /// broken config in a loop.
@@ -57,6 +57,16 @@ fn main() -> ExitCode {
             topic,
             request,
         }) => cli::sign(&key, &kid, &topic, &request, &mut out).map(|()| ExitCode::SUCCESS),
+        Some(Command::Cert(CertCommand::CreateKey { tpm, force })) => {
+            cli::create_key(&cli.config, tpm, force, &mut out).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Cert(CertCommand::Csr { cn, out: file })) => {
+            cli::csr(&cli.config, cn.as_deref(), file.as_ref(), &mut out)
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Cert(CertCommand::Show { json })) => {
+            cli::show_cert(&cli.config, json, &mut out).map(|()| ExitCode::SUCCESS)
+        }
         Some(Command::Identity) => {
             cli::identity(&cli.config, &mut out, &mut err).map(|()| ExitCode::SUCCESS)
         }

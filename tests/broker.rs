@@ -62,6 +62,50 @@ impl BrokerPki {
         pki
     }
 
+    /// A client certificate for the PKCS#10 request in `csr` (PEM): its subject and public key,
+    /// signed by this CA (serial `serial`, valid from an hour ago for two days), as PEM. What a
+    /// fleet's CA does with a request a device made.
+    pub fn sign_request(&self, csr: &[u8], serial: u32) -> Vec<u8> {
+        use openssl::asn1::{Asn1Integer, Asn1Time};
+        use openssl::bn::BigNum;
+        use openssl::x509::extension::ExtendedKeyUsage;
+        use openssl::x509::{X509Builder, X509Req, X509};
+        let request = X509Req::from_pem(csr).unwrap();
+        let public = request.public_key().unwrap();
+        assert!(
+            request.verify(&public).unwrap(),
+            "the request is not signed by its key"
+        );
+        let ca = X509::from_pem(self.ca_cert.pem().as_bytes()).unwrap();
+        let ca_key =
+            openssl::pkey::PKey::private_key_from_pem(self.ca_key.serialize_pem().as_bytes())
+                .unwrap();
+        let mut builder = X509Builder::new().unwrap();
+        builder.set_version(2).unwrap();
+        let serial = Asn1Integer::from_bn(&BigNum::from_u32(serial).unwrap()).unwrap();
+        builder.set_serial_number(&serial).unwrap();
+        builder.set_subject_name(request.subject_name()).unwrap();
+        builder.set_issuer_name(ca.subject_name()).unwrap();
+        builder.set_pubkey(&public).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        builder
+            .set_not_before(&Asn1Time::from_unix(now - 3600).unwrap())
+            .unwrap();
+        builder
+            .set_not_after(&Asn1Time::from_unix(now + 2 * 86_400).unwrap())
+            .unwrap();
+        builder
+            .append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap())
+            .unwrap();
+        builder
+            .sign(&ca_key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        builder.build().to_pem().unwrap()
+    }
+
     /// A second CA, `name`, in its own directory under `dir`: the broker trusts it for another
     /// listener (services, operators); its clients verify the broker with `fleet`'s CA.
     pub fn second(dir: &TestDir, name: &str, fleet: &BrokerPki) -> BrokerPki {

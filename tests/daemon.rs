@@ -28,10 +28,10 @@ pub(crate) struct Setup {
     pub telemetry: String,
     keepalive_s: u64,
     /// Extra keys inside `broker.tls`, each starting with ", ".
-    tls_extra: String,
-    /// Overrides of the TLS files.
-    ca: Option<PathBuf>,
-    cert: Option<(PathBuf, PathBuf)>,
+    pub tls_extra: String,
+    /// Overrides of the TLS files (the key may be a `pkcs11:` URI).
+    pub ca: Option<PathBuf>,
+    pub cert: Option<(PathBuf, PathBuf)>,
     pub env: Vec<(String, String)>,
     /// A directory holding a journald socket fixture: the agent then runs in a mount namespace
     /// where that directory is /run/systemd/journal, with `JOURNAL_STREAM` naming its stderr.
@@ -88,11 +88,21 @@ impl Agent {
     }
 
     pub fn start_with(dir: &TestDir, pki: &BrokerPki, setup: Setup) -> Agent {
+        let config_path = Agent::write_config(dir, pki, &setup);
+        Agent::start_config(dir, &config_path, setup)
+    }
+
+    /// Writes the agent's config for `setup` (and its certificate, unless `setup` names one);
+    /// its path.
+    pub fn write_config(dir: &TestDir, pki: &BrokerPki, setup: &Setup) -> PathBuf {
         if !dir.path().join("sys").exists() {
             fake_sysfs(dir);
         }
         let id = &setup.client_id;
-        let (cert, key) = setup.cert.unwrap_or_else(|| pki.issue(id, id, false));
+        let (cert, key) = setup
+            .cert
+            .clone()
+            .unwrap_or_else(|| pki.issue(id, id, false));
         let urls: Vec<String> = setup.urls.iter().map(|u| format!("\"{u}\"")).collect();
         let base = dir.path().display().to_string();
         let config = format!(
@@ -124,7 +134,13 @@ sensors:
             top_extra = setup.top_extra,
             sensors_extra = setup.sensors_extra,
         );
-        let config_path = dir.write(&format!("{id}.yaml"), config);
+        dir.write(&format!("{id}.yaml"), config)
+    }
+
+    /// Starts the agent with the config at `config_path`, as `setup` says.
+    pub fn start_config(dir: &TestDir, config_path: &Path, setup: Setup) -> Agent {
+        let id = &setup.client_id;
+        let base = dir.path().display().to_string();
         let log = dir.path().join(format!("{id}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let agent = env!("CARGO_BIN_EXE_fieldagent");

@@ -13,6 +13,7 @@ mod commands;
 mod config_errors;
 mod copyright;
 mod daemon;
+mod device_keys;
 mod fleet_broker;
 mod identity;
 mod interop;

@@ -16,6 +16,9 @@ _fieldagent() {
             ",$1")
                 cmd="fieldagent"
                 ;;
+            fieldagent,cert)
+                cmd="fieldagent__subcmd__cert"
+                ;;
             fieldagent,check)
                 cmd="fieldagent__subcmd__check"
                 ;;
@@ -39,6 +42,33 @@ _fieldagent() {
                 ;;
             fieldagent,status)
                 cmd="fieldagent__subcmd__status"
+                ;;
+            fieldagent__subcmd__cert,create-key)
+                cmd="fieldagent__subcmd__cert__subcmd__create__subcmd__key"
+                ;;
+            fieldagent__subcmd__cert,csr)
+                cmd="fieldagent__subcmd__cert__subcmd__csr"
+                ;;
+            fieldagent__subcmd__cert,help)
+                cmd="fieldagent__subcmd__cert__subcmd__help"
+                ;;
+            fieldagent__subcmd__cert,show)
+                cmd="fieldagent__subcmd__cert__subcmd__show"
+                ;;
+            fieldagent__subcmd__cert__subcmd__help,create-key)
+                cmd="fieldagent__subcmd__cert__subcmd__help__subcmd__create__subcmd__key"
+                ;;
+            fieldagent__subcmd__cert__subcmd__help,csr)
+                cmd="fieldagent__subcmd__cert__subcmd__help__subcmd__csr"
+                ;;
+            fieldagent__subcmd__cert__subcmd__help,help)
+                cmd="fieldagent__subcmd__cert__subcmd__help__subcmd__help"
+                ;;
+            fieldagent__subcmd__cert__subcmd__help,show)
+                cmd="fieldagent__subcmd__cert__subcmd__help__subcmd__show"
+                ;;
+            fieldagent__subcmd__help,cert)
+                cmd="fieldagent__subcmd__help__subcmd__cert"
                 ;;
             fieldagent__subcmd__help,check)
                 cmd="fieldagent__subcmd__help__subcmd__check"
@@ -64,6 +94,15 @@ _fieldagent() {
             fieldagent__subcmd__help,status)
                 cmd="fieldagent__subcmd__help__subcmd__status"
                 ;;
+            fieldagent__subcmd__help__subcmd__cert,create-key)
+                cmd="fieldagent__subcmd__help__subcmd__cert__subcmd__create__subcmd__key"
+                ;;
+            fieldagent__subcmd__help__subcmd__cert,csr)
+                cmd="fieldagent__subcmd__help__subcmd__cert__subcmd__csr"
+                ;;
+            fieldagent__subcmd__help__subcmd__cert,show)
+                cmd="fieldagent__subcmd__help__subcmd__cert__subcmd__show"
+                ;;
             *)
                 ;;
         esac
@@ -71,8 +110,158 @@ _fieldagent() {
 
     case "${cmd}" in
         fieldagent)
-            opts="-v -q -h -V --config --verbose --quiet --help --version run check config identity sign read status help"
+            opts="-v -q -h -V --config --verbose --quiet --help --version run check config cert identity sign read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert)
+            opts="-v -q -h --config --verbose --quiet --help create-key csr show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__create__subcmd__key)
+            opts="-v -q -h --tpm --force --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__csr)
+            opts="-v -q -h --cn --out --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --cn)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__help)
+            opts="create-key csr show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__help__subcmd__create__subcmd__key)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__help__subcmd__csr)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__cert__subcmd__show)
+            opts="-v -q -h --json --config --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -125,8 +314,64 @@ _fieldagent() {
             return 0
             ;;
         fieldagent__subcmd__help)
-            opts="run check config identity sign read status help"
+            opts="run check config cert identity sign read status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__help__subcmd__cert)
+            opts="create-key csr show"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__help__subcmd__cert__subcmd__create__subcmd__key)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__help__subcmd__cert__subcmd__csr)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        fieldagent__subcmd__help__subcmd__cert__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -21,7 +21,32 @@ pub struct CheckOutcome {
 ///
 /// `quiet` prints only warnings and errors.
 pub fn check(path: &Path, quiet: bool, out: &mut dyn Write) -> Result<CheckOutcome, Error> {
-    let (config, mut report) = config::inspect(path)?;
+    let (config, report) = config::inspect(path)?;
+    // OpenSSL as the agent would set it up (a TPM key's provider, a token's engine), before the
+    // probes use it.
+    let _floor = match &config {
+        Some(config) => Some(super::connect::floor(&config.config().broker.tls)?),
+        None => None,
+    };
+    report_findings(config, report, quiet, out)
+}
+
+/// `check` once OpenSSL is set up (`check --connect` has done it).
+pub(super) fn check_set_up(
+    path: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> Result<CheckOutcome, Error> {
+    let (config, report) = config::inspect(path)?;
+    report_findings(config, report, quiet, out)
+}
+
+fn report_findings(
+    config: Option<ValidConfig>,
+    mut report: Findings,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> Result<CheckOutcome, Error> {
     if let Some(config) = &config {
         probe(config, &mut report.items);
     }

@@ -33,10 +33,10 @@ pub fn check_connect(
 ) -> Result<ConnectOutcome, Error> {
     // The TLS floor before anything touches OpenSSL (the offline checks do).
     let floor = match config::inspect(path) {
-        Ok((Some(config), _)) => Some(floor(config.config().broker.tls.min_version)?),
+        Ok((Some(config), _)) => Some(floor(&config.config().broker.tls)?),
         _ => None,
     };
-    let outcome = super::check(path, quiet, out)?;
+    let outcome = super::check::check_set_up(path, quiet, out)?;
     if outcome.errors > 0 {
         return Ok(ConnectOutcome::ConfigErrors);
     }
@@ -64,10 +64,20 @@ const LISTEN: Duration = Duration::from_millis(500);
 /// (state_dir may belong to the service user, and a file this process left there could stop
 /// the agent). Must run before anything in the process uses OpenSSL; the directory is removed
 /// when the returned guard is dropped (OpenSSL has read the file by then).
-pub fn floor(min: crate::config::TlsVersion) -> Result<FloorDir, Error> {
+pub fn floor(tls: &crate::config::TlsConfig) -> Result<FloorDir, Error> {
+    floor_for_key(tls, false)
+}
+
+/// [`floor`], with the TPM's provider even before the key file exists (`cert create-key --tpm`).
+pub fn floor_for_key(tls: &crate::config::TlsConfig, tpm: bool) -> Result<FloorDir, Error> {
     let dir = private_temp_dir()?;
     let guard = FloorDir(dir);
-    tls::enforce_floor(min, &guard.0)?;
+    let needs = if tpm {
+        crate::keys::tpm_needs(tls)
+    } else {
+        crate::keys::openssl_needs(tls)
+    };
+    tls::enforce_floor(tls.min_version, &needs, &guard.0)?;
     Ok(guard)
 }
 

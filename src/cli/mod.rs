@@ -3,6 +3,7 @@
 //! code; none of them exits the process. The daemon is `crate::daemon`; the two share only the
 //! library (`config`, `admission`, `identity`, `mqtt`, …), never each other.
 
+mod cert;
 mod check;
 mod config;
 mod connect;
@@ -10,6 +11,7 @@ mod read;
 mod sign;
 mod status;
 
+pub use cert::{create_key, csr, show as show_cert};
 pub use check::{check, CheckOutcome};
 pub use config::show as show_config;
 pub use connect::{check_connect, ConnectOutcome};
@@ -82,6 +84,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The device key and certificate: make the key on the board, a request for it, show them.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print the MQTT client ID and which source it came from.
     Identity,
     /// For operators: sign a command or operation request for devices that require signed
@@ -109,6 +114,35 @@ pub enum Command {
     /// from state_dir; exit 0 when it runs, 3 when it does not or its state is stale.
     Status {
         /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `fieldagent cert …`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a P-256 key at broker.tls.key_file (mode 0600, created exclusively).
+    CreateKey {
+        /// Inside the TPM 2.0 (broker.tls.tpm.tcti): the file holds only its wrapped form.
+        #[arg(long)]
+        tpm: bool,
+        /// Replace an existing key (the device's identity changes with it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print or write a PKCS#10 request signed by the device key.
+    Csr {
+        /// The subject CN (default: the client ID the agent would use without a certificate).
+        #[arg(long)]
+        cn: Option<String>,
+        /// Write the request to FILE instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Show the device certificate and where its key lives (file, tpm, pkcs11).
+    Show {
+        /// Print one JSON object instead of lines.
         #[arg(long)]
         json: bool,
     },

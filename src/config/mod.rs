@@ -213,12 +213,44 @@ pub struct TlsConfig {
     /// The provisioning certificate; its subject CN is the first identity source.
     #[serde(default)]
     pub cert_file: Option<PathBuf>,
+    /// A PEM key, a TPM 2.0 key file (TSS2 PRIVATE KEY) or a `pkcs11:` URI (RFC 7512).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     #[serde(default)]
     pub min_version: TlsVersion,
     #[serde(default = "default_true")]
     pub verify_hostname: bool,
+    /// How to reach the TPM that holds a TSS2 key file.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
+    /// The PKCS#11 module and PIN for a `pkcs11:` key.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+/// `broker.tls.tpm:` — the TPM 2.0 a TSS2 key file belongs to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// The TSS2 TCTI: `device:/dev/tpmrm0` (the kernel's resource manager), `tabrmd` (the
+    /// tpm2-abrmd daemon), `swtpm:host=127.0.0.1,port=2321` (a simulator).
+    #[serde(default = "default_tcti")]
+    pub tcti: String,
+}
+
+fn default_tcti() -> String {
+    "device:/dev/tpmrm0".to_owned()
+}
+
+/// `broker.tls.pkcs11:` — the token a `pkcs11:` key lives in.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The token's PKCS#11 module (a shared library).
+    pub module: PathBuf,
+    /// A file holding the token's user PIN (read at each start and reload, never logged).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
 }
 
 impl Default for TlsConfig {
@@ -227,6 +259,8 @@ impl Default for TlsConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            tpm: None,
+            pkcs11: None,
             min_version: TlsVersion::default(),
             verify_hostname: true,
         }

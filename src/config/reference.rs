@@ -119,6 +119,8 @@ mod tests {
         keys_of::<Config>("", &mut accepted);
         keys_of::<BrokerConfig>("broker", &mut accepted);
         keys_of::<TlsConfig>("broker.tls", &mut accepted);
+        keys_of::<TpmConfig>("broker.tls.tpm", &mut accepted);
+        keys_of::<Pkcs11Config>("broker.tls.pkcs11", &mut accepted);
         keys_of::<ReconnectConfig>("broker.reconnect", &mut accepted);
         keys_of::<IdentityConfig>("identity", &mut accepted);
         keys_of::<TopicsConfig>("topics", &mut accepted);

@@ -248,15 +248,41 @@ fn check_broker(broker: &BrokerConfig, findings: &mut Vec<Finding>) -> Vec<Endpo
             ),
         ));
     }
+    // A key in a PKCS#11 token is a pkcs11: URI, not a path.
+    let key_file = broker
+        .tls
+        .key_file
+        .as_ref()
+        .filter(|key| !crate::keys::is_uri(key));
+    let pin_file = broker
+        .tls
+        .pkcs11
+        .as_ref()
+        .and_then(|p11| p11.pin_file.as_ref());
+    let module = broker.tls.pkcs11.as_ref().map(|p11| &p11.module);
     for (key, path) in [
-        ("broker.tls.ca_file", &broker.tls.ca_file),
-        ("broker.tls.cert_file", &broker.tls.cert_file),
-        ("broker.tls.key_file", &broker.tls.key_file),
-        ("broker.password_file", &broker.password_file),
+        ("broker.tls.ca_file", broker.tls.ca_file.as_ref()),
+        ("broker.tls.cert_file", broker.tls.cert_file.as_ref()),
+        ("broker.tls.key_file", key_file),
+        ("broker.tls.pkcs11.module", module),
+        ("broker.tls.pkcs11.pin_file", pin_file),
+        ("broker.password_file", broker.password_file.as_ref()),
     ] {
         if let Some(path) = path {
             check_absolute(key, path, findings);
         }
+    }
+    if broker.tls.pkcs11.is_some()
+        && !broker
+            .tls
+            .key_file
+            .as_ref()
+            .is_some_and(|key| crate::keys::is_uri(key))
+    {
+        findings.push(Finding::warning(
+            "broker.tls.pkcs11",
+            "set, but broker.tls.key_file is not a pkcs11: URI, so it is not used",
+        ));
     }
     if broker.tls.cert_file.is_some() != broker.tls.key_file.is_some() {
         let (missing, present) = if broker.tls.cert_file.is_some() {

@@ -93,7 +93,8 @@ pub fn start(path: &Path, verbosity: i8, warn: &mut dyn Write) -> Result<(), Err
     // TLS floor (anyone could plant one there).
     let min = config.config().broker.tls.min_version;
     let state_dir = &config.config().state_dir;
-    let floor = crate::mqtt::tls::enforce_floor(min, state_dir)?;
+    let needs = crate::keys::openssl_needs(&config.config().broker.tls);
+    let floor = crate::mqtt::tls::enforce_floor(min, &needs, state_dir)?;
     crate::mqtt::tls::floor_holds(min).map_err(Error::TlsFloorIgnored)?;
     let log = &config.config().log;
     if crate::service::init_logging(log.level.shifted(verbosity), log.target)

@@ -28,6 +28,8 @@ pub fn missing_file(config: &ValidConfig) -> Option<PathBuf> {
     [&tls.ca_file, &tls.cert_file, &tls.key_file]
         .into_iter()
         .flatten()
+        // A key in a PKCS#11 token is a URI, not a file to wait for.
+        .filter(|path| !crate::keys::is_uri(path))
         .find(|path| match std::fs::metadata(path) {
             Ok(meta) => meta.is_file() && meta.len() == 0,
             Err(err) => err.kind() == std::io::ErrorKind::NotFound,

@@ -243,6 +243,17 @@ fn prepare(path: &std::path::Path, running: &Running) -> Result<Reloaded, String
             running.client_id, identity.client_id, running.client_id
         ));
     }
+    // Where the key lives is read by OpenSSL once, at start (its provider or engine).
+    let key_setup = |tls: &TlsConfig| {
+        (
+            tls.key_file.as_deref().map(crate::keys::kind_of),
+            tls.tpm.clone(),
+            tls.pkcs11.as_ref().map(|p11| p11.module.clone()),
+        )
+    };
+    if key_setup(&config.config().broker.tls) != key_setup(&running.tls) {
+        return Err("where the device key lives (a file, a TPM, a PKCS#11 token), broker.tls.tpm and broker.tls.pkcs11.module take a restart of the agent: OpenSSL loads their provider or engine once, at start".to_owned());
+    }
     let key_pair: Option<Option<KeyPairStore>> =
         (config.config().broker.tls != running.tls).then(|| admit::key_pair_store(&config));
     // Admission refused a key directory with errors; this is what it holds now.

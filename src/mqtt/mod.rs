@@ -173,6 +173,9 @@ pub enum MqttError {
     },
     #[error("TLS setup: {0}")]
     Tls(#[source] paho::Error),
+    /// The device key's PIN cannot be read (`broker.tls.pkcs11.pin_file`).
+    #[error("{0}")]
+    Key(String),
     #[error("connect to {urls}: {cause}")]
     Connect { urls: String, cause: String },
     /// Paho's connect timed out: the TCP connect, the TLS handshake or the CONNACK did not
@@ -372,6 +375,13 @@ impl Session {
             }
             if let Some(key) = &key {
                 ssl.private_key(key).map_err(MqttError::Tls)?;
+                // A key in a token: its PIN, which the vendored Paho hands to the pkcs11 engine
+                // (read here, at the session's creation: at start and at each reload).
+                if crate::keys::is_uri(key) {
+                    if let Some(pin) = crate::keys::pin(tls).map_err(MqttError::Key)? {
+                        ssl.private_key_password(pin);
+                    }
+                }
             }
             options.ssl_options(ssl.finalize());
         }

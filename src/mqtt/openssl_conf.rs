@@ -149,6 +149,84 @@ impl Conf {
     }
 }
 
+/// What the device key needs of OpenSSL besides the floor (`keys::openssl_needs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyNeeds {
+    /// A TPM key: the tpm2 provider beside the default one; with `true`, signatures go to the
+    /// TPM by default (`?tpm2.signature`), which tpm2-openssl before 1.2 needs and which needs
+    /// a resource manager that swaps objects (tpm2-abrmd).
+    pub tpm2: Option<bool>,
+    /// A PKCS#11 key: the pkcs11 engine (libp11) with this module, initialised when first used.
+    pub pkcs11_module: Option<PathBuf>,
+}
+
+impl Conf {
+    /// The lines that load what `needs` asks for, on top of the system's config: its own
+    /// providers, engines and algorithm properties kept, ours added beside them.
+    pub fn key_lines(&self, needs: &KeyNeeds) -> String {
+        if needs.tpm2.is_none() && needs.pkcs11_module.is_none() {
+            return String::new();
+        }
+        let init = self
+            .get(DEFAULT, "openssl_conf")
+            .unwrap_or("fieldagent_init")
+            .to_owned();
+        let mut out = String::new();
+        if let Some(properties) = needs.tpm2 {
+            // Naming any provider turns off the implicit default one: it is activated too.
+            match self.get(&init, "providers") {
+                Some(providers) => {
+                    let default = self
+                        .get(providers, "default")
+                        .unwrap_or("fieldagent_default");
+                    out.push_str(&format!(
+                        "[{providers}]\ndefault = {default}\ntpm2 = fieldagent_tpm2\n[{default}]\nactivate = 1\n"
+                    ));
+                }
+                None => out.push_str(&format!(
+                    "[{init}]\nproviders = fieldagent_providers\n[fieldagent_providers]\n\
+                     default = fieldagent_default\ntpm2 = fieldagent_tpm2\n\
+                     [fieldagent_default]\nactivate = 1\n"
+                )),
+            }
+            out.push_str("[fieldagent_tpm2]\nactivate = 1\n");
+            if properties {
+                match self.get(&init, "alg_section") {
+                    Some(algs) => {
+                        let query = match self.get(algs, "default_properties") {
+                            Some(system) if !system.is_empty() => {
+                                format!("{system},?tpm2.signature")
+                            }
+                            _ => "?tpm2.signature".to_owned(),
+                        };
+                        out.push_str(&format!("[{algs}]\ndefault_properties = {query}\n"));
+                    }
+                    None => out.push_str(&format!(
+                        "[{init}]\nalg_section = fieldagent_algs\n[fieldagent_algs]\n\
+                         default_properties = ?tpm2.signature\n"
+                    )),
+                }
+            }
+        }
+        if let Some(module) = &needs.pkcs11_module {
+            let engines = match self.get(&init, "engines") {
+                Some(engines) => engines.to_owned(),
+                None => {
+                    out.push_str(&format!("[{init}]\nengines = fieldagent_engines\n"));
+                    "fieldagent_engines".to_owned()
+                }
+            };
+            // Not initialised here: the key's first use does it (with the PIN, never written).
+            out.push_str(&format!(
+                "[{engines}]\npkcs11 = fieldagent_pkcs11\n[fieldagent_pkcs11]\nengine_id = pkcs11\n\
+                 MODULE_PATH = {}\ninit = 0\n",
+                module.display()
+            ));
+        }
+        out
+    }
+}
+
 /// An SSL section `name` whose `system_default` is ours, with the floor.
 fn ssl_section(name: &str, min: &str) -> String {
     format!("[{name}]\nsystem_default = fieldagent_tls\n[fieldagent_tls]\nMinProtocol = {min}\n")
@@ -298,6 +376,49 @@ mod tests {
         );
         // The continued name is read whole; a value that needs a variable is not trusted.
         assert_eq!(conf.floor_lines("TLSv1.2"), "[d]\nMinProtocol = TLSv1.2\n");
+    }
+
+    #[test]
+    fn a_tpm_or_pkcs11_key_adds_its_provider_or_engine_beside_the_systems() {
+        let tpm = KeyNeeds {
+            tpm2: Some(true),
+            pkcs11_module: None,
+        };
+        // Debian 12: an init section without providers.
+        let lines = Conf::parse(DEBIAN).key_lines(&tpm);
+        assert_eq!(
+            lines,
+            "[openssl_init]\nproviders = fieldagent_providers\n[fieldagent_providers]\n\
+             default = fieldagent_default\ntpm2 = fieldagent_tpm2\n[fieldagent_default]\n\
+             activate = 1\n[fieldagent_tpm2]\nactivate = 1\n[openssl_init]\n\
+             alg_section = fieldagent_algs\n[fieldagent_algs]\n\
+             default_properties = ?tpm2.signature\n"
+        );
+        // A system with its own providers (FIPS, say) and properties keeps them.
+        let system = Conf::parse(
+            "openssl_conf = i\n[i]\nproviders = p\nalg_section = a\n[p]\nfips = f\ndefault = d\n\
+             [a]\ndefault_properties = fips=yes\n",
+        );
+        let lines = system.key_lines(&tpm);
+        assert!(
+            lines.starts_with("[p]\ndefault = d\ntpm2 = fieldagent_tpm2\n[d]\nactivate = 1\n"),
+            "{lines}"
+        );
+        assert!(
+            lines.ends_with("[a]\ndefault_properties = fips=yes,?tpm2.signature\n"),
+            "{lines}"
+        );
+        let p11 = KeyNeeds {
+            tpm2: None,
+            pkcs11_module: Some(PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")),
+        };
+        assert_eq!(
+            Conf::parse(DEBIAN).key_lines(&p11),
+            "[openssl_init]\nengines = fieldagent_engines\n[fieldagent_engines]\n\
+             pkcs11 = fieldagent_pkcs11\n[fieldagent_pkcs11]\nengine_id = pkcs11\n\
+             MODULE_PATH = /usr/lib/softhsm/libsofthsm2.so\ninit = 0\n"
+        );
+        assert_eq!(Conf::parse(DEBIAN).key_lines(&KeyNeeds::default()), "");
     }
 
     #[test]

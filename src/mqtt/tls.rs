@@ -68,18 +68,28 @@ pub enum FloorError {
 /// Writes the OpenSSL config for `min` into `dir` (only when it changed: boards have slow flash)
 /// and points `OPENSSL_CONF` at it. Must run before anything in the process uses OpenSSL, while
 /// the process has one thread.
-pub fn enforce_floor(min: TlsVersion, dir: &Path) -> Result<Floor, FloorError> {
+pub fn enforce_floor(
+    min: TlsVersion,
+    needs: &super::openssl_conf::KeyNeeds,
+    dir: &Path,
+) -> Result<Floor, FloorError> {
     let own = dir.join(FILE_NAME);
     let system = system_config(&own);
-    let lines = match &system {
-        Some(path) => super::openssl_conf::Conf::read(path)
-            .map_err(|source| FloorError::System {
+    let conf = match &system {
+        Some(path) => {
+            super::openssl_conf::Conf::read(path).map_err(|source| FloorError::System {
                 path: path.clone(),
                 source,
             })?
-            .floor_lines(openssl_name(min)),
-        None => super::openssl_conf::Conf::default().floor_lines(openssl_name(min)),
+        }
+        None => super::openssl_conf::Conf::default(),
     };
+    // The floor, then what the device key needs (a TPM's provider, a token's engine).
+    let lines = format!(
+        "{}{}",
+        conf.floor_lines(openssl_name(min)),
+        conf.key_lines(needs)
+    );
     let include = system
         .as_ref()
         .map(|path| format!(".include {}\n", path.display()))
@@ -263,9 +273,15 @@ fn present_certificate(
         builder.set_certificate_chain_file(cert).ok()?;
     }
     if let Some(key) = &tls.key_file {
-        builder
-            .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
-            .ok()?;
+        match crate::keys::kind_of(key) {
+            crate::keys::KeyKind::File => builder
+                .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+                .ok()?,
+            _ => {
+                let loaded = crate::keys::load(tls).ok()?;
+                builder.set_private_key(&loaded).ok()?
+            }
+        }
     }
     Some(())
 }
@@ -395,7 +411,13 @@ impl KeyPairStore {
             },
             files: KeyPairFiles {
                 cert: dir.join("device.crt"),
-                key: dir.join("device.key"),
+                // A key in a token is not a file: Paho is given its URI, and only the
+                // certificate is copied and watched.
+                key: if crate::keys::is_uri(key) {
+                    key.to_owned()
+                } else {
+                    dir.join("device.key")
+                },
             },
             seen: None,
         };
@@ -404,10 +426,13 @@ impl KeyPairStore {
     }
 
     fn stamps(&self) -> Option<[(std::time::SystemTime, u64); 2]> {
-        Some([
-            stamp(&self.source.cert).ok()?,
-            stamp(&self.source.key).ok()?,
-        ])
+        let cert = stamp(&self.source.cert).ok()?;
+        let key = if crate::keys::is_uri(&self.source.key) {
+            cert
+        } else {
+            stamp(&self.source.key).ok()?
+        };
+        Some([cert, key])
     }
 
     /// True when the configured files changed since they were last accepted or refused.
@@ -442,6 +467,9 @@ pub fn copy_pair(source: &KeyPairFiles, files: &KeyPairFiles) -> io::Result<()> 
         (&source.cert, &files.cert, 0o644),
         (&source.key, &files.key, 0o600),
     ] {
+        if crate::keys::is_uri(from) {
+            continue;
+        }
         let bytes = std::fs::read(from)?;
         let temporary = to.with_extension("new");
         // Created with its mode (the key is never readable by others, not even for a moment)

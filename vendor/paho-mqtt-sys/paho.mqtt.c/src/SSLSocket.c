@@ -47,6 +47,12 @@
 #include <openssl/err.h>
 #include <openssl/crypto.h>
 #include <openssl/x509v3.h>
+#if !defined(OPENSSL_NO_ENGINE)
+/* fieldagent: a client key in a PKCS#11 token, through the pkcs11 engine (libp11) */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/engine.h>
+#include <pthread.h>
+#endif
 
 extern Sockets mod_s;
 
@@ -60,6 +66,40 @@ void SSL_CTX_msg_callback(
 		int content_type,
 		const void* buf, size_t len,
 		SSL* ssl, void* arg);
+#if !defined(OPENSSL_NO_ENGINE)
+/* fieldagent: the pkcs11 engine, initialised at its first use and kept for the life of the
+ * process (a key it loaded goes on using the PKCS#11 module it opened). The engine comes from
+ * the OpenSSL config (its MODULE_PATH there); the PIN is given by the caller, never written. */
+static pthread_mutex_t pkcs11_mutex = PTHREAD_MUTEX_INITIALIZER;
+static ENGINE* pkcs11_engine = NULL;
+
+static int SSLSocket_usePkcs11Key(SSL_CTX* ctx, const char* uri, const char* pin)
+{
+	int rc = 0;
+	EVP_PKEY* key = NULL;
+
+	pthread_mutex_lock(&pkcs11_mutex);
+	if (pkcs11_engine == NULL)
+	{
+		ENGINE* e = ENGINE_by_id("pkcs11");
+		if (e != NULL && ENGINE_init(e) == 1)
+			pkcs11_engine = e;
+		else if (e != NULL)
+			ENGINE_free(e);
+	}
+	if (pkcs11_engine != NULL
+			&& (pin == NULL || ENGINE_ctrl_cmd_string(pkcs11_engine, "PIN", pin, 0) == 1))
+		key = ENGINE_load_private_key(pkcs11_engine, uri, NULL, NULL);
+	pthread_mutex_unlock(&pkcs11_mutex);
+	if (key != NULL)
+	{
+		rc = SSL_CTX_use_PrivateKey(ctx, key);
+		EVP_PKEY_free(key);
+	}
+	return rc;
+}
+#endif
+
 int pem_passwd_cb(char* buf, int size, int rwflag, void* userdata);
 int SSL_create_mutex(ssl_mutex_type* mutex);
 int SSL_lock_mutex(ssl_mutex_type* mutex);
@@ -624,6 +664,13 @@ int SSLSocket_createContext(networkHandles* net, MQTTClient_SSLOptions* opts)
 		}
 
 		/* support for ASN.1 == DER format? DER can contain only one certificate? */
+#if !defined(OPENSSL_NO_ENGINE)
+		/* fieldagent: a pkcs11: URI (RFC 7512) names a key in a token, its PIN in
+		 * privateKeyPassword */
+		if (strncmp(opts->privateKey, "pkcs11:", 7) == 0)
+			rc = SSLSocket_usePkcs11Key(net->ctx, opts->privateKey, opts->privateKeyPassword);
+		else
+#endif
 		rc = SSL_CTX_use_PrivateKey_file(net->ctx, opts->privateKey, SSL_FILETYPE_PEM);
 		if (opts->privateKey == opts->keyStore)
 			opts->privateKey = NULL;
