@@ -7,20 +7,34 @@ use std::path::{Path, PathBuf};
 use crate::config;
 use crate::error::Error;
 
-/// `cert create-key [--tpm] [--force]`: a P-256 key at `broker.tls.key_file`.
+/// The user the packaged service runs as (`User=` in its unit).
+const SERVICE_USER: &str = "fieldagent";
+
+/// `cert create-key [--tpm] [--force]`: a P-256 key at `broker.tls.key_file`. Run as root on a
+/// board with the service's user, the key belongs to that user (still mode 0600), so the agent
+/// can read it and no other user can.
 pub fn create_key(path: &Path, tpm: bool, force: bool, out: &mut dyn Write) -> Result<(), Error> {
     let (config, _) = config::load(path)?;
     let tls = &config.config().broker.tls;
     let _floor = super::connect::floor_for_key(tls, tpm)?;
-    let kind = crate::keys::create(tls, tpm, force).map_err(Error::Cert)?;
+    let owner = if nix::unistd::geteuid().is_root() {
+        nix::unistd::User::from_name(SERVICE_USER).ok().flatten()
+    } else {
+        None
+    };
+    let kind = crate::keys::create(tls, tpm, force, owner.as_ref()).map_err(Error::Cert)?;
     let key = tls.key_file.as_deref().unwrap_or(Path::new("?"));
+    let mode = match &owner {
+        Some(user) => format!("mode 0600, owner {}", user.name),
+        None => "mode 0600".to_owned(),
+    };
     match kind {
         crate::keys::KeyKind::Tpm => writeln!(
             out,
-            "made a P-256 key inside the TPM; {} holds its wrapped form (mode 0600), useless without this TPM",
+            "made a P-256 key inside the TPM; {} holds its wrapped form ({mode}), useless without this TPM",
             key.display()
         )?,
-        _ => writeln!(out, "made a P-256 key at {} (mode 0600)", key.display())?,
+        _ => writeln!(out, "made a P-256 key at {} ({mode})", key.display())?,
     }
     writeln!(
         out,

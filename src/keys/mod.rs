@@ -162,7 +162,12 @@ fn first_error(err: &openssl::error::ErrorStack) -> String {
 
 /// `cert create-key`: a new P-256 key at `key_file` (0600, created exclusively; an existing one
 /// is kept unless `force`), in the TPM with `tpm` (the file then holds its wrapped form).
-pub fn create(tls: &TlsConfig, tpm: bool, force: bool) -> Result<KeyKind, String> {
+pub fn create(
+    tls: &TlsConfig,
+    tpm: bool,
+    force: bool,
+    owner: Option<&nix::unistd::User>,
+) -> Result<KeyKind, String> {
     let key = tls
         .key_file
         .as_ref()
@@ -186,13 +191,18 @@ pub fn create(tls: &TlsConfig, tpm: bool, force: bool) -> Result<KeyKind, String
             .and_then(|key| key.private_key_to_pem_pkcs8())
             .map_err(|err| err.to_string())?
     };
-    write_key(key, &pem, force)?;
+    write_key(key, &pem, force, owner)?;
     Ok(if tpm { KeyKind::Tpm } else { KeyKind::File })
 }
 
-/// Writes `pem` to `path` exclusively with mode 0600 (with `force`, a new file renamed over the
-/// old one), fsynced.
-fn write_key(path: &Path, pem: &[u8], force: bool) -> Result<(), String> {
+/// Writes `pem` to `path` exclusively with mode 0600, owned by `owner` when given (with `force`, a
+/// new file renamed over the old one), fsynced.
+fn write_key(
+    path: &Path,
+    pem: &[u8],
+    force: bool,
+    owner: Option<&nix::unistd::User>,
+) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let target = if force {
@@ -209,6 +219,14 @@ fn write_key(path: &Path, pem: &[u8], force: bool) -> Result<(), String> {
         .mode(0o600)
         .open(&target)
         .map_err(|err| format!("cannot create {}: {err}", target.display()))?;
+    if let Some(user) = owner {
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            Some(user.uid),
+            Some(user.gid),
+        )
+        .map_err(|err| format!("cannot give {} to {}: {err}", target.display(), user.name))?;
+    }
     file.write_all(pem)
         .and_then(|()| file.sync_all())
         .map_err(|err| format!("cannot write {}: {err}", target.display()))?;
@@ -306,5 +324,43 @@ pub fn describe(tls: &TlsConfig) -> Description {
         not_after: cert.as_ref().map(|cert| cert.not_after().to_string()),
         key_matches,
         problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_new_key_is_0600_owned_by_the_given_user_and_an_existing_one_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("device.key");
+        // As root (CI), another user's; otherwise our own, which fchown allows.
+        let owner = if nix::unistd::geteuid().is_root() {
+            nix::unistd::User::from_name("nobody")
+                .expect("passwd")
+                .expect("nobody")
+        } else {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .expect("passwd")
+                .expect("us")
+        };
+        write_key(&path, b"first", false, Some(&owner)).expect("written");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), owner.uid.as_raw());
+        assert_eq!(meta.gid(), owner.gid.as_raw());
+
+        let err = write_key(&path, b"second", false, Some(&owner)).expect_err("kept");
+        assert!(err.contains("cannot create"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"first");
+
+        write_key(&path, b"third", true, Some(&owner)).expect("forced");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        assert_eq!(std::fs::read(&path).expect("read"), b"third");
+        assert_eq!(meta.uid(), owner.uid.as_raw());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert!(!path.with_extension("new").exists());
     }
 }

@@ -76,3 +76,6 @@ FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libd
 CONFFILES:${PN} = "${sysconfdir}/fieldagent/config.yaml"
 # The unit's ExecReload uses /bin/kill (busybox, procps or util-linux provide it).
 RDEPENDS:${PN} = "ca-certificates"
+# A device key inside a TPM 2.0 needs tpm2-openssl from meta-security's meta-tpm layer (with
+# DISTRO_FEATURES "tpm2"); one in a PKCS#11 token needs libp11 from meta-oe and the token's module.
+# Neither is pulled in here: add them to the image of a board that has the hardware (README.md).
