@@ -404,6 +404,8 @@ impl Drop for Broker {
 pub struct Received {
     pub topic: String,
     pub retained: bool,
+    /// The QoS it arrived at: the lower of the publisher's and the subscription's.
+    pub qos: u8,
     pub payload: String,
 }
 
@@ -435,7 +437,7 @@ impl Subscriber {
         qos: u8,
         name: &str,
     ) -> Subscriber {
-        Subscriber::start_format(broker, pki, topic, qos, name, "%r %t %p")
+        Subscriber::start_format(broker, pki, topic, qos, name, "%r %q %t %p")
     }
 
     /// For binary payloads (Sparkplug B): each payload arrives as hex.
@@ -450,7 +452,7 @@ impl Subscriber {
         topic: &str,
         name: &str,
     ) -> Subscriber {
-        Subscriber::start_format(broker, pki, topic, 1, name, "%r %t %x")
+        Subscriber::start_format(broker, pki, topic, 1, name, "%r %q %t %x")
     }
 
     fn start_format(
@@ -463,7 +465,8 @@ impl Subscriber {
     ) -> Subscriber {
         // `-d` prints the protocol exchange on stdout too: its SUBACK line says the subscription
         // stands, so no message published after `start` returns can be missed. Messages are the
-        // lines that begin with the retain flag (`%r`: 0 or 1); the debug lines begin with words.
+        // lines that begin with the retain flag (`%r`: 0 or 1) and the QoS; the debug lines begin
+        // with words.
         let mut child = pki
             .client("mosquitto_sub", broker, name)
             .args(["-d", "-t", topic, "-q", &qos.to_string(), "-F", format])
@@ -476,7 +479,7 @@ impl Subscriber {
         let (subscribed_tx, subscribed) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut parts = line.splitn(3, ' ');
+                let mut parts = line.splitn(4, ' ');
                 let retained = match parts.next() {
                     Some("0") => false,
                     Some("1") => true,
@@ -487,12 +490,16 @@ impl Subscriber {
                         continue;
                     }
                 };
+                let Some(qos) = parts.next().and_then(|q| q.parse().ok()) else {
+                    continue;
+                };
                 let topic = parts.next().unwrap_or_default().to_owned();
                 let payload = parts.next().unwrap_or_default().to_owned();
                 if tx
                     .send(Received {
                         topic,
                         retained,
+                        qos,
                         payload,
                     })
                     .is_err()

@@ -346,8 +346,10 @@ fn online_status_telemetry_and_a_clean_stop() {
         "{}",
         first.payload
     );
-    // The first sample, made while the first connect ran, is not lost.
+    // The first sample, made while the first connect ran, is not lost, and goes at
+    // telemetry.qos (0 by default) like every other.
     assert_eq!(json["seq"], 0, "{}", first.payload);
+    assert_eq!(first.qos, 0, "{first:?}");
     assert!(json["ts"].as_u64().unwrap() > 1_600_000_000_000);
 
     // Telemetry follows the sensor.
@@ -390,6 +392,57 @@ fn online_status_telemetry_and_a_clean_stop() {
     let again = Agent::start(&dir, &pki, &broker, "node-1");
     online(&subscriber, "node-1", Duration::from_secs(10)).expect("online again");
     again.expect_log("session_present=true", Duration::from_secs(5));
+}
+
+/// `telemetry.qos: 1` holds from the first sample (made before the first connect, without an
+/// offline buffer) to the last before a stop: each arrives at QoS 1, none missing.
+#[test]
+fn the_first_and_the_last_telemetry_go_at_telemetry_qos() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-q/telemetry");
+    let mut setup = Setup::new("node-q", &broker);
+    setup.telemetry = "{ interval_s: 0.2, qos: 1 }".to_owned();
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    let first = subscriber
+        .wait_for(Duration::from_secs(10), |_| true)
+        .unwrap_or_else(|| panic!("no telemetry; agent log:\n{}", agent.log()));
+    let json: serde_json::Value = serde_json::from_str(&first.payload).unwrap();
+    assert_eq!(json["seq"], 0, "{}", first.payload);
+    assert_eq!(first.qos, 1, "the first telemetry: {first:?}");
+    let mut messages = subscriber.collect(Duration::from_secs(2));
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(
+        agent.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+    messages.extend(subscriber.collect(Duration::from_secs(1)));
+    assert!(messages.len() >= 5, "{messages:?}");
+    let mut seqs = vec![0];
+    for message in &messages {
+        assert_eq!(message.qos, 1, "{message:?}");
+        let json: serde_json::Value = serde_json::from_str(&message.payload).unwrap();
+        seqs.push(json["seq"].as_u64().unwrap());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    let last = *seqs.last().unwrap();
+    assert_eq!(
+        seqs,
+        (0..=last).collect::<Vec<_>>(),
+        "a telemetry message missing"
+    );
+    // The last sample made before the stop was delivered, or is in the outbox for the next
+    // start: none dropped.
+    let log = agent.log();
+    let stopped = log
+        .lines()
+        .find(|line| line.contains("Stopped."))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(stopped.contains("dropped=0"), "{stopped}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! connect and every minute, retained.
 //!
 //! The device starts offline happily: until the first connect attempt has ended, the latest
-//! sample waits for it; after that, up to `telemetry.buffer_while_offline` telemetry messages
+//! sample waits for it (at `telemetry.qos`: through the outbox at QoS >= 1); after that, up to `telemetry.buffer_while_offline` telemetry messages
 //! are kept while offline and the rest are dropped and counted.
 
 use std::sync::Arc;
@@ -136,7 +136,19 @@ impl Plain {
         self.delivery.telemetry_dropped(full);
         core.counters.dropped += full;
         let online = core.link.is_up();
-        if online && self.limits.qos == 0 {
+        // Until the first connect attempt has ended the agent is starting, not offline: the
+        // latest sample waits for that connect, at telemetry.qos like every other (through the
+        // outbox at QoS >= 1, one kept).
+        let starting = !online && !self.attempted && self.limits.keep_offline == 0;
+        if starting && self.limits.qos > 0 {
+            core.store.send(Request::Push {
+                kind: Kind::Telemetry,
+                qos: self.limits.qos,
+                topic: Arc::clone(&self.topics.telemetry),
+                payload: payload.into_bytes(),
+                limit: Some(1),
+            });
+        } else if online && self.limits.qos == 0 {
             // Live QoS 0 telemetry is not written to disk; it goes at once, beside any backlog
             // (live data is not starved by a drain).
             self.send_live(core, payload);
