@@ -134,6 +134,51 @@ pub struct SavedState {
     pub faults: BTreeMap<String, bool>,
 }
 
+impl SavedState {
+    /// Catches up with the alert events that reached the outbox after this state was saved (a
+    /// power cut between the two: the outbox is synced first): each event of `client_id` whose
+    /// counter is above ours, in counter order, moves the counter and its alert's state, so no
+    /// id is made twice. `events` are the payloads as queued; others are ignored. True when
+    /// anything changed.
+    pub fn catch_up<'a>(
+        &mut self,
+        client_id: &str,
+        events: impl IntoIterator<Item = &'a [u8]>,
+    ) -> bool {
+        #[derive(Deserialize)]
+        struct Queued {
+            id: String,
+            alert: String,
+            state: Transition,
+            sensor: String,
+        }
+        let mut newer: Vec<(u64, Queued)> = events
+            .into_iter()
+            .filter_map(|payload| serde_json::from_slice::<Queued>(payload).ok())
+            .filter_map(|event| {
+                let rest = event.id.strip_prefix(client_id)?.strip_prefix(':')?;
+                let counter: u64 = rest.rsplit_once(':')?.1.parse().ok()?;
+                (counter > self.counter).then_some((counter, event))
+            })
+            .collect();
+        newer.sort_by_key(|(counter, _)| *counter);
+        let changed = !newer.is_empty();
+        for (counter, event) in newer {
+            self.counter = counter;
+            let (set, key) = if event.alert == SENSOR_FAULT {
+                (&mut self.faults, event.sensor)
+            } else {
+                (&mut self.raised, event.alert)
+            };
+            match event.state {
+                Transition::Raised => set.insert(key, true),
+                Transition::Cleared => set.remove(&key),
+            };
+        }
+        changed
+    }
+}
+
 /// Where the change of a rule's condition started, for `for_s` (monotonic milliseconds).
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending {
@@ -193,6 +238,16 @@ impl Alerts {
 
     pub fn state(&self) -> &SavedState {
         &self.state
+    }
+
+    /// [`SavedState::catch_up`], forgetting rules no longer configured.
+    pub fn catch_up<'a>(&mut self, events: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let changed = self.state.catch_up(&self.client_id, events);
+        let rules = &self.rules;
+        self.state
+            .raised
+            .retain(|name, _| rules.iter().any(|(rule, _)| &rule.name == name));
+        changed
     }
 
     fn event(
@@ -475,5 +530,30 @@ mod tests {
         let cleared = restarted.evaluate(&sample_at(3000, Some(70.0)), 3, false);
         assert_eq!(cleared[0].id, "node-1:hot:2");
         assert!(cleared[0].to_json().contains(r#""time_synced":false"#));
+    }
+
+    #[test]
+    fn the_state_catches_up_with_queued_events_in_counter_order() {
+        let mut state = SavedState {
+            counter: 3,
+            raised: BTreeMap::from([("old".to_owned(), true)]),
+            faults: BTreeMap::new(),
+        };
+        let events: [&[u8]; 6] = [
+            // Counted already.
+            br#"{"id":"n1:hot:2","alert":"hot","state":"raised","sensor":"t"}"#,
+            br#"{"id":"n1:hot:5","alert":"hot","state":"cleared","sensor":"t"}"#,
+            br#"{"id":"n1:hot:4","alert":"hot","state":"raised","sensor":"t"}"#,
+            br#"{"id":"n1:sensor_fault:6","alert":"sensor_fault","state":"raised","sensor":"p"}"#,
+            // Another device's, and not an event.
+            br#"{"id":"n2:cold:9","alert":"cold","state":"raised","sensor":"t"}"#,
+            b"not json",
+        ];
+        assert!(state.catch_up("n1", events));
+        assert_eq!(state.counter, 6);
+        assert_eq!(state.raised, BTreeMap::from([("old".to_owned(), true)]));
+        assert_eq!(state.faults, BTreeMap::from([("p".to_owned(), true)]));
+        // Nothing newer: unchanged.
+        assert!(!state.catch_up("n1", events));
     }
 }

@@ -148,3 +148,73 @@ fn a_restart_while_raised_does_not_raise_again() {
         "{raised} then {cleared}"
     );
 }
+
+/// A power cut after an alert event was synced to the outbox and before the alert state that
+/// counts it was saved (here: the state file removed after a stop while the broker was out of
+/// reach): the next start catches the state up from the outbox, so the event's id never names
+/// a second payload and the alert is not raised again.
+#[test]
+fn the_alert_state_catches_up_with_the_outbox() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    crate::util::fake_sysfs(&dir);
+    set_temp(&dir, 90_000);
+    // No broker yet: the event stays queued in the outbox.
+    let nowhere = format!("mqtts://127.0.0.1:{}", crate::broker::free_port());
+    let mut setup = Setup::at("node-p", nowhere);
+    setup.top_extra = RULES.to_owned();
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    let state = dir.path().join("state-node-p/alerts.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("overtemp")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no alert state; agent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    std::fs::remove_file(&state).unwrap();
+
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/+/alerts");
+    let mut setup = Setup::new("node-p", &broker);
+    setup.top_extra = RULES.to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    online(
+        &Subscriber::start(&broker, &pki, "devices/node-p/status"),
+        "node-p",
+        Duration::from_secs(10),
+    )
+    .expect("online");
+    let messages = subscriber.collect(Duration::from_secs(4));
+    // What the first run queued: the sensor fault of `gone` (1), then overtemp (2); each id with
+    // one payload (a redelivery is the same bytes), nothing made again.
+    let mut by_id: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for message in &messages {
+        let value: serde_json::Value = serde_json::from_str(&message.payload).unwrap();
+        by_id
+            .entry(value["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(message.payload.clone());
+    }
+    assert_eq!(
+        by_id.keys().collect::<Vec<_>>(),
+        ["node-p:overtemp:2", "node-p:sensor_fault:1"],
+        "{messages:?}\nagent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        by_id.values().all(|payloads| payloads.len() == 1),
+        "an id with two payloads: {by_id:?}"
+    );
+    agent.expect_log("caught up from the queued events", Duration::from_secs(1));
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        saved.contains(r#""counter":2"#) && saved.contains("overtemp"),
+        "{saved}"
+    );
+}

@@ -174,7 +174,7 @@ where
         config.config().state_dir.join(crate::dedupe::FILE),
         crate::dedupe::CAPACITY,
     )));
-    let outbox = open_outbox(&config);
+    let outbox = open_outbox(&config, &mut book.locked());
     let (store, store_thread) = store::start(outbox, Arc::clone(&ledger), events_tx.clone());
     let stats = Arc::new(SamplerStats::default());
     let started = Instant::now();
@@ -322,13 +322,22 @@ fn start_sampler(core: &Core, mode: &dyn Mode, passes: mpsc::Sender<Pass>) -> Sa
     )
 }
 
-/// The outbox in `state_dir`, with what opening it found said in the log.
-fn open_outbox(config: &ValidConfig) -> Outbox {
+/// The outbox in `state_dir`, with what opening it found said in the log; the alert state
+/// catches up with the events it holds (the outbox is the durable truth: an event is synced
+/// there before the state that counts it is saved).
+fn open_outbox(config: &ValidConfig, book: &mut AlertBook) -> Outbox {
     let broker = &config.config().broker;
-    let (outbox, recovery) = Outbox::open(
+    let mut alerts: Vec<Vec<u8>> = Vec::new();
+    let (outbox, recovery) = Outbox::open_seeing(
         &config.config().state_dir,
         broker.max_queued_messages as usize,
+        &mut |kind, payload| {
+            if kind == crate::outbox::Kind::Alert {
+                alerts.push(payload.to_vec());
+            }
+        },
     );
+    book.catch_up(alerts.iter().map(Vec::as_slice));
     if let Some((reason, aside)) = &recovery.damaged {
         tracing::error!(
             reason = %reason,

@@ -82,6 +82,25 @@ impl AlertBook {
         }
     }
 
+    /// Catches up with alert events the outbox holds beyond the saved state (a power cut
+    /// after they were queued, before the state was saved), and saves the state if it moved.
+    pub fn catch_up<'a>(&mut self, events: impl IntoIterator<Item = &'a [u8]>) {
+        let before = self.alerts.state().counter;
+        if !self.alerts.catch_up(events) {
+            return;
+        }
+        let state = self.alerts.state();
+        tracing::warn!(
+            from = before,
+            to = state.counter,
+            raised = state.raised.len() + state.faults.len(),
+            "Alert state behind the outbox (a power cut between them?): caught up from the queued events."
+        );
+        if let Err(err) = crate::state::save(&self.path, state) {
+            tracing::error!(path = %self.path.display(), error = %err, "Cannot save alert state.");
+        }
+    }
+
     /// The state as it stands (what the next birth should say, in Sparkplug mode).
     pub fn state(&self) -> &SavedState {
         self.alerts.state()

@@ -7,6 +7,16 @@ use super::*;
 impl Outbox {
     /// Opens (or creates) `dir/outbox.log` holding at most `bound` messages.
     pub fn open(dir: &Path, bound: usize) -> (Outbox, Recovery) {
+        Outbox::open_seeing(dir, bound, &mut |_, _| {})
+    }
+
+    /// [`Outbox::open`], showing `seen` the kind and payload of every message the file holds,
+    /// delivered or not, in the order they were queued (what the alert state catches up from).
+    pub fn open_seeing(
+        dir: &Path,
+        bound: usize,
+        seen: &mut dyn FnMut(Kind, &[u8]),
+    ) -> (Outbox, Recovery) {
         let path = dir.join(FILE);
         let mut outbox = Outbox {
             path,
@@ -46,6 +56,7 @@ impl Outbox {
                     topic,
                     payload,
                 } => {
+                    seen(*kind, payload);
                     let start = at + record::payload_offset(topic);
                     live.push((*id, *kind, *qos, topic, start, payload.len()));
                     outbox.next_id = outbox.next_id.max(id + 1);
