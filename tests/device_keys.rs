@@ -27,6 +27,8 @@ struct Tpm {
     abrmd: Option<Child>,
     /// `DBUS_SESSION_BUS_ADDRESS` of the bus.
     bus: String,
+    /// swtpm's port.
+    port: u16,
 }
 
 impl Tpm {
@@ -74,7 +76,23 @@ impl Tpm {
             dbus,
             abrmd: None,
             bus,
+            port,
         };
+        tpm.start_abrmd();
+        tpm
+    }
+
+    /// The resource manager gone (as before it has started at boot).
+    fn stop_abrmd(&mut self) {
+        if let Some(mut abrmd) = self.abrmd.take() {
+            let _ = abrmd.kill();
+            let _ = abrmd.wait();
+        }
+    }
+
+    fn start_abrmd(&mut self) {
+        let tpm = self;
+        let port = tpm.port;
         let abrmd = Command::new("tpm2-abrmd")
             .args(["--session", "--allow-root"])
             .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
@@ -105,7 +123,6 @@ impl Tpm {
             assert!(Instant::now() < deadline, "tpm2-abrmd did not come up");
             std::thread::sleep(Duration::from_millis(100));
         }
-        tpm
     }
 }
 
@@ -228,7 +245,7 @@ fn round(kind: Kind) {
     let tmp = dir.path().join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let cert = dir.path().join("device.crt");
-    let tpm = (kind == Kind::Tpm).then(|| Tpm::start(&dir));
+    let mut tpm = (kind == Kind::Tpm).then(|| Tpm::start(&dir));
     let mut setup = Setup::new(&id, &broker);
     setup
         .env
@@ -341,8 +358,25 @@ fn round(kind: Kind) {
         "the PIN in check's output: {check}"
     );
 
+    // A TPM that cannot be reached at start (its resource manager not up yet, as at boot): the
+    // agent waits for the key, ready and saying so, rather than exit 78, which systemd would not
+    // restart; it starts by itself when the key can be used.
+    if let Some(tpm) = &mut tpm {
+        tpm.stop_abrmd();
+    }
     // Connected as that device, through a broker restart.
     let agent = Agent::start_config(&dir, &config, setup);
+    if let Some(tpm) = &mut tpm {
+        agent.expect_log("waiting for the device key", Duration::from_secs(10));
+        let waiting = dir.path().join(format!("state-{id}"));
+        let status_json = std::fs::read_to_string(waiting.join("status.json")).unwrap_or_default();
+        assert!(
+            status_json.contains(r#""mode":"waiting""#)
+                || agent.log().contains("Not ready to start"),
+            "{status_json}"
+        );
+        tpm.start_abrmd();
+    }
     online(&status, &id, Duration::from_secs(15))
         .unwrap_or_else(|| panic!("{kind:?}: not online; agent log:\n{}", agent.log()));
     broker = broker.restart(&pki);

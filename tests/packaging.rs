@@ -198,6 +198,10 @@ fn the_deb_has_its_metadata_and_files() {
             "./usr/lib/udev/rules.d/60-fieldagent-gpio.rules",
             "-rw-r--r--",
         ),
+        (
+            "./usr/lib/udev/rules.d/60-fieldagent-i2c.rules",
+            "-rw-r--r--",
+        ),
         ("./usr/share/man/man1/fieldagent.1.gz", "-rw-r--r--"),
         ("./usr/share/man/man5/fieldagent.yaml.5.gz", "-rw-r--r--"),
         ("./usr/share/doc/fieldagent/configuration.md", "-rw-r--r--"),
@@ -270,7 +274,7 @@ fn the_deb_has_its_metadata_and_files() {
     let postinst = control_file(&deb, "postinst");
     assert!(postinst.contains("systemd-sysusers"), "{postinst}");
     assert!(
-        postinst.contains("udevadm trigger --subsystem-match=gpio"),
+        postinst.contains("udevadm trigger --subsystem-match=gpio --subsystem-match=i2c-dev"),
         "{postinst}"
     );
     assert!(
@@ -484,4 +488,31 @@ fn install_upgrade_remove_purge() {
          ! getent group fieldagent
          test -f /etc/fieldagent/device.key
          ! dpkg-query -W fieldagent 2>/dev/null");
+}
+
+/// The device starts offline happily: the unit does not wait for network-online.target (up to
+/// two minutes at a boot without uplink) and is ordered after network.target only, so that it
+/// stops before the network does and its goodbye still goes out. The system test's offline boot
+/// shows it on a real systemd.
+#[test]
+fn the_unit_starts_without_waiting_for_the_network() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/systemd/fieldagent.service"),
+    )
+    .unwrap();
+    let directives: Vec<&str> = unit
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        !directives.iter().any(|l| l.contains("network-online")),
+        "{unit}"
+    );
+    assert!(
+        directives
+            .iter()
+            .any(|l| l.starts_with("After=") && l.contains("network.target")),
+        "{unit}"
+    );
 }

@@ -37,16 +37,59 @@ pub fn missing_file(config: &ValidConfig) -> Option<PathBuf> {
         .cloned()
 }
 
-/// Waits until every TLS file of the config exists; `None` when a stop signal came first. The
-/// config returned is the one last read (SIGHUP reads it again).
+/// What the agent waits for before it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    /// The file or the key (`waiting_for` in status.json).
+    what: String,
+    /// Why, for STATUS= and the log.
+    why: String,
+}
+
+/// A TLS file not there yet, or a key in a TPM or a token that cannot be used yet: at boot the
+/// TPM's resource manager may come up after the agent, a token may be plugged in later. Such a
+/// key is waited for (and looked at again every few seconds) rather than refused with exit 78,
+/// which systemd would not restart: a device whose TPM answered late would stay offline.
+pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
+    if let Some(path) = missing_file(config) {
+        return Some(Waiting {
+            what: path.display().to_string(),
+            why: format!(
+                "waiting for provisioning: {} does not exist",
+                path.display()
+            ),
+        });
+    }
+    let tls = &config.config().broker.tls;
+    let key = tls.key_file.as_ref()?;
+    if crate::keys::kind_of(key) == crate::keys::KeyKind::File {
+        return None;
+    }
+    crate::keys::load(tls).err().map(|why| Waiting {
+        what: key.display().to_string(),
+        why: format!("waiting for the device key: {why}"),
+    })
+}
+
+/// Waits until every TLS file of the config exists and a key in a TPM or token can be used;
+/// `None` when a stop signal came first. The config returned is the one last read (SIGHUP reads
+/// it again).
 pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
-    let Some(mut missing) = missing_file(&config) else {
+    let Some(mut missing) = waiting_for(&config) else {
         return Some(config);
     };
-    tracing::warn!(
-        file = %missing.display(),
-        "Not provisioned yet: waiting for the TLS files the config names; the agent starts by itself once they exist."
-    );
+    if missing.why.starts_with("waiting for provisioning") {
+        tracing::warn!(
+            file = %missing.what,
+            "Not provisioned yet: waiting for the TLS files the config names; the agent starts by itself once they exist."
+        );
+    } else {
+        tracing::warn!(
+            key = %missing.what,
+            reason = %missing.why,
+            "Not ready to start: waiting for the device key; the agent starts by itself once it can be used."
+        );
+    }
     announce(&config, &missing);
     let watchdog = service::watchdog();
     let mut pet = tokio::time::interval(watchdog.map_or(super::FOREVER, |w| w / 2));
@@ -77,32 +120,42 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
             _ = look.tick() => {}
         }
         // Provisioning writes the files and, usually, a drop-in naming them: read it all again.
+        // A key in a TPM or token is tried again too (blocking: the TPM may be slow).
         let path = path.to_owned();
+        let before = config.clone();
         let reread = tokio::task::spawn_blocking(move || {
             let mut warnings = Vec::new();
-            crate::config::load_reporting(&path, &mut warnings).map_err(|err| err.to_string())
+            let read =
+                crate::config::load_reporting(&path, &mut warnings).map_err(|err| err.to_string());
+            let waiting = waiting_for(read.as_ref().unwrap_or(&before));
+            (read, waiting)
         })
         .await;
-        match reread {
-            Ok(Ok(new)) => {
+        let Ok((read, waiting)) = reread else {
+            continue;
+        };
+        match read {
+            Ok(new) => {
                 config = new;
                 refused = None;
             }
-            Ok(Err(why)) => {
+            Err(why) => {
                 if refused.as_deref() != Some(why.as_str()) {
                     tracing::error!(error = %why, "The config does not load; waiting with the one read before.");
                     refused = Some(why);
                 }
             }
-            Err(_) => {}
         }
-        match missing_file(&config) {
+        match waiting {
             None => {
-                tracing::info!("Provisioned: the TLS files exist; starting.");
+                tracing::info!(
+                    "Provisioned: the TLS files exist and the key can be used; starting."
+                );
                 return Some(config);
             }
-            Some(now_missing) if now_missing != missing => {
-                missing = now_missing;
+            Some(now) if now != missing => {
+                tracing::warn!(waiting_for = %now.what, reason = %now.why, "Still waiting.");
+                missing = now;
                 announce(&config, &missing);
             }
             Some(_) => {}
@@ -111,13 +164,10 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
 }
 
 /// READY=1 with a STATUS= that says what is missing, and the same in `status.json`.
-fn announce(config: &ValidConfig, missing: &Path) {
+fn announce(config: &ValidConfig, missing: &Waiting) {
     service::notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!(
-            "waiting for provisioning: {} does not exist",
-            missing.display()
-        )),
+        sd_notify::NotifyState::Status(&missing.why),
     ]);
     let now = crate::model::now_ms();
     let written = crate::local_status::Written {
@@ -129,7 +179,7 @@ fn announce(config: &ValidConfig, missing: &Path) {
         started_ts: now,
         client_id: config.config().identity.client_id.clone(),
         mode: "waiting".to_owned(),
-        waiting_for: Some(missing.display().to_string()),
+        waiting_for: Some(missing.what.clone()),
         since_ts: now,
         outbox_durable: true,
         ..crate::local_status::Written::default()

@@ -29,6 +29,8 @@ extern "C" {
         arg: *const c_char,
         optional: c_int,
     ) -> c_int;
+    fn OSSL_PROVIDER_available(libctx: *mut c_void, name: *const c_char) -> c_int;
+    fn OSSL_PROVIDER_load(libctx: *mut c_void, name: *const c_char) -> *mut c_void;
     fn ENGINE_load_private_key(
         engine: *mut Engine,
         key_id: *const c_char,
@@ -116,6 +118,27 @@ pub fn load(uri: &str, pin: Option<&str>) -> Result<PKey<Private>, String> {
     }
     // SAFETY: a new EVP_PKEY whose reference is handed to us.
     Ok(unsafe { PKey::from_ptr(key) })
+}
+
+/// The tpm2 provider active in the default library context. The agent's OpenSSL config loads
+/// it at the process's start; when the TPM could not be reached then (its resource manager not
+/// up yet at boot) it is not active, and loading it by name tries again (with the config's
+/// settings for it). Once active it stays for the life of the process.
+pub fn tpm_provider() -> Result<(), String> {
+    ffi::init();
+    let _serial = PKCS11
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // SAFETY: the default library context (null) and a NUL-terminated name.
+    if unsafe { OSSL_PROVIDER_available(ptr::null_mut(), c"tpm2".as_ptr()) } == 1 {
+        return Ok(());
+    }
+    // SAFETY: as above; the provider returned is kept loaded on purpose (never unloaded).
+    let provider = unsafe { OSSL_PROVIDER_load(ptr::null_mut(), c"tpm2".as_ptr()) };
+    if provider.is_null() {
+        return Err(format!("the tpm2 provider does not load: {}", errors()));
+    }
+    Ok(())
 }
 
 /// A P-256 key generated inside the TPM by the tpm2 provider (configured by the agent's OpenSSL

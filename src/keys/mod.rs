@@ -140,6 +140,14 @@ pub fn load(tls: &TlsConfig) -> Result<PKey<Private>, String> {
         kind => {
             let pem = std::fs::read(key)
                 .map_err(|err| format!("cannot read {}: {err}", key.display()))?;
+            if kind == KeyKind::Tpm {
+                engine::tpm_provider().map_err(|why| {
+                    format!(
+                        "cannot load the TPM key {}: {why}; is the TPM reachable through broker.tls.tpm.tcti?",
+                        key.display()
+                    )
+                })?;
+            }
             PKey::private_key_from_pem(&pem).map_err(|err| match kind {
                 KeyKind::Tpm => format!(
                     "cannot load the TPM key {} ({}): is the TPM reachable through broker.tls.tpm.tcti, and tpm2-openssl installed?",

@@ -127,6 +127,9 @@ fn main() {
     if wanted("tpm") {
         run.tpm(&mut report);
     }
+    if wanted("offline") {
+        run.offline_boot(&mut report);
+    }
     if wanted("upgrade") {
         run.upgrade_and_purge(&mut report);
     }
@@ -348,16 +351,33 @@ struct Vm {
     child: Child,
     agent: Agent,
     booted_in: Duration,
+    /// qemu's QMP socket.
+    qmp: PathBuf,
 }
 
 impl Vm {
     fn boot(dir: &Path, disk: &Path, forward_port: u16, repo_port: u16, tpm: &Path) -> Vm {
+        Vm::boot_with(dir, disk, forward_port, repo_port, tpm, true)
+    }
+
+    /// `boot`, with the network cable in or out from the start.
+    fn boot_with(
+        dir: &Path,
+        disk: &Path,
+        forward_port: u16,
+        repo_port: u16,
+        tpm: &Path,
+        plugged: bool,
+    ) -> Vm {
         let system = Path::new(ROOT).join("target/system");
         let socket = dir.join(format!("qga-{}.sock", fastrand::u32(..)));
+        let qmp = dir.join(format!("qmp-{}.sock", fastrand::u32(..)));
         let started = Instant::now();
         let child = Command::new("qemu-system-x86_64")
             .args(["-machine", "pc,accel=tcg", "-m", "768", "-smp", "1"])
             .args(["-display", "none", "-monitor", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .arg("-serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
             .arg("-kernel")
@@ -402,11 +422,51 @@ impl Vm {
             .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap())
             .spawn()
             .expect("qemu-system-x86_64 (scripts/system-image installs it)");
+        if !plugged {
+            Vm::set_link(&qmp, false);
+        }
         let agent = Agent::connect(&socket, Duration::from_secs(300));
         Vm {
             child,
             agent,
             booted_in: started.elapsed(),
+            qmp,
+        }
+    }
+
+    /// The guest's network cable, plugged in or out (qemu's `set_link` over QMP).
+    fn set_link(qmp: &Path, up: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(qmp) {
+                Ok(stream) => break stream,
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "qmp: {err}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap(); // the greeting
+        for command in [
+            json!({ "execute": "qmp_capabilities" }),
+            json!({ "execute": "set_link", "arguments": { "name": "n0", "up": up } }),
+        ] {
+            writeln!(writer, "{command}").unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let answer: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                assert!(answer.get("error").is_none(), "qmp {command}: {line}");
+                if answer.get("return").is_some() {
+                    break;
+                }
+            }
         }
     }
 
@@ -516,6 +576,95 @@ impl Run {
         let took = vm.booted_in;
         self.vm = Some(vm);
         took
+    }
+
+    /// Boots with the guest's cable out from the first instant (qemu's link set down before the
+    /// guest's kernel is far enough to look); the cable goes in with `Vm::set_link`.
+    fn boot_unplugged(&mut self) -> (Duration, PathBuf) {
+        self.vm = None;
+        self.tpm.ensure(self.dir.path());
+        let vm = Vm::boot_with(
+            self.dir.path(),
+            &self.disk,
+            self.proxy.port,
+            self.repo.port,
+            &self.tpm.socket,
+            false,
+        );
+        let (took, qmp) = (vm.booted_in, vm.qmp.clone());
+        self.vm = Some(vm);
+        (took, qmp)
+    }
+
+    /// A boot without network: the agent starts at once (no wait for network-online.target),
+    /// samples and raises an alert locally, and delivers it when the cable goes in.
+    fn offline_boot(&mut self, report: &mut Report) {
+        if self.vm.is_none() {
+            self.boot();
+        }
+        let _ = self.guest().sh("sync", Duration::from_secs(30));
+        self.vm.take().unwrap().cut();
+        let (booted, qmp) = self.boot_unplugged();
+        let guest = self.guest();
+        // How long after the kernel started the unit became active, and what it said then.
+        let active = guest.ok(
+            "for i in $(seq 60); do systemctl is-active -q fieldagent && break; sleep 1; done; \
+             systemctl is-active fieldagent; \
+             echo $(( $(systemctl show -p ActiveEnterTimestampMonotonic --value fieldagent) / 1000 ))",
+        );
+        let mut lines = active.lines();
+        let state = lines.next().unwrap_or("").to_owned();
+        let active_ms: u64 = lines.next().unwrap_or("0").trim().parse().unwrap_or(0);
+        let carrier = guest.ok("cat /sys/class/net/eth0/carrier 2>/dev/null || echo none");
+        guest.ok("echo 1 > /run/toggle");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let (_, out, _) = guest.sh("fieldagent status --json", Duration::from_secs(30));
+            let status: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            let raised = status["raised"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|a| a.to_string().contains("toggled")));
+            if raised || Instant::now() >= deadline {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let raised_offline = status["connected"] == false
+            && status["raised"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|a| a.to_string().contains("toggled")));
+        let plugged = Instant::now();
+        Vm::set_link(&qmp, true);
+        let delivered = self
+            .alerts
+            .wait_for(Duration::from_secs(120), |m| {
+                m.payload.contains("\"alert\":\"toggled\"")
+                    && m.payload.contains("\"state\":\"raised\"")
+            })
+            .map(|_| plugged.elapsed());
+        self.guest().ok("echo 0 > /run/toggle");
+        report.figure(
+            "boot with the cable out: the unit active after the kernel started",
+            format!("{:.1} s", active_ms as f64 / 1000.0),
+        );
+        report.verdict(
+            "offline boot",
+            state == "active"
+                && carrier.trim() != "1"
+                && active_ms > 0
+                && active_ms < 60_000
+                && raised_offline
+                && delivered.is_some(),
+            format!(
+                "unit {state} {:.1} s after the kernel started (guest agent after {:.1} s; carrier {}); alert raised offline: {raised_offline} (connected {}, queued {}); delivered {} after the cable went in",
+                active_ms as f64 / 1000.0,
+                booted.as_secs_f64(),
+                carrier.trim(),
+                status["connected"],
+                status["queued"],
+                delivered.map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+            ),
+        );
     }
 
     fn guest(&mut self) -> &mut Agent {
@@ -637,9 +786,18 @@ impl Run {
                 "  - {{ name: chipset, i2c: {{ bus: {piix4}, address: 0x48, chip: tmp102 }} }}\n"
             ));
         }
-        guest.write_file("/root/i2c.yaml", config.as_bytes());
+        // The bus's group comes from the package's rule, not i2c-tools' (which the image has
+        // for i2cset): that one removed, the devices judged again.
+        let owner = guest.ok(&format!(
+            "rm -f /lib/udev/rules.d/*i2c-tools*.rules /usr/lib/udev/rules.d/*i2c-tools*.rules && \
+             udevadm control --reload && udevadm trigger --subsystem-match=i2c-dev --action=add && udevadm settle && \
+             stat -c '%G %a' /dev/i2c-{bus}"
+        ));
+        let owner = owner.trim().to_owned();
+        guest.write_file("/run/i2c.yaml", config.as_bytes());
+        // As the service's user, as the agent reads it.
         let (_, out, err) = guest.sh(
-            "fieldagent --config /root/i2c.yaml read --json",
+            "runuser -u fieldagent -- fieldagent --config /run/i2c.yaml read --json",
             Duration::from_secs(60),
         );
         let read: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
@@ -649,9 +807,9 @@ impl Run {
             piix4.is_empty() || (!chipset.contains("os error 95") && !chipset.is_empty());
         report.verdict(
             "i2c",
-            stub_ok && chipset_ok,
+            stub_ok && chipset_ok && owner == "i2c 660",
             format!(
-                "TMP102 on i2c-stub (bus {bus}): {}; on the chipset's SMBus adapter (bus {piix4}, nothing at 0x48): {chipset} {err}",
+                "/dev/i2c-{bus} group and mode by the package's rule alone: {owner}; read as user fieldagent: TMP102 on i2c-stub (bus {bus}): {}; on the chipset's SMBus adapter (bus {piix4}, nothing at 0x48): {chipset} {err}",
                 read["values"]["stub"]
             ),
         );
@@ -964,6 +1122,13 @@ impl Run {
         self.boot();
         let again = self.online(Duration::from_secs(180));
         let after_cut = started.elapsed();
+        if again.is_none() {
+            let (_, journal, _) = self.guest().sh(
+                "systemctl status fieldagent tpm2-abrmd --no-pager; journalctl -b -u fieldagent -u tpm2-abrmd --no-pager | tail -40",
+                Duration::from_secs(60),
+            );
+            println!("not online after the power cut:\n{journal}");
+        }
         let (_, status, _) = self
             .guest()
             .sh("fieldagent status --json", Duration::from_secs(30));
@@ -974,7 +1139,7 @@ impl Run {
         let ok = online.is_some()
             && again.is_some()
             && shown["key_kind"] == "tpm"
-            && made.1.starts_with("600 fieldagent")
+            && made.1.contains("\n600 fieldagent\n")
             && made.1.contains("TSS2 PRIVATE KEY")
             && status["connected"] == true
             && clear.trim().is_empty();

@@ -62,6 +62,7 @@ do_install:append() {
     # /dev/gpiochipN to group gpio.
     install -d ${D}${nonarch_base_libdir}/udev/rules.d
     install -m 0644 ${S}/packaging/udev/60-fieldagent-gpio.rules ${D}${nonarch_base_libdir}/udev/rules.d/
+    install -m 0644 ${S}/packaging/udev/60-fieldagent-i2c.rules ${D}${nonarch_base_libdir}/udev/rules.d/
     install -d ${D}${sysconfdir}/fieldagent
     install -m 0644 ${S}/packaging/config.yaml ${D}${sysconfdir}/fieldagent/config.yaml
     install -d ${D}${docdir}/${BPN}/examples/mosquitto
@@ -72,7 +73,7 @@ do_install:append() {
     install -d ${D}${sysconfdir}/fieldagent/conf.d
 }
 
-FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-gpio.rules"
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-gpio.rules ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-i2c.rules"
 CONFFILES:${PN} = "${sysconfdir}/fieldagent/config.yaml"
 # The unit's ExecReload uses /bin/kill (busybox, procps or util-linux provide it).
 RDEPENDS:${PN} = "ca-certificates"
