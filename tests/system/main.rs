@@ -1108,6 +1108,9 @@ impl Run {
             "/etc/systemd/system/fieldagent.service.d/tpm.conf",
             b"[Service]\nSupplementaryGroups=tss\n",
         );
+        // On the disk before anything else happens, as a provisioning tool does (the power cut
+        // below would otherwise leave empty files, which the agent waits for).
+        self.guest().ok("sync");
         let _ = self.status.collect(Duration::from_millis(500));
         let started = Instant::now();
         self.guest().ok(
@@ -1161,7 +1164,7 @@ impl Run {
         );
         // Back to the file key.
         let guest = self.guest();
-        guest.ok("rm /etc/fieldagent/conf.d/20-tpm.yaml /etc/systemd/system/fieldagent.service.d/tpm.conf && mv /root/device.key.file /etc/fieldagent/device.key && systemctl daemon-reload && systemctl restart fieldagent");
+        guest.ok("rm /etc/fieldagent/conf.d/20-tpm.yaml /etc/systemd/system/fieldagent.service.d/tpm.conf && mv /root/device.key.file /etc/fieldagent/device.key && sync && systemctl daemon-reload && systemctl restart fieldagent");
         assert!(
             self.online(Duration::from_secs(60)).is_some(),
             "not online again with the file key"
