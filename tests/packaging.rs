@@ -189,7 +189,10 @@ fn the_deb_has_its_metadata_and_files() {
             "./usr/lib/systemd/system/fieldagent-helper-recover.service",
             "-rw-r--r--",
         ),
-        ("./usr/share/doc/fieldagent/operations.md", "-rw-r--r--"),
+        (
+            "./usr/share/doc/fieldagent/docs/operations.md",
+            "-rw-r--r--",
+        ),
         ("./etc/fieldagent/config.yaml", "-rw-r--r--"),
         ("./usr/lib/systemd/system/fieldagent.service", "-rw-r--r--"),
         ("./usr/lib/sysusers.d/fieldagent.conf", "-rw-r--r--"),
@@ -204,7 +207,10 @@ fn the_deb_has_its_metadata_and_files() {
         ),
         ("./usr/share/man/man1/fieldagent.1.gz", "-rw-r--r--"),
         ("./usr/share/man/man5/fieldagent.yaml.5.gz", "-rw-r--r--"),
-        ("./usr/share/doc/fieldagent/configuration.md", "-rw-r--r--"),
+        (
+            "./usr/share/doc/fieldagent/docs/configuration.md",
+            "-rw-r--r--",
+        ),
         (
             "./usr/share/doc/fieldagent/examples/config.yaml",
             "-rw-r--r--",
@@ -217,7 +223,7 @@ fn the_deb_has_its_metadata_and_files() {
         ),
         ("./usr/share/lintian/overrides/fieldagent", "-rw-r--r--"),
         (
-            "./usr/share/doc/fieldagent/operating-a-fleet.md",
+            "./usr/share/doc/fieldagent/docs/operating-a-fleet.md",
             "-rw-r--r--",
         ),
         (
@@ -514,5 +520,61 @@ fn the_unit_starts_without_waiting_for_the_network() {
             .iter()
             .any(|l| l.starts_with("After=") && l.contains("network.target")),
         "{unit}"
+    );
+}
+
+/// The docs on the board: every relative link in a Markdown file the .deb installs resolves to a
+/// file or directory the .deb installs (the README links docs/, the reports and charts its
+/// figures cite, the Yocto and Paho notes), so `/usr/share/doc/fieldagent` reads as it does in
+/// the source.
+#[test]
+fn every_link_in_the_shipped_docs_resolves_on_the_board() {
+    let Some(deb) = built_deb() else { return };
+    let dir = TestDir::new();
+    let root = dir.path().join("root");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let docs = root.join("usr/share/doc/fieldagent");
+    let mut pages = Vec::new();
+    let mut pending = vec![docs.clone()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    assert!(pages.len() >= 9, "{pages:?}");
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (start, _) in text.match_indices("](") {
+            let rest = &text[start + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = rest[..end].split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let resolved = page.parent().unwrap().join(target);
+            if !resolved.exists() {
+                broken.push(format!(
+                    "{} -> {target}",
+                    page.strip_prefix(&docs).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "links to what the .deb does not install:\n{}",
+        broken.join("\n")
     );
 }

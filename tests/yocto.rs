@@ -85,8 +85,8 @@ fn yocto_crates_inc_matches_cargo_lock() {
 }
 
 /// The recipe's SRCREV names a commit whose Cargo.lock is today's, so `fieldagent-crates.inc`
-/// fits the source bitbake fetches, and which holds every file LIC_FILES_CHKSUM names, with that
-/// checksum. A commit cannot name itself: after a dependency or licence change, commit, then set
+/// fits the source bitbake fetches, whose src/, vendor/ and packaging/ are HEAD's, and which
+/// holds every file LIC_FILES_CHKSUM names, with that checksum. A commit cannot name itself: after a dependency or licence change, commit, then set
 /// SRCREV to that commit. Needs the history (skipped in a shallow clone or outside git).
 #[test]
 fn yocto_srcrev_has_the_lock_file_and_licences_of_the_recipe() {
@@ -121,6 +121,17 @@ fn yocto_srcrev_has_the_lock_file_and_licences_of_the_recipe() {
         "Cargo.lock changed since SRCREV {srcrev}, so {INC} does not fit the source bitbake \
          fetches: commit, then set SRCREV to that commit"
     );
+    // The recipe moves with the code: what bitbake builds and installs (the sources, the vendored
+    // Paho C, the lock file, the packaging files) is what HEAD has. After a change there, commit,
+    // then set SRCREV to that commit in a second one.
+    for path in ["src", "vendor", "Cargo.lock", "packaging"] {
+        let tree = |commit: &str| git(&["rev-parse", &format!("{commit}:{path}")]);
+        assert!(
+            tree(srcrev) == tree("HEAD"),
+            "{path} differs between SRCREV {srcrev} and HEAD: bitbake would build older code than \
+             this tree; set SRCREV to the commit that changed it"
+        );
+    }
     let checksums: Vec<(&str, &str)> = recipe
         .split("file://")
         .skip(1)

@@ -163,7 +163,13 @@ The config or a certificate is invalid (EX_CONFIG). The systemd unit does not re
 person has to fix the config.
 .TP
 1
-Any other failure.
+Any other failure; for \fBcheck --connect\fR, a step of the connection failed.
+.TP
+2
+The command line was not understood (an unknown command or option, a missing value).
+.TP
+3
+\fBstatus\fR only: no agent is running, or its state is stale.
 .SH SIGNALS
 .TP
 SIGHUP
@@ -176,8 +182,21 @@ Publish the offline status, disconnect and exit 0. A second signal stops at once
 /etc/fieldagent/config.yaml
 The config (a commented example is installed).
 .TP
+/etc/fieldagent/conf.d/*.yaml
+Drop-ins, merged over the config in name order (maps by key; sensors, alerts and actuators by
+name). Symlinks, files of another owner and world-writable files are refused.
+.TP
+/var/lib/fieldagent/outbox.log
+The durable outbox: alerts, command responses and telemetry at QoS 1 or more until the broker
+confirms them, bounded by broker.max_queued_messages.
+.TP
+/var/lib/fieldagent/status.json
+What the running agent does, for \fBfieldagent status\fR.
+.TP
 /var/lib/fieldagent/
-State: alert states, executed command ids, copies of the certificate in use.
+Other state: alerts.json (raised alerts and the event counter), commands.json (executed command
+ids), operations.json (remote operations), copies of the certificate in use, the OpenSSL config
+the agent writes for its TLS floor and device key.
 .SH SEE ALSO
 \fBsystemctl\fR(1), \fBjournalctl\fR(1), /usr/share/doc/fieldagent/README.md
 "#;

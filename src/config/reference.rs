@@ -68,7 +68,7 @@ pub fn man_page(markdown: &str, date: &str) -> String {
         }
     }
     out.push_str(
-        ".SH SEE ALSO\n\\fBfieldagent\\fR(1), /usr/share/doc/fieldagent/configuration.md, \
+        ".SH SEE ALSO\n\\fBfieldagent\\fR(1), /usr/share/doc/fieldagent/docs/configuration.md, \
          /usr/share/doc/fieldagent/examples/config.yaml\n",
     );
     out

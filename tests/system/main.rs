@@ -690,12 +690,13 @@ impl Run {
         // As an operator's image does: its apt sources name the fleet's repository and its key
         // (the image's own mirror is out of reach of this guest).
         let key = self.repo.key.clone();
+        let sources = self.repo.sources();
         let guest = self.guest();
         guest.ok("mkdir -p /etc/apt/keyrings && mv /etc/apt/sources.list /etc/apt/sources.list.image 2>/dev/null || true");
         guest.write_file("/etc/apt/keyrings/fieldagent.asc", key.as_bytes());
         guest.write_file(
             "/etc/apt/sources.list.d/fieldagent.sources",
-            Repo::sources().as_bytes(),
+            sources.as_bytes(),
         );
         let started = Instant::now();
         let out = guest.ok(

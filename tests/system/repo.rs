@@ -1,5 +1,5 @@
-//! The guest's apt repository: reprepro with a throwaway signing key (gpg, in a home of its own),
-//! served over HTTP from the host's loopback by a small static file server; the guest reaches it
+//! The guest's apt repository: `scripts/apt-repo` (reprepro) with a throwaway signing key (gpg,
+//! in a home of its own), served over HTTP from the host's loopback by a small static file server; the guest reaches it
 //! at 10.0.2.101:80 through qemu's guestfwd. Like most real repositories it holds one version of
 //! a package at a time: what an update installs is what `publish` put there last.
 
@@ -34,46 +34,22 @@ fn run(command: &mut Command) -> String {
 }
 
 impl Repo {
-    /// A repository for bookworm/main in `dir`, signed by a key made now, served on a free
-    /// loopback port until the process ends.
+    /// A repository made by `scripts/apt-repo` (the script a fleet uses) in `dir`, signed by a key
+    /// made now, served on a free loopback port until the process ends.
     pub fn new(dir: &Path) -> Repo {
         let base = dir.join("repo");
         let gnupg = dir.join("gnupg");
-        std::fs::create_dir_all(base.join("conf")).unwrap();
         std::fs::create_dir_all(&gnupg).unwrap();
         std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
-        let gpg = |args: &[&str]| {
-            run(Command::new("gpg")
-                .arg("--batch")
-                .arg("--homedir")
-                .arg(&gnupg)
-                .args(args))
-        };
-        gpg(&[
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "fieldagent system test repository <test@example.org>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        let listing = gpg(&["--with-colons", "--list-secret-keys"]);
-        let fingerprint = listing
-            .lines()
-            .find_map(|line| line.strip_prefix("fpr:"))
-            .and_then(|rest| rest.split(':').find(|field| field.len() == 40))
-            .expect("a fingerprint")
-            .to_owned();
-        let key = gpg(&["--armor", "--export", &fingerprint]);
-        std::fs::write(
-            base.join("conf/distributions"),
-            format!(
-                "Codename: bookworm\nSuite: stable\nComponents: main\nArchitectures: amd64\nSignWith: {fingerprint}\n"
-            ),
-        )
-        .unwrap();
+        run(
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/apt-repo"))
+                .env("GNUPGHOME", &gnupg)
+                .arg("init")
+                .arg(&base)
+                .args(["--url", &format!("http://{REPO_IN_GUEST}/")]),
+        );
+        let key = std::fs::read_to_string(base.join("fieldagent.asc")).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = base.clone();
@@ -93,25 +69,20 @@ impl Repo {
 
     /// `deb` becomes the one version of its package in the repository, indexes signed.
     pub fn publish(&self, deb: &Path) {
-        let reprepro = |args: &[&str]| {
-            let mut command = Command::new("reprepro");
-            command
+        run(
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/apt-repo"))
                 .env("GNUPGHOME", &self.gnupg)
-                .arg("--basedir")
+                .arg("add")
                 .arg(&self.base)
-                .args(args)
-                .stdout(Stdio::piped());
-            run(&mut command)
-        };
-        reprepro(&["remove", "bookworm", "fieldagent"]);
-        reprepro(&["includedeb", "bookworm", deb.to_str().unwrap()]);
+                .arg("bookworm")
+                .arg(deb)
+                .stdout(Stdio::piped()),
+        );
     }
 
-    /// The guest's apt source for this repository (deb822), keyed by `/etc/apt/keyrings/fieldagent.asc`.
-    pub fn sources() -> String {
-        format!(
-            "Types: deb\nURIs: http://{REPO_IN_GUEST}/\nSuites: bookworm\nComponents: main\nSigned-By: /etc/apt/keyrings/fieldagent.asc\n"
-        )
+    /// The guest's apt source for this repository, as the script wrote it for bookworm.
+    pub fn sources(&self) -> String {
+        std::fs::read_to_string(self.base.join("fieldagent-bookworm.sources")).unwrap()
     }
 }
 

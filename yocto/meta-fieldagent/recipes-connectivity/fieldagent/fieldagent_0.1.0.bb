@@ -71,9 +71,24 @@ do_install:append() {
     install -m 0644 ${S}/packaging/broker/mosquitto/fieldagent-services.acl ${D}${docdir}/${BPN}/examples/mosquitto/
     # Drop-ins merged over config.yaml (provisioning writes one; the conffile stays as shipped).
     install -d ${D}${sysconfdir}/fieldagent/conf.d
+    install -m 0644 ${S}/packaging/conf.d/README ${D}${sysconfdir}/fieldagent/conf.d/README
+    # The man pages, shell completions and docs the .deb has (the -doc package takes the docs
+    # and man pages).
+    install -d ${D}${mandir}/man1 ${D}${mandir}/man5
+    install -m 0644 ${S}/packaging/fieldagent.1 ${D}${mandir}/man1/
+    install -m 0644 ${S}/packaging/fieldagent.yaml.5 ${D}${mandir}/man5/
+    install -d ${D}${datadir}/bash-completion/completions ${D}${datadir}/zsh/site-functions ${D}${datadir}/fish/vendor_completions.d
+    install -m 0644 ${S}/packaging/completions/fieldagent.bash ${D}${datadir}/bash-completion/completions/fieldagent
+    install -m 0644 ${S}/packaging/completions/_fieldagent ${D}${datadir}/zsh/site-functions/
+    install -m 0644 ${S}/packaging/completions/fieldagent.fish ${D}${datadir}/fish/vendor_completions.d/
+    install -d ${D}${docdir}/${BPN}/docs
+    install -m 0644 ${S}/README.md ${S}/ARCHITECTURE.md ${D}${docdir}/${BPN}/
+    install -m 0644 ${S}/docs/*.md ${D}${docdir}/${BPN}/docs/
+    install -m 0644 ${S}/packaging/config.yaml ${D}${docdir}/${BPN}/examples/config.yaml
 }
 
-FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-gpio.rules ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-i2c.rules"
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/fieldagent.conf ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-gpio.rules ${nonarch_base_libdir}/udev/rules.d/60-fieldagent-i2c.rules \
+                ${datadir}/bash-completion ${datadir}/zsh ${datadir}/fish"
 CONFFILES:${PN} = "${sysconfdir}/fieldagent/config.yaml"
 # The unit's ExecReload uses /bin/kill (busybox, procps or util-linux provide it).
 RDEPENDS:${PN} = "ca-certificates"
