@@ -134,6 +134,44 @@ fn tcp_shapes_word_orders_and_an_exception_by_name() {
     assert_eq!(table.matches("holding 60").count(), 1, "{table}");
 }
 
+/// 64-bit values and the four byte orders, as a device packed them (pymodbus's unit 5, the
+/// registers made by Python's struct): f64 in ABCD and CDAB, u64 in BADC, i64 in DCBA, f32 in
+/// DCBA, and 2^53 (the largest integer a JSON number holds exactly).
+#[test]
+fn sixty_four_bit_values_and_the_four_byte_orders() {
+    let (_server, port) = Server::tcp();
+    let dir = TestDir::new();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let config = dir.config(&format!(
+        r#"{HEAD}sensors:
+  - {{ name: f64_abcd, modbus: {{ url: "{url}", unit: 5, table: holding, address: 0, type: f64 }} }}
+  - {{ name: f64_cdab, modbus: {{ url: "{url}", unit: 5, table: holding, address: 4, type: f64, byte_order: CDAB }} }}
+  - {{ name: u64_badc, modbus: {{ url: "{url}", unit: 5, table: holding, address: 8, type: u64, byte_order: BADC }} }}
+  - {{ name: i64_dcba, modbus: {{ url: "{url}", unit: 5, table: holding, address: 12, type: i64, byte_order: DCBA }} }}
+  - {{ name: f32_dcba, modbus: {{ url: "{url}", unit: 5, table: holding, address: 16, type: f32, byte_order: DCBA }} }}
+  - {{ name: u64_2_53, modbus: {{ url: "{url}", unit: 5, table: holding, address: 18, type: u64 }} }}
+  - {{ name: f64_little, modbus: {{ url: "{url}", unit: 5, table: holding, address: 4, type: f64, word_order: little }} }}
+"#
+    ));
+    let reading = read_json(&config);
+    let values = &reading["values"];
+    for (name, expected) in [
+        ("f64_abcd", 1234.5678),
+        ("f64_cdab", 1234.5678),
+        ("u64_badc", 1_099_511_627_783.0),
+        ("i64_dcba", -123_456_789_012.0),
+        ("f32_dcba", 123_456.0),
+        ("u64_2_53", 9_007_199_254_740_992.0),
+        ("f64_little", 1234.5678),
+    ] {
+        assert_eq!(values[name].as_f64(), Some(expected), "{name}: {reading}");
+    }
+    assert!(
+        reading["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "{reading}"
+    );
+}
+
 /// Addresses 48 to 51 in one coalesced request would be refused (50 and 51 do not exist): the
 /// line reads each part on its own, so only the sensors beyond the map fail.
 #[test]
@@ -509,6 +547,9 @@ fn check_refuses_shapes_that_cannot_be() {
   - {{ name: g, modbus: {{ url: "tcp://127.0.0.1", table: input, address: 2, timeout_s: 10 }} }}
   - {{ name: h, modbus: {{ url: "tcp://127.0.0.1", table: register, address: 2 }} }}
   - {{ name: i, gpio: {{ chip: gpiochip0, line: 17, debounce_ms: 5 }} }}
+  - {{ name: o, modbus: {{ url: "tcp://127.0.0.1", table: holding, address: 3, type: f64, byte_order: BADC, word_order: little }} }}
+  - {{ name: p, modbus: {{ url: "tcp://127.0.0.1", table: holding, address: 65533, type: u64 }} }}
+  - {{ name: q, modbus: {{ url: "tcp://127.0.0.1", table: holding, address: 3, type: i64, byte_order: ABDC }} }}
 actuators:
   - {{ name: j, modbus: {{ url: "tcp://127.0.0.1", table: input, address: 1 }}, values: ["1"] }}
   - {{ name: k, modbus: {{ url: "tcp://127.0.0.1", table: holding, address: 1 }}, values: ["70000"] }}
@@ -523,7 +564,10 @@ actuators:
     for expected in [
         "sensors[0].modbus.address: a u32 needs 2 registers from 65535, past the last address 65535",
         "sensors[1].modbus.type: a coil is one bit (read as 0 or 1)",
-        "sensors[2].modbus.word_order: word_order orders the two registers of a u32, i32 or f32; found it with u16",
+        "sensors[2].modbus.word_order: word_order orders the registers of a value of two or four (u32, i32, f32, u64, i64, f64); found it with u16",
+        "sensors[9].modbus.word_order: word_order little means byte_order CDAB, but byte_order says BADC: give one of them",
+        "sensors[10].modbus.address: a u64 needs 4 registers from 65533, past the last address 65535",
+        "sensors[11].modbus.byte_order",
         "sensors[3].modbus.unit: expected a unit 1..=247 on a serial line, found 0",
         "sensors[4].modbus.url: /dev/ttyUSB0 is already used as rtu:///dev/ttyUSB0?baud=9600&parity=E&data=8&stop=1 at sensors[3].modbus.url",
         "sensors[5].modbus.url: expected tcp://HOST[:PORT] or rtu:///dev/DEVICE",

@@ -54,6 +54,10 @@ pub struct ModbusConfig {
     pub address: u16,
     #[serde(default, rename = "type")]
     pub value_type: Option<crate::modbus::ValueType>,
+    /// How a value of several registers lies on the wire: ABCD, CDAB, BADC or DCBA.
+    #[serde(default)]
+    pub byte_order: Option<crate::modbus::ByteOrder>,
+    /// The shorthand for two of them: big (ABCD) or little (CDAB).
     #[serde(default)]
     pub word_order: Option<crate::modbus::WordOrder>,
     /// How long the device has to answer one request.

@@ -350,18 +350,40 @@ pub(super) fn check_modbus(
         ));
     }
     let value_type = modbus.value_type.unwrap_or_default();
-    if modbus.word_order.is_some() && (bits || value_type.registers() == 1) {
-        findings.push(Finding::error(
-            format!("{key}.word_order"),
-            format!(
-                "word_order orders the two registers of a u32, i32 or f32; found it with {}",
-                if bits {
-                    modbus.table.as_str()
-                } else {
-                    value_type.as_str()
-                }
-            ),
-        ));
+    for (name, given) in [
+        ("byte_order", modbus.byte_order.is_some()),
+        ("word_order", modbus.word_order.is_some()),
+    ] {
+        if given && (bits || value_type.registers() == 1) {
+            findings.push(Finding::error(
+                format!("{key}.{name}"),
+                format!(
+                    "{name} orders the registers of a value of two or four (u32, i32, f32, u64, i64, f64); found it with {}",
+                    if bits {
+                        modbus.table.as_str()
+                    } else {
+                        value_type.as_str()
+                    }
+                ),
+            ));
+        }
+    }
+    if let (Some(bytes), Some(words)) = (modbus.byte_order, modbus.word_order) {
+        if bytes != crate::modbus::ByteOrder::from(words) {
+            findings.push(Finding::error(
+                format!("{key}.word_order"),
+                format!(
+                    "word_order {} means byte_order {}, but byte_order says {}: give one of them",
+                    if words == crate::modbus::WordOrder::Big {
+                        "big"
+                    } else {
+                        "little"
+                    },
+                    crate::modbus::ByteOrder::from(words).as_str(),
+                    bytes.as_str()
+                ),
+            ));
+        }
     }
     let count = if bits { 1 } else { value_type.registers() };
     if u32::from(modbus.address) + u32::from(count) > 65_536 {
@@ -403,7 +425,10 @@ pub(super) fn check_modbus(
         table: modbus.table,
         address: modbus.address,
         value_type,
-        word_order: modbus.word_order.unwrap_or_default(),
+        byte_order: modbus
+            .byte_order
+            .or(modbus.word_order.map(Into::into))
+            .unwrap_or_default(),
         timeout: std::time::Duration::from_secs_f64(
             timeout_s.clamp(0.05, crate::modbus::MAX_TIMEOUT_S),
         ),

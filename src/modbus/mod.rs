@@ -78,7 +78,10 @@ pub enum ValueType {
     I16,
     U32,
     I32,
+    U64,
+    I64,
     F32,
+    F64,
 }
 
 impl ValueType {
@@ -88,7 +91,10 @@ impl ValueType {
             ValueType::I16 => "i16",
             ValueType::U32 => "u32",
             ValueType::I32 => "i32",
+            ValueType::U64 => "u64",
+            ValueType::I64 => "i64",
             ValueType::F32 => "f32",
+            ValueType::F64 => "f64",
         }
     }
 
@@ -96,13 +102,13 @@ impl ValueType {
     pub fn registers(self) -> u16 {
         match self {
             ValueType::U16 | ValueType::I16 => 1,
-            _ => 2,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
         }
     }
 }
 
-/// Which register of a 32-bit value comes first. Within a register the bytes are always
-/// big-endian (the protocol's rule); devices differ only in the order of the two registers.
+/// `word_order`, the older shorthand for the two common byte orders: big = ABCD, little = CDAB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WordOrder {
@@ -111,6 +117,91 @@ pub enum WordOrder {
     Big,
     /// The low word first ("CDAB").
     Little,
+}
+
+impl From<WordOrder> for ByteOrder {
+    fn from(order: WordOrder) -> ByteOrder {
+        match order {
+            WordOrder::Big => ByteOrder::Abcd,
+            WordOrder::Little => ByteOrder::Cdab,
+        }
+    }
+}
+
+/// How a value of several registers lies on the wire, named as the meter vendors' tables name
+/// it for a 32-bit value whose bytes are A (most significant) to D: ABCD is big-endian words and
+/// bytes (the protocol's own order); CDAB swaps the words (the low register first); BADC swaps
+/// the bytes in each register; DCBA is little-endian throughout. A 64-bit value follows the same
+/// rule over four registers: the words in order or reversed, the bytes in each as sent or
+/// swapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+pub enum ByteOrder {
+    #[default]
+    #[serde(rename = "ABCD")]
+    Abcd,
+    #[serde(rename = "CDAB")]
+    Cdab,
+    #[serde(rename = "BADC")]
+    Badc,
+    #[serde(rename = "DCBA")]
+    Dcba,
+}
+
+impl ByteOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByteOrder::Abcd => "ABCD",
+            ByteOrder::Cdab => "CDAB",
+            ByteOrder::Badc => "BADC",
+            ByteOrder::Dcba => "DCBA",
+        }
+    }
+
+    /// The low register first.
+    fn words_reversed(self) -> bool {
+        matches!(self, ByteOrder::Cdab | ByteOrder::Dcba)
+    }
+
+    /// The two bytes of each register swapped.
+    fn bytes_swapped(self) -> bool {
+        matches!(self, ByteOrder::Badc | ByteOrder::Dcba)
+    }
+
+    /// The registers as received, to the value's bits (most significant first).
+    pub fn join(self, words: &[u16]) -> u64 {
+        let word = |w: u16| {
+            if self.bytes_swapped() {
+                w.swap_bytes()
+            } else {
+                w
+            }
+        };
+        let fold = |bits: u64, w: &u16| (bits << 16) | u64::from(word(*w));
+        if self.words_reversed() {
+            words.iter().rev().fold(0, fold)
+        } else {
+            words.iter().fold(0, fold)
+        }
+    }
+
+    /// The value's bits to the `count` registers to send, the inverse of `join`.
+    pub fn split(self, bits: u64, count: u16) -> Vec<u16> {
+        let mut words: Vec<u16> = (0..count)
+            .rev()
+            .map(|i| (bits >> (16 * u32::from(i))) as u16)
+            .map(|w| {
+                if self.bytes_swapped() {
+                    w.swap_bytes()
+                } else {
+                    w
+                }
+            })
+            .collect();
+        if self.words_reversed() {
+            words.reverse();
+        }
+        words
+    }
 }
 
 /// Serial parity.
@@ -296,7 +387,7 @@ pub struct Point {
     /// The zero-based address on the wire.
     pub address: u16,
     pub value_type: ValueType,
-    pub word_order: WordOrder,
+    pub byte_order: ByteOrder,
     pub timeout: Duration,
     pub max_span: u16,
 }
@@ -323,31 +414,32 @@ impl Point {
         if !self.table.is_bits() {
             text.push(' ');
             text.push_str(self.value_type.as_str());
-            if self.value_type.registers() == 2 && self.word_order == WordOrder::Little {
-                text.push_str(" little");
+            if self.value_type.registers() > 1 && self.byte_order != ByteOrder::Abcd {
+                text.push(' ');
+                text.push_str(self.byte_order.as_str());
             }
         }
         text
     }
 
-    /// The value of this point's registers (or bit).
+    /// The value of this point's registers (or bit). A 64-bit integer beyond 2^53 loses its
+    /// lowest digits, as every number in the JSON telemetry does.
     pub fn decode(&self, words: &[u16]) -> f64 {
-        let pair = || -> u32 {
-            let (high, low) = match self.word_order {
-                WordOrder::Big => (words[0], words[1]),
-                WordOrder::Little => (words[1], words[0]),
-            };
-            (u32::from(high) << 16) | u32::from(low)
-        };
         if self.table.is_bits() {
             return f64::from(words[0] != 0);
         }
+        let bits = self
+            .byte_order
+            .join(&words[..usize::from(self.value_type.registers())]);
         match self.value_type {
             ValueType::U16 => f64::from(words[0]),
             ValueType::I16 => f64::from(words[0] as i16),
-            ValueType::U32 => f64::from(pair()),
-            ValueType::I32 => f64::from(pair() as i32),
-            ValueType::F32 => f64::from(f32::from_bits(pair())),
+            ValueType::U32 => f64::from(bits as u32),
+            ValueType::I32 => f64::from(bits as u32 as i32),
+            ValueType::F32 => f64::from(f32::from_bits(bits as u32)),
+            ValueType::U64 => bits as f64,
+            ValueType::I64 => bits as i64 as f64,
+            ValueType::F64 => f64::from_bits(bits),
         }
     }
 
@@ -364,13 +456,8 @@ impl Point {
                 )),
             },
             Table::Holding => {
-                let split = |bits: u32| -> Vec<u16> {
-                    let (high, low) = ((bits >> 16) as u16, bits as u16);
-                    match self.word_order {
-                        WordOrder::Big => vec![high, low],
-                        WordOrder::Little => vec![low, high],
-                    }
-                };
+                let count = self.value_type.registers();
+                let split = |bits: u64| self.byte_order.split(bits, count);
                 let whole = |what: &str| format!("expected {what}, found \"{value}\"");
                 match self.value_type {
                     ValueType::U16 => value
@@ -383,15 +470,27 @@ impl Point {
                         .map_err(|_| whole("a whole number -32768..=32767 for an i16 register")),
                     ValueType::U32 => value
                         .parse::<u32>()
-                        .map(split)
+                        .map(|v| split(u64::from(v)))
                         .map_err(|_| whole("a whole number 0..=4294967295 for a u32 value")),
                     ValueType::I32 => value
                         .parse::<i32>()
-                        .map(|v| split(v as u32))
+                        .map(|v| split(u64::from(v as u32)))
                         .map_err(|_| whole("a whole number that fits an i32 value")),
+                    ValueType::U64 => value
+                        .parse::<u64>()
+                        .map(split)
+                        .map_err(|_| whole("a whole number that fits a u64 value")),
+                    ValueType::I64 => value
+                        .parse::<i64>()
+                        .map(|v| split(v as u64))
+                        .map_err(|_| whole("a whole number that fits an i64 value")),
                     ValueType::F32 => match value.parse::<f32>() {
-                        Ok(v) if v.is_finite() => Ok(split(v.to_bits())),
+                        Ok(v) if v.is_finite() => Ok(split(u64::from(v.to_bits()))),
                         _ => Err(whole("a finite number for an f32 value")),
+                    },
+                    ValueType::F64 => match value.parse::<f64>() {
+                        Ok(v) if v.is_finite() => Ok(split(v.to_bits())),
+                        _ => Err(whole("a finite number for an f64 value")),
                     },
                 }
             }
@@ -447,14 +546,14 @@ pub fn exception_name(code: u8) -> &'static str {
 mod tests {
     use super::*;
 
-    fn point(table: Table, value_type: ValueType, word_order: WordOrder) -> Point {
+    fn point(table: Table, value_type: ValueType, order: impl Into<ByteOrder>) -> Point {
         Point {
             transport: Transport::parse("tcp://127.0.0.1").unwrap(),
             unit: 1,
             table,
             address: 0,
             value_type,
-            word_order,
+            byte_order: order.into(),
             timeout: DEFAULT_TIMEOUT,
             max_span: DEFAULT_MAX_SPAN,
         }
@@ -542,5 +641,80 @@ mod tests {
         assert!(u16.encode("70000").unwrap_err().contains("0..=65535"));
         let input = point(Table::Input, ValueType::U16, WordOrder::Big);
         assert!(input.encode("1").unwrap_err().contains("read-only"));
+    }
+
+    /// The four byte orders of the vendors' tables, on the value they all use for the example:
+    /// 123456.0 as f32 is 0x47F12000, so ABCD sends 47F1 2000, CDAB 2000 47F1, BADC F147 0020
+    /// and DCBA 0020 F147.
+    #[test]
+    fn the_four_byte_orders_of_a_32_bit_value() {
+        for (order, wire) in [
+            (ByteOrder::Abcd, [0x47F1, 0x2000]),
+            (ByteOrder::Cdab, [0x2000, 0x47F1]),
+            (ByteOrder::Badc, [0xF147, 0x0020]),
+            (ByteOrder::Dcba, [0x0020, 0xF147]),
+        ] {
+            let f32 = point(Table::Holding, ValueType::F32, order);
+            assert_eq!(f32.decode(&wire), 123456.0, "{order:?}");
+            assert_eq!(f32.encode("123456").unwrap(), wire, "{order:?}");
+            // The same bits as a u32: 0x47F12000 = 1206984704.
+            let u32 = point(Table::Holding, ValueType::U32, order);
+            assert_eq!(u32.decode(&wire), 1_206_984_704.0, "{order:?}");
+        }
+        // word_order, the shorthand: big is ABCD, little is CDAB.
+        assert_eq!(ByteOrder::from(WordOrder::Big), ByteOrder::Abcd);
+        assert_eq!(ByteOrder::from(WordOrder::Little), ByteOrder::Cdab);
+    }
+
+    /// 64-bit values over four registers: an energy counter (u64) of 0x0000_0001_0000_0002
+    /// (4294967298 Wh), -2 as i64 (0xFFFF_FFFF_FFFF_FFFE), and 1.0 as f64 (0x3FF0_0000_0000_0000),
+    /// in each byte order.
+    #[test]
+    fn sixty_four_bit_values_in_each_byte_order() {
+        let cases: [(ValueType, &str, f64, [u16; 4]); 3] = [
+            (
+                ValueType::U64,
+                "4294967298",
+                4_294_967_298.0,
+                [0x0000, 0x0001, 0x0000, 0x0002],
+            ),
+            (ValueType::I64, "-2", -2.0, [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE]),
+            (ValueType::F64, "1", 1.0, [0x3FF0, 0x0000, 0x0000, 0x0000]),
+        ];
+        for (value_type, text, value, abcd) in cases {
+            let swapped = abcd.map(u16::swap_bytes);
+            let mut reversed = abcd;
+            reversed.reverse();
+            let mut both = swapped;
+            both.reverse();
+            for (order, wire) in [
+                (ByteOrder::Abcd, abcd),
+                (ByteOrder::Cdab, reversed),
+                (ByteOrder::Badc, swapped),
+                (ByteOrder::Dcba, both),
+            ] {
+                let p = point(Table::Holding, value_type, order);
+                assert_eq!(p.count(), 4);
+                assert_eq!(p.decode(&wire), value, "{value_type:?} {order:?}");
+                assert_eq!(p.encode(text).unwrap(), wire, "{value_type:?} {order:?}");
+            }
+        }
+        // DCBA of a 64-bit value is the plain little-endian byte string.
+        let f64_le = 1.0f64.to_le_bytes();
+        let words: Vec<u16> = f64_le
+            .chunks(2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(
+            point(Table::Holding, ValueType::F64, ByteOrder::Dcba).decode(&words),
+            1.0
+        );
+        let i64 = point(Table::Holding, ValueType::I64, ByteOrder::Abcd);
+        assert!(i64
+            .encode("9223372036854775808")
+            .unwrap_err()
+            .contains("i64"));
+        let f64 = point(Table::Holding, ValueType::F64, ByteOrder::Abcd);
+        assert!(f64.encode("inf").unwrap_err().contains("finite"));
     }
 }

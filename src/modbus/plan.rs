@@ -83,7 +83,7 @@ fn last_span_limit(request: &Request, points: &[Point]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::{ValueType, WordOrder, DEFAULT_MAX_SPAN, DEFAULT_TIMEOUT};
+    use crate::modbus::{ByteOrder, ValueType, DEFAULT_MAX_SPAN, DEFAULT_TIMEOUT};
 
     fn point(url: &str, unit: u8, table: Table, address: u16, value_type: ValueType) -> Point {
         Point {
@@ -92,7 +92,7 @@ mod tests {
             table,
             address,
             value_type,
-            word_order: WordOrder::Big,
+            byte_order: ByteOrder::Abcd,
             timeout: DEFAULT_TIMEOUT,
             max_span: DEFAULT_MAX_SPAN,
         }
