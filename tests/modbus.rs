@@ -172,6 +172,40 @@ fn sixty_four_bit_values_and_the_four_byte_orders() {
     );
 }
 
+/// A serial gateway in transparent mode (`rtuovertcp://`): RTU frames with their CRC over TCP,
+/// pymodbus serving them; several units behind one connection, a 64-bit value, and a write.
+#[test]
+fn rtu_over_tcp_to_a_serial_gateway() {
+    let port = free_port();
+    let _server = Server::start("rtutcp", &port.to_string());
+    let dir = TestDir::new();
+    let url = format!("rtuovertcp://127.0.0.1:{port}");
+    let config = dir.config(&format!(
+        r#"{HEAD}sensors:
+  - {{ name: u16, modbus: {{ url: "{url}", table: holding, address: 0 }} }}
+  - {{ name: f32, modbus: {{ url: "{url}", table: holding, address: 6, type: f32 }} }}
+  - {{ name: unit3, modbus: {{ url: "{url}", unit: 3, table: input, address: 3 }} }}
+  - {{ name: f64, modbus: {{ url: "{url}", unit: 5, table: holding, address: 0, type: f64 }} }}
+  - {{ name: beyond, modbus: {{ url: "{url}", table: holding, address: 60 }} }}
+"#
+    ));
+    let reading = read_json(&config);
+    let values = &reading["values"];
+    for (name, expected) in [
+        ("u16", 1234.0),
+        ("f32", 12.5),
+        ("unit3", 103.0),
+        ("f64", 1234.5678),
+    ] {
+        assert_eq!(values[name].as_f64(), Some(expected), "{name}: {reading}");
+    }
+    assert_eq!(
+        reading["errors"]["beyond"],
+        format!("modbus {url} unit 1 holding 60 u16: the device answered exception illegal data address (2)"),
+        "{reading}"
+    );
+}
+
 /// Addresses 48 to 51 in one coalesced request would be refused (50 and 51 do not exist): the
 /// line reads each part on its own, so only the sensors beyond the map fail.
 #[test]
@@ -570,7 +604,7 @@ actuators:
         "sensors[11].modbus.byte_order",
         "sensors[3].modbus.unit: expected a unit 1..=247 on a serial line, found 0",
         "sensors[4].modbus.url: /dev/ttyUSB0 is already used as rtu:///dev/ttyUSB0?baud=9600&parity=E&data=8&stop=1 at sensors[3].modbus.url",
-        "sensors[5].modbus.url: expected tcp://HOST[:PORT] or rtu:///dev/DEVICE",
+        "sensors[5].modbus.url: expected tcp://HOST[:PORT], rtuovertcp://HOST:PORT or rtu:///dev/DEVICE",
         "sensors[6].modbus.timeout_s: expected 0.05 to 4 seconds, found 10",
         "sensors[7].modbus.table",
         "sensors[8].gpio.debounce_ms: debounce_ms applies to edges",

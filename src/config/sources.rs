@@ -328,7 +328,7 @@ pub(super) fn check_modbus(
             None
         }
     };
-    if let Some(Transport::Rtu(_)) = &transport {
+    if let Some(Transport::Rtu(_) | Transport::RtuOverTcp { .. }) = &transport {
         if !(1..=247).contains(&modbus.unit) {
             findings.push(Finding::error(
                 format!("{key}.unit"),

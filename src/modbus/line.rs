@@ -122,6 +122,7 @@ pub fn open(transport: &Transport) -> Arc<Line> {
     let name = match transport {
         Transport::Tcp { .. } => "modbus-tcp",
         Transport::Rtu(_) => "modbus-rtu",
+        Transport::RtuOverTcp { .. } => "modbus-rtutcp",
     };
     let spawned = std::thread::Builder::new()
         .name(name.to_owned())
@@ -238,7 +239,8 @@ fn run(transport: Transport, queue: std_mpsc::Receiver<Job>) {
     };
     let gap = match &transport {
         Transport::Rtu(serial) => serial.frame_gap(),
-        Transport::Tcp { .. } => Duration::ZERO,
+        // Over TCP the gateway keeps the serial line's silences itself.
+        Transport::Tcp { .. } | Transport::RtuOverTcp { .. } => Duration::ZERO,
     };
     let mut conn: Option<Conn> = None;
     // When the connection last failed, and why: jobs queued before then fail at once.
@@ -322,6 +324,16 @@ async fn connect(transport: &Transport) -> Result<Conn, String> {
             let _ = stream.set_nodelay(true);
             Ok(Conn {
                 context: tokio_modbus::client::tcp::attach(stream),
+                seen: None,
+            })
+        }
+        Transport::RtuOverTcp { host, port } => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|err| format!("cannot connect to {transport}: {err}"))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Conn {
+                context: tokio_modbus::client::rtu::attach(stream),
                 seen: None,
             })
         }

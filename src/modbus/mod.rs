@@ -240,8 +240,17 @@ impl Serial {
 /// A connection to one or more devices.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Transport {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     Rtu(Serial),
+    /// RTU framing (with its CRC) over a TCP connection: a serial gateway in transparent mode,
+    /// its RS-485 line behind it.
+    RtuOverTcp {
+        host: String,
+        port: u16,
+    },
 }
 
 impl fmt::Display for Transport {
@@ -253,6 +262,10 @@ impl fmt::Display for Transport {
                 write!(f, "tcp://[{host}]:{port}")
             }
             Transport::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Transport::RtuOverTcp { host, port } if host.contains(':') => {
+                write!(f, "rtuovertcp://[{host}]:{port}")
+            }
+            Transport::RtuOverTcp { host, port } => write!(f, "rtuovertcp://{host}:{port}"),
             Transport::Rtu(serial) => write!(
                 f,
                 "rtu://{}?baud={}&parity={}&data={}&stop={}",
@@ -271,10 +284,34 @@ impl fmt::Display for Transport {
 }
 
 impl Transport {
-    /// Parses `tcp://host[:port]` or `rtu:///dev/tty…[?baud=…&parity=N|E|O&data=7|8&stop=1|2]`.
+    /// Parses `tcp://host[:port]`, `rtuovertcp://host:port` or
+    /// `rtu:///dev/tty…[?baud=…&parity=N|E|O&data=7|8&stop=1|2]`.
     /// RTU defaults are the serial line specification's: 9600 baud, even parity, 8 data bits,
     /// 1 stop bit.
     pub fn parse(url: &str) -> Result<Transport, String> {
+        if let Some(rest) = url.strip_prefix("rtuovertcp://") {
+            // A gateway's port is its own choice (4001, 502, …): it must be given.
+            let Transport::Tcp { host, port } = Transport::parse(&format!("tcp://{rest}"))
+                .map_err(|_| {
+                    format!(
+                        "expected rtuovertcp://HOST:PORT, such as rtuovertcp://192.0.2.20:4001, found \"{url}\""
+                    )
+                })?
+            else {
+                unreachable!("tcp:// parses to Tcp")
+            };
+            let rest = rest.strip_suffix('/').unwrap_or(rest);
+            let has_port = match rest.strip_prefix('[') {
+                Some(bracketed) => bracketed.contains("]:"),
+                None => rest.contains(':'),
+            };
+            if !has_port {
+                return Err(format!(
+                    "expected rtuovertcp://HOST:PORT with the gateway's port, found \"{url}\""
+                ));
+            }
+            return Ok(Transport::RtuOverTcp { host, port });
+        }
         if let Some(rest) = url.strip_prefix("tcp://") {
             let rest = rest.strip_suffix('/').unwrap_or(rest);
             let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
@@ -373,7 +410,7 @@ impl Transport {
             return Ok(Transport::Rtu(serial));
         }
         Err(format!(
-            "expected tcp://HOST[:PORT] or rtu:///dev/DEVICE?baud=…, found \"{url}\""
+            "expected tcp://HOST[:PORT], rtuovertcp://HOST:PORT or rtu:///dev/DEVICE?baud=…, found \"{url}\""
         ))
     }
 }
@@ -557,6 +594,29 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             max_span: DEFAULT_MAX_SPAN,
         }
+    }
+
+    #[test]
+    fn rtu_over_tcp_urls_need_the_gateways_port() {
+        assert_eq!(
+            Transport::parse("rtuovertcp://192.0.2.20:4001").unwrap(),
+            Transport::RtuOverTcp {
+                host: "192.0.2.20".to_owned(),
+                port: 4001
+            }
+        );
+        assert_eq!(
+            Transport::parse("rtuovertcp://[::1]:4001/")
+                .unwrap()
+                .to_string(),
+            "rtuovertcp://[::1]:4001"
+        );
+        assert!(Transport::parse("rtuovertcp://gw.local")
+            .unwrap_err()
+            .contains("the gateway's port"));
+        assert!(Transport::parse("rtuovertcp://gw.local:0")
+            .unwrap_err()
+            .contains("rtuovertcp://HOST:PORT"));
     }
 
     #[test]

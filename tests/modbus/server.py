@@ -2,6 +2,7 @@
 TCP on a loopback port or RTU on a serial device (a pseudo-terminal the test relays).
 
     server.py tcp PORT
+    server.py rtutcp PORT     (RTU framing over TCP, as a serial gateway speaks)
     server.py rtu DEVICE
 
 Units 1 and 3 hold the same known values (zero-based addresses, as on the wire):
@@ -77,6 +78,11 @@ async def main():
     context = ModbusServerContext(slaves={1: unit(), 3: unit(), 5: wide_unit()}, single=False)
     if kind == "tcp":
         server = StartAsyncTcpServer(context=context, address=("127.0.0.1", int(where)))
+    elif kind == "rtutcp":
+        # A serial gateway in transparent mode: RTU frames, CRC included, over TCP.
+        server = StartAsyncTcpServer(
+            context=context, address=("127.0.0.1", int(where)), framer=FramerType.RTU
+        )
     else:
         server = StartAsyncSerialServer(
             context=context, port=where, framer=FramerType.RTU, baudrate=19200
