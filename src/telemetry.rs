@@ -28,6 +28,103 @@ pub fn telemetry(sample: &Sample, seq: u64, time_synced: bool) -> String {
     serde_json::to_string(&payload).expect("telemetry always serializes")
 }
 
+/// The telemetry of one pass as messages of at most `max_bytes` each: one when it fits (the
+/// usual case, the same bytes as [`telemetry`]), else parts with the same `ts` and `seq` and
+/// `"part":i,"parts":n` (from 1), the values and then the errors in config order, each entry
+/// whole in one part. An entry larger than `max_bytes` by itself goes alone in its part.
+pub fn telemetry_parts(
+    sample: &Sample,
+    seq: u64,
+    time_synced: bool,
+    max_bytes: usize,
+) -> Vec<String> {
+    let whole = telemetry(sample, seq, time_synced);
+    if whole.len() <= max_bytes {
+        return vec![whole];
+    }
+    // Each entry as it is written inside its object: `"name":value`.
+    let entry = |name: &str, value: String| -> String {
+        format!(
+            "{}:{value}",
+            serde_json::to_string(name).expect("a name serializes")
+        )
+    };
+    let values: Vec<String> = sample
+        .values
+        .iter()
+        .map(|(name, value)| {
+            entry(
+                name,
+                serde_json::to_string(value).expect("a number serializes"),
+            )
+        })
+        .collect();
+    let errors: Vec<String> = sample
+        .errors
+        .iter()
+        .map(|(name, error)| {
+            entry(
+                name,
+                serde_json::to_string(&error.to_string()).expect("a message serializes"),
+            )
+        })
+        .collect();
+    // The head and tail every part carries, with room for the largest part numbers.
+    let head = |part: usize, parts: usize| {
+        format!(
+            "{{\"ts\":{}{},\"seq\":{seq},\"part\":{part},\"parts\":{parts}",
+            sample.ts_ms,
+            if time_synced {
+                ""
+            } else {
+                ",\"time_synced\":false"
+            }
+        )
+    };
+    let overhead = head(usize::MAX, usize::MAX).len() + ",\"values\":{},\"errors\":{}}".len();
+    let room = max_bytes.saturating_sub(overhead);
+    // Parts as (values, errors) index ranges, filled greedily.
+    let mut parts: Vec<(Vec<&str>, Vec<&str>)> = vec![(Vec::new(), Vec::new())];
+    let mut used = 0;
+    for (is_error, text) in values
+        .iter()
+        .map(|v| (false, v))
+        .chain(errors.iter().map(|e| (true, e)))
+    {
+        let cost = text.len() + 1;
+        let last = parts.last_mut().expect("one part at least");
+        if used + cost > room && !(last.0.is_empty() && last.1.is_empty()) {
+            parts.push((Vec::new(), Vec::new()));
+            used = 0;
+        }
+        let last = parts.last_mut().expect("one part at least");
+        if is_error {
+            last.1.push(text);
+        } else {
+            last.0.push(text);
+        }
+        used += cost;
+    }
+    let count = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (values, errors))| {
+            let mut out = head(i + 1, count);
+            out.push_str(",\"values\":{");
+            out.push_str(&values.join(","));
+            out.push('}');
+            if !errors.is_empty() {
+                out.push_str(",\"errors\":{");
+                out.push_str(&errors.join(","));
+                out.push('}');
+            }
+            out.push('}');
+            out
+        })
+        .collect()
+}
+
 /// A telemetry payload with `"dropped":N` added: N telemetry messages were lost since the last
 /// one that went out, so a consumer sees a gap instead of guessing from `seq`.
 pub fn with_dropped(mut payload: Vec<u8>, dropped: u64) -> Vec<u8> {
@@ -155,5 +252,56 @@ mod tests {
             r#"{"online":false,"ts":9,"time_synced":false,"reason":"shutdown"}"#
         );
         assert_eq!(will(), r#"{"online":false,"ts":0,"reason":"lost"}"#);
+    }
+
+    #[test]
+    fn a_pass_larger_than_max_message_bytes_goes_in_parts() {
+        let names: Vec<Arc<str>> = (0..1000)
+            .map(|i| Arc::from(format!("point_{i:04}")))
+            .collect();
+        let sample = Sample {
+            ts_ms: 1_700_000_000_123,
+            values: names.iter().map(|n| (Arc::clone(n), 12.5)).collect(),
+            errors: vec![(
+                Arc::from("gone"),
+                SensorError::I2c {
+                    bus: 1,
+                    addr: 0x48,
+                    reason: "no ACK".to_owned(),
+                },
+            )],
+        };
+        // Small enough: one message, the same bytes as before.
+        let whole = telemetry(&sample, 3, false);
+        assert_eq!(
+            telemetry_parts(&sample, 3, false, whole.len()),
+            vec![whole.clone()]
+        );
+        // 1000 values of about 20 bytes in parts of at most 4 KiB.
+        let parts = telemetry_parts(&sample, 3, false, 4096);
+        assert!(parts.len() >= 5, "{}", parts.len());
+        let mut seen = Vec::new();
+        let mut errors = 0;
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.len() <= 4096, "part {i}: {} bytes", part.len());
+            let json: serde_json::Value = serde_json::from_str(part).unwrap();
+            assert_eq!(json["ts"], 1_700_000_000_123u64);
+            assert_eq!(json["seq"], 3);
+            assert_eq!(json["time_synced"], false);
+            assert_eq!(json["part"], i + 1);
+            assert_eq!(json["parts"], parts.len());
+            for (name, value) in json["values"].as_object().unwrap() {
+                assert_eq!(value, 12.5);
+                seen.push(name.clone());
+            }
+            errors += json["errors"].as_object().map_or(0, |e| e.len());
+        }
+        // Every value once, in config order; the error too.
+        let expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(errors, 1);
+        // A limit below one entry still sends every entry, one per part.
+        let tiny = telemetry_parts(&sample, 3, true, 10);
+        assert_eq!(tiny.len(), 1001);
     }
 }

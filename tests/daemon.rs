@@ -445,6 +445,58 @@ fn the_first_and_the_last_telemetry_go_at_telemetry_qos() {
     assert!(stopped.contains("dropped=0"), "{stopped}");
 }
 
+/// A pass larger than `telemetry.max_message_bytes` arrives in parts at a real broker: the same
+/// ts and seq, `part` 1..=n of `parts`, every value once.
+#[test]
+fn a_large_pass_arrives_in_parts() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-parts/telemetry");
+    let value = dir.write("plc/level", "42.5\n");
+    let mut setup = Setup::new("node-parts", &broker);
+    setup.telemetry = "{ interval_s: 0.5, max_message_bytes: 1024 }".to_owned();
+    for i in 0..80 {
+        setup.sensors_extra.push_str(&format!(
+            "  - {{ name: plc_line_a_station_{i:02}_level, file: {} }}\n",
+            value.display()
+        ));
+    }
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let first = subscriber
+        .wait_for(Duration::from_secs(10), |_| true)
+        .unwrap_or_else(|| panic!("no telemetry; agent log:\n{}", agent.log()));
+    let first: serde_json::Value = serde_json::from_str(&first.payload).unwrap();
+    let parts = first["parts"].as_u64().expect("in parts") as usize;
+    assert!(parts >= 3, "{first}");
+    // The parts of one pass: the first's seq, each part once.
+    let seq = first["seq"].clone();
+    let mut seen = std::collections::BTreeMap::new();
+    seen.insert(first["part"].as_u64().unwrap(), first.clone());
+    while seen.len() < parts {
+        let next = subscriber
+            .wait_for(Duration::from_secs(5), |m| {
+                m.payload.contains(&format!("\"seq\":{seq},"))
+            })
+            .unwrap_or_else(|| panic!("parts {:?} of {parts}", seen.keys()));
+        assert!(next.payload.len() <= 1024, "{} bytes", next.payload.len());
+        let json: serde_json::Value = serde_json::from_str(&next.payload).unwrap();
+        assert_eq!(json["ts"], first["ts"]);
+        assert_eq!(json["parts"], parts);
+        seen.insert(json["part"].as_u64().unwrap(), json);
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=parts as u64).collect::<Vec<_>>()
+    );
+    let levels = seen
+        .values()
+        .flat_map(|part| part["values"].as_object().unwrap().clone())
+        .filter(|(name, value)| name.ends_with("_level") && value == &serde_json::json!(42.5))
+        .count();
+    assert_eq!(levels, 80);
+}
+
 #[test]
 fn a_killed_agent_leaves_its_will() {
     let dir = TestDir::new();

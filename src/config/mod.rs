@@ -396,6 +396,13 @@ pub struct TelemetryConfig {
     /// How many telemetry messages to keep while offline; 0 drops them (counted).
     #[serde(default)]
     pub buffer_while_offline: u64,
+    /// A pass whose payload is larger goes as several messages (`part`, `parts`).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+}
+
+fn default_max_message_bytes() -> u64 {
+    131_072
 }
 
 impl Default for TelemetryConfig {
@@ -404,6 +411,7 @@ impl Default for TelemetryConfig {
             interval_s: default_interval_s(),
             qos: 0,
             buffer_while_offline: 0,
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }

@@ -562,6 +562,17 @@ fn check_telemetry(
         ));
     }
     check_qos("telemetry.qos", telemetry.qos, 0, findings);
+    // At least room for a part's head and a few entries; at most what the outbox stores.
+    let most = u64::from(crate::outbox::MAX_PAYLOAD);
+    if !(1024..=most).contains(&telemetry.max_message_bytes) {
+        findings.push(Finding::error(
+            "telemetry.max_message_bytes",
+            format!(
+                "expected 1024 to {most} bytes, found {}",
+                telemetry.max_message_bytes
+            ),
+        ));
+    }
     if telemetry.buffer_while_offline > broker.max_queued_messages {
         findings.push(Finding::warning(
             "telemetry.buffer_while_offline",

@@ -74,7 +74,7 @@ pub(crate) struct Plain {
     topics: Topics,
     /// The latest sample made before the first connect attempt ended (the agent is starting,
     /// not offline): it waits for that connect even without an offline buffer.
-    first_sample: Option<String>,
+    first_sample: Vec<String>,
     /// False until the first connect attempt has ended.
     attempted: bool,
     /// Topics on which the broker refused a message (logged once each).
@@ -90,7 +90,7 @@ impl Plain {
             delivery: Delivery::new(broker.drain_rate, ack_timeout),
             limits: Limits::of(config),
             topics: Topics::new(config, identity),
-            first_sample: None,
+            first_sample: Vec::new(),
             attempted: false,
             refused_topics: std::collections::HashSet::new(),
         }
@@ -114,7 +114,7 @@ impl Plain {
         // Nothing sent on an earlier connection is trusted to have arrived: what was in flight
         // goes again (at-least-once; ids stay the same).
         self.delivery.connected(core.link.connects, &core.store);
-        if let Some(payload) = self.first_sample.take() {
+        for payload in std::mem::take(&mut self.first_sample) {
             self.send_live(core, payload);
         }
         self.publish_health(core);
@@ -127,8 +127,9 @@ impl Plain {
         );
     }
 
-    /// One sampling pass's telemetry.
-    fn telemetry(&mut self, core: &mut Core, payload: String) {
+    /// One sampling pass's telemetry: one message, or its parts when the pass is larger than
+    /// `telemetry.max_message_bytes` (each part counts as a message).
+    fn telemetry(&mut self, core: &mut Core, parts: Vec<String>) {
         let full = core
             .stats
             .queue_full
@@ -136,30 +137,44 @@ impl Plain {
         self.delivery.telemetry_dropped(full);
         core.counters.dropped += full;
         let online = core.link.is_up();
+        let count = parts.len();
         // Until the first connect attempt has ended the agent is starting, not offline: the
-        // latest sample waits for that connect, at telemetry.qos like every other (through the
-        // outbox at QoS >= 1, one kept).
+        // latest pass waits for that connect, at telemetry.qos like every other (through the
+        // outbox at QoS >= 1, one pass kept).
         let starting = !online && !self.attempted && self.limits.keep_offline == 0;
         if starting && self.limits.qos > 0 {
-            core.store.send(Request::Push {
-                kind: Kind::Telemetry,
-                qos: self.limits.qos,
-                topic: Arc::clone(&self.topics.telemetry),
-                payload: payload.into_bytes(),
-                limit: Some(1),
-            });
+            self.push(core, parts, count);
         } else if online && self.limits.qos == 0 {
             // Live QoS 0 telemetry is not written to disk; it goes at once, beside any backlog
             // (live data is not starved by a drain).
-            self.send_live(core, payload);
+            for payload in parts {
+                self.send_live(core, payload);
+            }
         } else if online || self.limits.keep_offline > 0 {
             // QoS >= 1, or kept while offline: through the outbox, bounded by
-            // telemetry.buffer_while_offline (and a window's worth while online).
+            // telemetry.buffer_while_offline (and a window's worth, and the whole pass, while
+            // online).
             let keep = if online {
-                self.limits.keep_offline.max(WINDOW)
+                self.limits.keep_offline.max(WINDOW).max(count)
             } else {
                 self.limits.keep_offline
             };
+            self.push(core, parts, keep);
+        } else if !self.attempted {
+            let replaced = std::mem::replace(&mut self.first_sample, parts);
+            for _ in replaced {
+                self.dropped_telemetry(core);
+            }
+        } else {
+            for _ in parts {
+                self.dropped_telemetry(core);
+            }
+        }
+    }
+
+    /// Telemetry through the outbox, at most `keep` telemetry messages kept there.
+    fn push(&mut self, core: &mut Core, parts: Vec<String>, keep: usize) {
+        for payload in parts {
             core.store.send(Request::Push {
                 kind: Kind::Telemetry,
                 qos: self.limits.qos,
@@ -167,12 +182,6 @@ impl Plain {
                 payload: payload.into_bytes(),
                 limit: Some(keep),
             });
-        } else if !self.attempted {
-            if self.first_sample.replace(payload).is_some() {
-                self.dropped_telemetry(core);
-            }
-        } else {
-            self.dropped_telemetry(core);
         }
     }
 
@@ -297,8 +306,8 @@ impl Mode for Plain {
 
     fn on_pass(&mut self, core: &mut Core, pass: Pass) {
         // A pass of the other mode's sampler cannot come: a mode switch takes a restart.
-        if let Pass::Json(payload) = pass {
-            self.telemetry(core, payload);
+        if let Pass::Json(parts) = pass {
+            self.telemetry(core, parts);
         }
     }
 

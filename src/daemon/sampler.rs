@@ -46,8 +46,9 @@ pub const ALERTS_FILE: &str = "alerts.json";
 /// What one sampling pass hands the event loop.
 #[derive(Debug)]
 pub enum Pass {
-    /// Plain mode: the telemetry payload.
-    Json(String),
+    /// Plain mode: the telemetry payload, in parts when it is larger than
+    /// `telemetry.max_message_bytes`.
+    Json(Vec<String>),
     /// Sparkplug mode: the values and the names of failing sensors.
     Reading(Reading),
 }
@@ -330,7 +331,12 @@ fn sample(
             .last_pass_ms
             .store(crate::clock::monotonic_ms(), Ordering::Relaxed);
         let pass = if setup.json {
-            Pass::Json(crate::telemetry::telemetry(&sample, seq, synced))
+            Pass::Json(crate::telemetry::telemetry_parts(
+                &sample,
+                seq,
+                synced,
+                setup.config.config().telemetry.max_message_bytes as usize,
+            ))
         } else {
             Pass::Reading(Reading {
                 ts_ms: sample.ts_ms,
@@ -550,6 +556,7 @@ alerts:
         let Pass::Json(first) = first else {
             unreachable!()
         };
+        let first = first.concat();
         assert!(first.contains(r#""door":1"#), "{first}");
 
         let opened = Instant::now();
@@ -559,6 +566,7 @@ alerts:
         let Pass::Json(second) = second else {
             unreachable!()
         };
+        let second = second.concat();
         assert!(second.contains(r#""door":0"#), "{second}");
         assert!(latency < Duration::from_secs(1), "{latency:?}");
         // The alert reaches the outbox (the store syncs it before the state says raised).

@@ -26,6 +26,8 @@ use record::Record;
 
 /// The file's name in `state_dir`.
 pub const FILE: &str = "outbox.log";
+/// The largest payload a record always holds, whatever its topic (up to 64 KiB) and header.
+pub const MAX_PAYLOAD: u32 = record::MAX_BODY - (1 << 16) - 64;
 /// Below this many bytes of dead records the file is not compacted.
 const COMPACT_MIN_DEAD: u64 = 64 * 1024;
 /// After a failed write the disk is tried again at the next push this long after the failure
