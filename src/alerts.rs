@@ -156,9 +156,10 @@ impl SavedState {
             .into_iter()
             .filter_map(|payload| serde_json::from_slice::<Queued>(payload).ok())
             .filter_map(|event| {
-                let rest = event.id.strip_prefix(client_id)?.strip_prefix(':')?;
-                let counter: u64 = rest.rsplit_once(':')?.1.parse().ok()?;
-                (counter > self.counter).then_some((counter, event))
+                // Exactly this device's id for this alert: `{client_id}:{alert}:{counter}`.
+                let counter: u64 = event.id.rsplit_once(':')?.1.parse().ok()?;
+                let ours = event.id == format!("{client_id}:{}:{counter}", event.alert);
+                (ours && counter > self.counter).then_some((counter, event))
             })
             .collect();
         newer.sort_by_key(|(counter, _)| *counter);
@@ -545,8 +546,8 @@ mod tests {
             br#"{"id":"n1:hot:5","alert":"hot","state":"cleared","sensor":"t"}"#,
             br#"{"id":"n1:hot:4","alert":"hot","state":"raised","sensor":"t"}"#,
             br#"{"id":"n1:sensor_fault:6","alert":"sensor_fault","state":"raised","sensor":"p"}"#,
-            // Another device's, and not an event.
-            br#"{"id":"n2:cold:9","alert":"cold","state":"raised","sensor":"t"}"#,
+            // Another device's (whose id starts with ours), and not an event.
+            br#"{"id":"n1:2:cold:9","alert":"cold","state":"raised","sensor":"t"}"#,
             b"not json",
         ];
         assert!(state.catch_up("n1", events));

@@ -30,8 +30,8 @@ pub fn telemetry(sample: &Sample, seq: u64, time_synced: bool) -> String {
 
 /// The telemetry of one pass as messages of at most `max_bytes` each: one when it fits (the
 /// usual case, the same bytes as [`telemetry`]), else parts with the same `ts` and `seq` and
-/// `"part":i,"parts":n` (from 1), the values and then the errors in config order, each entry
-/// whole in one part. An entry larger than `max_bytes` by itself goes alone in its part.
+/// `"part":i,"parts":n` (from 1), the values and then the errors, each in config order, each
+/// entry whole in one part, each part leaving room for a `"dropped":N` added on delivery. An entry larger than `max_bytes` by itself goes alone in its part.
 pub fn telemetry_parts(
     sample: &Sample,
     seq: u64,
@@ -81,7 +81,10 @@ pub fn telemetry_parts(
             }
         )
     };
-    let overhead = head(usize::MAX, usize::MAX).len() + ",\"values\":{},\"errors\":{}}".len();
+    // And room for `"dropped":N`, which delivery may add to a part after a gap.
+    let overhead = head(usize::MAX, usize::MAX).len()
+        + ",\"values\":{},\"errors\":{}}".len()
+        + ",\"dropped\":18446744073709551615".len();
     let room = max_bytes.saturating_sub(overhead);
     // Parts as (values, errors) index ranges, filled greedily.
     let mut parts: Vec<(Vec<&str>, Vec<&str>)> = vec![(Vec::new(), Vec::new())];

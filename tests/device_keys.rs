@@ -423,6 +423,26 @@ fn round(kind: Kind) {
         );
     }
     drop(agent);
+
+    // A wrong PIN is a config error at start (exit 78), tried once: never again every few
+    // seconds as a late TPM is, which would lock a real token.
+    if kind == Kind::Pkcs11 {
+        let pin = dir.write("keys/pin", "000000\n");
+        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut setup = Setup::new(&id, &broker);
+        setup.env = vec![(
+            "SOFTHSM2_CONF".to_owned(),
+            dir.path().join("softhsm2.conf").display().to_string(),
+        )];
+        let mut wrong = Agent::start_config(&dir, &config, setup);
+        assert_eq!(
+            wrong.wait(Duration::from_secs(15)),
+            Some(78),
+            "a wrong PIN:\n{}",
+            wrong.log()
+        );
+    }
     drop(broker);
 }
 

@@ -140,10 +140,11 @@ impl Plain {
         let count = parts.len();
         // Until the first connect attempt has ended the agent is starting, not offline: the
         // latest pass waits for that connect, at telemetry.qos like every other (through the
-        // outbox at QoS >= 1, one pass kept).
+        // outbox at QoS >= 1, bounded as while online, so what the last run left unconfirmed
+        // there is not pushed out by the first pass).
         let starting = !online && !self.attempted && self.limits.keep_offline == 0;
         if starting && self.limits.qos > 0 {
-            self.push(core, parts, count);
+            self.push(core, parts, WINDOW.max(count));
         } else if online && self.limits.qos == 0 {
             // Live QoS 0 telemetry is not written to disk; it goes at once, beside any backlog
             // (live data is not starved by a drain).

@@ -5,7 +5,9 @@
 //! SIGTERM ending it. Every 5 s (and on SIGHUP) it reads the config again, drop-ins included,
 //! since provisioning usually writes one that names the broker and the files; it starts, with
 //! the config as it is then, once every file that config names exists. Whatever is wrong with
-//! them then (a bad key, an expired certificate) is a config error as before.
+//! them then (a bad key, an expired certificate) is a config error as before, with one
+//! exception: a key in the TPM that cannot be used yet is waited for the same way (the TPM's
+//! resource manager may start after the agent at boot), see [`waiting_for`].
 //!
 //! Why here and not a systemd path unit: the files are wherever the config says, and a path
 //! unit would have to be told the same paths again (and kept in step with every drop-in).
@@ -46,10 +48,12 @@ pub struct Waiting {
     why: String,
 }
 
-/// A TLS file not there yet, or a key in a TPM or a token that cannot be used yet: at boot the
-/// TPM's resource manager may come up after the agent, a token may be plugged in later. Such a
-/// key is waited for (and looked at again every few seconds) rather than refused with exit 78,
-/// which systemd would not restart: a device whose TPM answered late would stay offline.
+/// A TLS file not there yet, or a key in the TPM that cannot be used yet: at boot the TPM's
+/// resource manager may come up after the agent. Such a key is waited for (and tried again
+/// every few seconds) rather than refused with exit 78, which systemd would not restart: a
+/// device whose TPM answered late would stay offline. A TPM key has no PIN, so trying again
+/// costs nothing. A key in a PKCS#11 token is not retried here: each try logs in with the PIN,
+/// and a wrong PIN tried every few seconds would lock the token; its errors are config errors.
 pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
     if let Some(path) = missing_file(config) {
         return Some(Waiting {
@@ -62,7 +66,7 @@ pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
     }
     let tls = &config.config().broker.tls;
     let key = tls.key_file.as_ref()?;
-    if crate::keys::kind_of(key) == crate::keys::KeyKind::File {
+    if crate::keys::kind_of(key) != crate::keys::KeyKind::Tpm {
         return None;
     }
     crate::keys::load(tls).err().map(|why| Waiting {
@@ -129,8 +133,15 @@ pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
                 crate::config::load_reporting(&path, &mut warnings).map_err(|err| err.to_string());
             let waiting = waiting_for(read.as_ref().unwrap_or(&before));
             (read, waiting)
-        })
-        .await;
+        });
+        // A TPM that hangs does not hold up a stop.
+        let reread = tokio::select! {
+            reread = reread => reread,
+            signal = &mut shutdown => {
+                tracing::info!(signal, "Stopped while waiting for provisioning.");
+                return None;
+            }
+        };
         let Ok((read, waiting)) = reread else {
             continue;
         };

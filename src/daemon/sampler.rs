@@ -352,8 +352,16 @@ fn sample(
         seq += 1;
         match setup.passes.try_send(pass) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                setup.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            Err(mpsc::error::TrySendError::Full(pass)) => {
+                // Each part of a pass is a telemetry message, dropped as such.
+                let messages = match &pass {
+                    Pass::Json(parts) => parts.len() as u64,
+                    Pass::Reading(_) => 1,
+                };
+                setup
+                    .stats
+                    .queue_full
+                    .fetch_add(messages, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => break,
         }

@@ -227,17 +227,24 @@ fn write_key(
         .mode(0o600)
         .open(&target)
         .map_err(|err| format!("cannot create {}: {err}", target.display()))?;
-    if let Some(user) = owner {
-        nix::unistd::fchown(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            Some(user.uid),
-            Some(user.gid),
-        )
-        .map_err(|err| format!("cannot give {} to {}: {err}", target.display(), user.name))?;
+    let written = (|| {
+        if let Some(user) = owner {
+            nix::unistd::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                Some(user.uid),
+                Some(user.gid),
+            )
+            .map_err(|err| format!("cannot give {} to {}: {err}", target.display(), user.name))?;
+        }
+        file.write_all(pem)
+            .and_then(|()| file.sync_all())
+            .map_err(|err| format!("cannot write {}: {err}", target.display()))
+    })();
+    if let Err(why) = written {
+        // Not left behind half made: the next try would find it and keep it.
+        let _ = std::fs::remove_file(&target);
+        return Err(why);
     }
-    file.write_all(pem)
-        .and_then(|()| file.sync_all())
-        .map_err(|err| format!("cannot write {}: {err}", target.display()))?;
     if force {
         std::fs::rename(&target, path)
             .map_err(|err| format!("cannot put the new key at {}: {err}", path.display()))?;
