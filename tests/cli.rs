@@ -323,3 +323,43 @@ sensors:
         "{text}"
     );
 }
+
+/// Open files stay bounded: 1 500 `file:` sensors read in one pass by a process whose descriptor
+/// limit is 1 024 (soft and hard, so it cannot raise it). Held open between reads, they ran the
+/// process out of descriptors past about a thousand; now at most a few hundred are held and the
+/// rest are opened for each read.
+#[test]
+fn fifteen_hundred_file_sensors_under_a_limit_of_1024_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new();
+    let mut yaml = String::from(
+        "broker: { urls: [\"mqtts://127.0.0.1:1\"], tls: { ca_file: \"@DIR@/ca.pem\" } }\nsensors:\n",
+    );
+    for i in 0..1500 {
+        dir.write(&format!("run/v{i}"), format!("{i}\n"));
+        yaml.push_str(&format!("  - {{ name: v{i}, file: \"@DIR@/run/v{i}\" }}\n"));
+    }
+    let config = dir.config(&yaml);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fieldagent"));
+    command
+        .args(["--config", config.to_str().unwrap(), "read", "--json"])
+        .env_remove("FIELDAGENT_CONFIG");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let reading: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        reading["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "{}",
+        &stdout(&output)[..2000.min(output.stdout.len())]
+    );
+    let values = reading["values"].as_object().unwrap();
+    assert_eq!(values.len(), 1500);
+    assert_eq!(values["v1499"], 1499.0);
+}

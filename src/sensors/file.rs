@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{SensorError, Source};
 use crate::config::FileField;
@@ -22,11 +23,47 @@ use crate::config::FileField;
 /// Only the start of the file is read; the value is expected near it.
 const MAX_BYTES: usize = 4096;
 
+/// The most files all `file:` sensors of the process keep open between reads. Past it a sensor
+/// opens its file for each read and closes it again (five system calls instead of two), so a
+/// config of thousands of file sensors never runs the process out of descriptors (sockets,
+/// the outbox and state files need theirs too).
+pub const MAX_HELD: usize = 256;
+
+/// Files held now, by every `FileSource` of the process.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A file kept open between reads, counted in `HELD` while it lives.
+struct Held {
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+impl Held {
+    /// `file` kept, if the budget has room.
+    fn keep(file: File, dev: u64, ino: u64) -> Result<Held, File> {
+        match HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_HELD).then_some(n + 1)
+        }) {
+            Ok(_) => Ok(Held { file, dev, ino }),
+            Err(_) => Err(file),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub(crate) struct FileSource {
     path: PathBuf,
     field: FileField,
     /// The file the path named at the last read, with its device and inode.
-    held: Option<(File, u64, u64)>,
+    held: Option<Held>,
+    /// A file opened for one read only (the budget of held files was spent).
+    once: Option<File>,
     /// Reused between reads.
     buf: Vec<u8>,
 }
@@ -37,6 +74,7 @@ impl FileSource {
             path,
             field,
             held: None,
+            once: None,
             buf: Vec::new(),
         }
     }
@@ -47,7 +85,7 @@ impl FileSource {
         let same = self
             .held
             .as_ref()
-            .is_some_and(|(_, dev, ino)| (*dev, *ino) == (now.dev(), now.ino()));
+            .is_some_and(|held| (held.dev, held.ino) == (now.dev(), now.ino()));
         if !same {
             self.held = None;
             if !now.file_type().is_file() {
@@ -63,9 +101,12 @@ impl FileSource {
             if !opened.file_type().is_file() {
                 return Err(not_regular(opened.file_type()));
             }
-            self.held = Some((file, opened.dev(), opened.ino()));
+            match Held::keep(file, opened.dev(), opened.ino()) {
+                Ok(held) => self.held = Some(held),
+                Err(file) => return Ok(self.once.insert(file)),
+            }
         }
-        Ok(&self.held.as_ref().expect("held just above").0)
+        Ok(&self.held.as_ref().expect("held just above").file)
     }
 
     fn read_value(&mut self) -> Result<f64, SensorError> {
@@ -76,6 +117,8 @@ impl FileSource {
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(MAX_BYTES, 0);
         let read = self.file().and_then(|file| file.read_at(&mut buf, 0));
+        // A file opened for this read only is closed now.
+        self.once = None;
         let length = match read {
             Ok(length) => length,
             Err(err) => {
