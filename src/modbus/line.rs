@@ -315,28 +315,30 @@ pub fn lost(outcome: &Outcome) -> Option<String> {
     }
 }
 
+/// A TCP connection to a device or a serial gateway, each request sent at once.
+async fn tcp(
+    transport: &Transport,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpStream, String> {
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|err| format!("cannot connect to {transport}: {err}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 async fn connect(transport: &Transport) -> Result<Conn, String> {
     match transport {
-        Transport::Tcp { host, port } => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|err| format!("cannot connect to {transport}: {err}"))?;
-            let _ = stream.set_nodelay(true);
-            Ok(Conn {
-                context: tokio_modbus::client::tcp::attach(stream),
-                seen: None,
-            })
-        }
-        Transport::RtuOverTcp { host, port } => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(|err| format!("cannot connect to {transport}: {err}"))?;
-            let _ = stream.set_nodelay(true);
-            Ok(Conn {
-                context: tokio_modbus::client::rtu::attach(stream),
-                seen: None,
-            })
-        }
+        Transport::Tcp { host, port } => Ok(Conn {
+            context: tokio_modbus::client::tcp::attach(tcp(transport, host, *port).await?),
+            seen: None,
+        }),
+        // RTU frames (with their CRC) over the connection: the gateway puts them on its line.
+        Transport::RtuOverTcp { host, port } => Ok(Conn {
+            context: tokio_modbus::client::rtu::attach(tcp(transport, host, *port).await?),
+            seen: None,
+        }),
         Transport::Rtu(serial) => {
             use tokio_serial::{DataBits, Parity, SerialPortBuilderExt, StopBits};
             let port = tokio_serial::new(serial.path.to_string_lossy(), serial.baud)
