@@ -42,6 +42,8 @@ pub fn missing_file(config: &ValidConfig) -> Option<PathBuf> {
 /// What the agent waits for before it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
+    /// A key in the TPM that cannot be used yet, not a file not provisioned yet.
+    key: bool,
     /// The file or the key (`waiting_for` in status.json).
     what: String,
     /// Why, for STATUS= and the log.
@@ -57,6 +59,7 @@ pub struct Waiting {
 pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
     if let Some(path) = missing_file(config) {
         return Some(Waiting {
+            key: false,
             what: path.display().to_string(),
             why: format!(
                 "waiting for provisioning: {} does not exist",
@@ -70,6 +73,7 @@ pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
         return None;
     }
     crate::keys::load(tls).err().map(|why| Waiting {
+        key: true,
         what: key.display().to_string(),
         why: format!("waiting for the device key: {why}"),
     })
@@ -79,10 +83,13 @@ pub fn waiting_for(config: &ValidConfig) -> Option<Waiting> {
 /// `None` when a stop signal came first. The config returned is the one last read (SIGHUP reads
 /// it again).
 pub async fn wait(mut config: ValidConfig, path: &Path) -> Option<ValidConfig> {
-    let Some(mut missing) = waiting_for(&config) else {
+    // Off the loop's thread: a TPM may be slow to answer.
+    let first = config.clone();
+    let Ok(Some(mut missing)) = tokio::task::spawn_blocking(move || waiting_for(&first)).await
+    else {
         return Some(config);
     };
-    if missing.why.starts_with("waiting for provisioning") {
+    if !missing.key {
         tracing::warn!(
             file = %missing.what,
             "Not provisioned yet: waiting for the TLS files the config names; the agent starts by itself once they exist."
