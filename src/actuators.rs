@@ -55,7 +55,7 @@ pub fn set(target: &Target, value: &str) -> Result<Option<String>, String> {
             );
             // The line may be busy with a pass's reads; a write waits its turn, within reason.
             let deadline = Instant::now() + point.timeout * 3 + Duration::from_millis(500);
-            match slot.wait_until(deadline) {
+            match slot.wait_until(deadline).as_deref() {
                 Some(Ok(_)) => Ok(Some(format!(
                     "unit {} acknowledged the write of {} {}",
                     point.unit,

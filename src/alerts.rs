@@ -8,7 +8,7 @@
 //! persists in `state_dir` after any change, so a restart never raises an alert again and clears
 //! one whose condition ended meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +192,13 @@ pub struct Alerts {
     client_id: String,
     rules: Vec<(Rule, Pending)>,
     state: SavedState,
+    /// The rules of each value name, so a pass finds every rule's value in one look per value.
+    by_sensor: HashMap<String, Vec<usize>>,
+    /// Each rule's value in the pass being evaluated (kept between passes: no allocation).
+    values: Vec<Option<f64>>,
+    /// Where each rule's value was in the last pass's values: looked at first, so a pass
+    /// whose sensors all read costs one comparison a rule, however many values there are.
+    positions: Vec<usize>,
 }
 
 impl Alerts {
@@ -227,13 +234,22 @@ impl Alerts {
                 ))
             })
             .collect();
-        saved
-            .raised
-            .retain(|name, _| rules.iter().any(|(rule, _)| &rule.name == name));
+        let names: HashSet<&str> = rules.iter().map(|(rule, _)| rule.name.as_str()).collect();
+        saved.raised.retain(|name, _| names.contains(name.as_str()));
+        let mut by_sensor: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, (rule, _)) in rules.iter().enumerate() {
+            by_sensor
+                .entry(rule.sensor.clone())
+                .or_default()
+                .push(index);
+        }
         Alerts {
             client_id: client_id.to_owned(),
+            values: vec![None; rules.len()],
+            positions: vec![usize::MAX; rules.len()],
             rules,
             state: saved,
+            by_sensor,
         }
     }
 
@@ -244,10 +260,14 @@ impl Alerts {
     /// [`SavedState::catch_up`], forgetting rules no longer configured.
     pub fn catch_up<'a>(&mut self, events: impl IntoIterator<Item = &'a [u8]>) -> bool {
         let changed = self.state.catch_up(&self.client_id, events);
-        let rules = &self.rules;
+        let names: HashSet<&str> = self
+            .rules
+            .iter()
+            .map(|(rule, _)| rule.name.as_str())
+            .collect();
         self.state
             .raised
-            .retain(|name, _| rules.iter().any(|(rule, _)| &rule.name == name));
+            .retain(|name, _| names.contains(name.as_str()));
         changed
     }
 
@@ -296,26 +316,45 @@ impl Alerts {
                 events.push(event);
             }
         }
-        let recovered: Vec<String> = self
-            .state
-            .faults
-            .keys()
-            .filter(|name| sample.values.iter().any(|(n, _)| &**n == name.as_str()))
-            .cloned()
-            .collect();
+        // One look per value, and only while something is failing; the events in name order.
+        let mut recovered: Vec<String> = Vec::new();
+        if !self.state.faults.is_empty() {
+            recovered = sample
+                .values
+                .iter()
+                .filter(|(name, _)| self.state.faults.contains_key(&**name))
+                .map(|(name, _)| name.to_string())
+                .collect();
+            recovered.sort_unstable();
+        }
         for name in recovered {
             self.state.faults.remove(&name);
             events.push(self.event(SENSOR_FAULT, Transition::Cleared, &name, now_ms, synced));
         }
 
+        self.values.fill(None);
+        let mut missed = false;
+        for (index, (rule, _)) in self.rules.iter().enumerate() {
+            match sample.values.get(self.positions[index]) {
+                Some((name, value)) if **name == *rule.sensor => self.values[index] = Some(*value),
+                _ => missed = true,
+            }
+        }
+        if missed {
+            // A value moved (a sensor before it failed or recovered) or is missing: one look
+            // per value, and the positions learnt for the next pass.
+            for (position, (name, value)) in sample.values.iter().enumerate() {
+                if let Some(indexes) = self.by_sensor.get(&**name) {
+                    for &index in indexes {
+                        self.values[index] = Some(*value);
+                        self.positions[index] = position;
+                    }
+                }
+            }
+        }
         for index in 0..self.rules.len() {
             let (rule, pending) = &self.rules[index];
-            let Some(value) = sample
-                .values
-                .iter()
-                .find(|(name, _)| **name == *rule.sensor)
-                .map(|(_, value)| *value)
-            else {
+            let Some(value) = self.values[index] else {
                 continue;
             };
             let raised = self.state.raised.contains_key(&rule.name);
@@ -385,6 +424,43 @@ mod tests {
             )),
         }
         sample
+    }
+
+    /// Rules find their values wherever they stand in the pass: a sensor before theirs that
+    /// fails (and so is missing from the values) or comes back moves them.
+    #[test]
+    fn a_rule_finds_its_value_when_the_values_before_it_come_and_go() {
+        let config = [
+            rule("{ name: high_b, sensor: b, above: 10, clear_below: 5 }"),
+            rule("{ name: high_c, sensor: c, above: 10, clear_below: 5 }"),
+        ];
+        let mut alerts = Alerts::new("node", &config, SavedState::default());
+        let pass = |values: &[(&str, f64)]| Sample {
+            ts_ms: 0,
+            values: values
+                .iter()
+                .map(|&(name, value)| (Arc::from(name), value))
+                .collect(),
+            errors: Vec::new(),
+        };
+        let marks = |events: Vec<AlertEvent>| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| format!("{}:{:?}", e.alert, e.state))
+                .collect()
+        };
+        // Learnt where b and c are; nothing over the threshold.
+        let first = alerts.evaluate(&pass(&[("a", 1.0), ("b", 1.0), ("c", 1.0)]), 0, true);
+        assert!(first.is_empty());
+        // a is gone: b and c moved one place up; b is high.
+        let events = alerts.evaluate(&pass(&[("b", 11.0), ("c", 1.0)]), 1, true);
+        assert_eq!(marks(events), ["high_b:Raised"]);
+        // a is back: the old places are stale again; c is high, b clears.
+        let events = alerts.evaluate(&pass(&[("a", 1.0), ("b", 1.0), ("c", 12.0)]), 2, true);
+        assert_eq!(marks(events), ["high_b:Cleared", "high_c:Raised"]);
+        // Another sensor's value where c's was is not taken for c's.
+        let events = alerts.evaluate(&pass(&[("a", 1.0), ("b", 1.0), ("x", 1.0)]), 3, true);
+        assert!(events.is_empty(), "{:?}", marks(events));
     }
 
     /// Feeds (time in s, value or failure) to one rule; returns "raised@t"/"cleared@t" marks,

@@ -38,92 +38,101 @@ pub fn telemetry_parts(
     time_synced: bool,
     max_bytes: usize,
 ) -> Vec<String> {
-    let whole = telemetry(sample, seq, time_synced);
-    if whole.len() <= max_bytes {
-        return vec![whole];
-    }
-    // Each entry as it is written inside its object: `"name":value`.
-    let entry = |name: &str, value: String| -> String {
-        format!(
-            "{}:{value}",
-            serde_json::to_string(name).expect("a name serializes")
-        )
+    let synced = if time_synced {
+        ""
+    } else {
+        ",\"time_synced\":false"
     };
-    let values: Vec<String> = sample
-        .values
-        .iter()
-        .map(|(name, value)| {
-            entry(
-                name,
-                serde_json::to_string(value).expect("a number serializes"),
-            )
-        })
-        .collect();
-    let errors: Vec<String> = sample
-        .errors
-        .iter()
-        .map(|(name, error)| {
-            entry(
-                name,
-                serde_json::to_string(&error.to_string()).expect("a message serializes"),
-            )
-        })
-        .collect();
-    // The head and tail every part carries, with room for the largest part numbers.
-    let head = |part: usize, parts: usize| {
-        format!(
-            "{{\"ts\":{}{},\"seq\":{seq},\"part\":{part},\"parts\":{parts}",
-            sample.ts_ms,
-            if time_synced {
-                ""
-            } else {
-                ",\"time_synced\":false"
-            }
-        )
+    let head = |part: Option<(usize, usize)>| match part {
+        None => format!("{{\"ts\":{}{synced},\"seq\":{seq}", sample.ts_ms),
+        Some((part, parts)) => format!(
+            "{{\"ts\":{}{synced},\"seq\":{seq},\"part\":{part},\"parts\":{parts}",
+            sample.ts_ms
+        ),
     };
-    // And room for `"dropped":N`, which delivery may add to a part after a gap.
-    let overhead = head(usize::MAX, usize::MAX).len()
+    // Room for the entries of a part: its head with the largest part numbers, the braces, and
+    // `"dropped":N`, which delivery may add to a part after a gap.
+    let overhead = head(Some((usize::MAX, usize::MAX))).len()
         + ",\"values\":{},\"errors\":{}}".len()
         + ",\"dropped\":18446744073709551615".len();
     let room = max_bytes.saturating_sub(overhead);
-    // Parts as (values, errors) index ranges, filled greedily.
-    let mut parts: Vec<(Vec<&str>, Vec<&str>)> = vec![(Vec::new(), Vec::new())];
+    // Every entry (`"name":value`) is written once, into one buffer for the values and one for
+    // the errors, comma-separated; where a part must end is noted as it goes (greedily). So a
+    // pass costs a few allocations, however many values it has.
+    let mut values: Vec<u8> = Vec::with_capacity(sample.values.len() * 24);
+    let mut errors: Vec<u8> = Vec::new();
+    // Where each part after the first starts: (offset in values, offset in errors).
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
     let mut used = 0;
-    for (is_error, text) in values
-        .iter()
-        .map(|v| (false, v))
-        .chain(errors.iter().map(|e| (true, e)))
-    {
-        let cost = text.len() + 1;
-        let last = parts.last_mut().expect("one part at least");
-        if used + cost > room && !(last.0.is_empty() && last.1.is_empty()) {
-            parts.push((Vec::new(), Vec::new()));
+    let mut empty = true;
+    // `values_end`: where the values ended, for an entry of the errors; None for a value.
+    let mut add = |body: &mut Vec<u8>, values_end: Option<usize>, write: &dyn Fn(&mut Vec<u8>)| {
+        if !body.is_empty() {
+            body.push(b',');
+        }
+        let from = body.len();
+        write(body);
+        let cost = body.len() - from + 1;
+        if used + cost > room && !empty {
+            cuts.push(match values_end {
+                None => (from, 0),
+                Some(values_end) => (values_end, from),
+            });
             used = 0;
         }
-        let last = parts.last_mut().expect("one part at least");
-        if is_error {
-            last.1.push(text);
-        } else {
-            last.0.push(text);
-        }
         used += cost;
+        empty = false;
+    };
+    for (name, value) in &sample.values {
+        add(&mut values, None, &|out: &mut Vec<u8>| {
+            serde_json::to_writer(&mut *out, &**name).expect("a name serializes");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value).expect("a number serializes");
+        });
     }
-    let count = parts.len();
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, (values, errors))| {
-            let mut out = head(i + 1, count);
-            out.push_str(",\"values\":{");
-            out.push_str(&values.join(","));
+    let values_end = values.len();
+    for (name, error) in &sample.errors {
+        add(&mut errors, Some(values_end), &|out: &mut Vec<u8>| {
+            serde_json::to_writer(&mut *out, &**name).expect("a name serializes");
+            out.push(b':');
+            serde_json::to_writer(&mut *out, &error.to_string()).expect("a message serializes");
+        });
+    }
+    let text = |bytes: &[u8]| -> String {
+        // A part's slice ends with the comma before the next part's first entry.
+        let bytes = bytes.strip_suffix(b",").unwrap_or(bytes);
+        String::from_utf8(bytes.to_vec()).expect("JSON is UTF-8")
+    };
+    let message = |head: String, values: &[u8], errors: &[u8]| -> String {
+        let mut out = head;
+        out.reserve(values.len() + errors.len() + 32);
+        out.push_str(",\"values\":{");
+        out.push_str(&text(values));
+        out.push('}');
+        if !errors.is_empty() {
+            out.push_str(",\"errors\":{");
+            out.push_str(&text(errors));
             out.push('}');
-            if !errors.is_empty() {
-                out.push_str(",\"errors\":{");
-                out.push_str(&errors.join(","));
-                out.push('}');
-            }
-            out.push('}');
-            out
+        }
+        out.push('}');
+        out
+    };
+    let whole = message(head(None), &values, &errors);
+    if whole.len() <= max_bytes {
+        return vec![whole];
+    }
+    drop(whole);
+    let count = cuts.len() + 1;
+    let mut starts = vec![(0, 0)];
+    starts.extend(cuts);
+    (0..count)
+        .map(|i| {
+            let (v0, e0) = starts[i];
+            let (v1, e1) = starts
+                .get(i + 1)
+                .copied()
+                .unwrap_or((values.len(), errors.len()));
+            message(head(Some((i + 1, count))), &values[v0..v1], &errors[e0..e1])
         })
         .collect()
 }
@@ -279,6 +288,10 @@ mod tests {
         assert_eq!(
             telemetry_parts(&sample, 3, false, whole.len()),
             vec![whole.clone()]
+        );
+        assert_eq!(
+            telemetry_parts(&sample, 4, true, usize::MAX),
+            vec![telemetry(&sample, 4, true)]
         );
         // 1000 values of about 20 bytes in parts of at most 4 KiB.
         let parts = telemetry_parts(&sample, 3, false, 4096);

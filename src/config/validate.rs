@@ -18,11 +18,13 @@ use super::{
 /// A config that passed validation; the rest of the program takes only this.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
-    config: Config,
+    /// Shared: every part of the agent that keeps the config (the loop, the sampler) holds the
+    /// same one, so a 10 000-sensor config is in memory once.
+    config: std::sync::Arc<Config>,
     /// `broker.urls`, parsed.
     pub endpoints: Vec<Endpoint>,
-    /// `sensors`, each with exactly one source.
-    pub sensors: Vec<SensorSpec>,
+    /// `sensors`, each with exactly one source (shared, as `config`).
+    pub sensors: std::sync::Arc<[SensorSpec]>,
     /// `actuators`, each with exactly one target.
     pub actuators: Vec<ActuatorSpec>,
     /// Where each key stood in the file, to place findings made after loading.
@@ -36,6 +38,14 @@ impl ValidConfig {
 
     pub(crate) fn with_positions(mut self, positions: Positions) -> ValidConfig {
         self.positions = std::sync::Arc::new(positions);
+        self
+    }
+
+    /// The config as the daemon keeps it once admitted: without where each key was written,
+    /// which only placing findings needs (several MiB for a 10 000-sensor config), and which
+    /// a reload works out again from the files.
+    pub fn into_running(mut self) -> ValidConfig {
+        self.positions = Default::default();
         self
     }
 
@@ -187,9 +197,9 @@ pub(crate) fn validate(
     super::operations::check_operations(&config, findings);
     super::operations::check_security(&config, findings);
     Some(ValidConfig {
-        config,
+        config: std::sync::Arc::new(config),
         endpoints,
-        sensors,
+        sensors: sensors.into(),
         actuators,
         positions: Default::default(),
     })

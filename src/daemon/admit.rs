@@ -20,7 +20,9 @@ pub(crate) fn reload(path: &Path) -> Result<(ValidConfig, Identity), String> {
     for line in String::from_utf8_lossy(&warnings).lines() {
         tracing::warn!(finding = %line, "Config warning.");
     }
-    admitted.map_err(|err| err.to_string())
+    admitted
+        .map(|(config, identity)| (config.into_running(), identity))
+        .map_err(|err| err.to_string())
 }
 
 /// The agent's own copies of the device certificate and key, when both are configured and

@@ -28,7 +28,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Context {
     pub started: Instant,
-    pub specs: Vec<SensorSpec>,
+    pub specs: std::sync::Arc<[SensorSpec]>,
     pub sysfs_root: PathBuf,
     pub ledger: Arc<Mutex<Dedupe>>,
     /// The sensors whose read is stuck (shared with the sampler): `read` does not block on

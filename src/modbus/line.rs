@@ -39,7 +39,7 @@ pub enum Work {
         table: Table,
         start: u16,
         count: u16,
-        parts: Vec<(u16, u16)>,
+        parts: Arc<[(u16, u16)]>,
     },
     /// Write one coil (`words[0]` 0 or 1) or one or two holding registers.
     Write {
@@ -49,32 +49,62 @@ pub enum Work {
     },
 }
 
-/// The result of a job: per part for a read (empty for a write), or one failure for all.
-pub type Outcome = Result<Vec<Result<Vec<u16>, Failure>>, Failure>;
+/// The result of a job: the parts of a read (none for a write), or one failure for all.
+pub type Outcome = Result<Answer, Failure>;
+
+/// What a read brought back: the words of every part in one buffer, and where each part's are
+/// (or why that part failed, when the parts were read one by one). Two allocations a request,
+/// however many points it carries; each reader borrows its own part.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    words: Vec<u16>,
+    parts: Vec<Result<(usize, usize), Failure>>,
+    /// Whether a part found the device not answering (worked out once, not once a reader).
+    lost: Option<String>,
+}
+
+impl Answer {
+    fn new(words: Vec<u16>, parts: Vec<Result<(usize, usize), Failure>>) -> Answer {
+        let lost = parts.iter().find_map(|part| match part {
+            Err(Failure::NoAnswer(why)) => Some(why.clone()),
+            _ => None,
+        });
+        Answer { words, parts, lost }
+    }
+
+    /// The words of part `index`, or why it could not be read.
+    pub fn part(&self, index: usize) -> Result<&[u16], Failure> {
+        match self.parts.get(index) {
+            Some(Ok((from, to))) => Ok(&self.words[*from..*to]),
+            Some(Err(failure)) => Err(failure.clone()),
+            None => Err(Failure::NoAnswer("no such part".to_owned())),
+        }
+    }
+}
 
 /// Where a job's outcome appears.
 #[derive(Default)]
 pub struct Slot {
-    outcome: Mutex<Option<Outcome>>,
+    outcome: Mutex<Option<Arc<Outcome>>>,
     ready: Condvar,
 }
 
 impl Slot {
     fn put(&self, outcome: Outcome) {
-        *self.lock() = Some(outcome);
+        *self.lock() = Some(Arc::new(outcome));
         self.ready.notify_all();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outcome>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Outcome>>> {
         self.outcome.locked()
     }
 
-    /// The outcome, waiting for it until `deadline` at most.
-    pub fn wait_until(&self, deadline: Instant) -> Option<Outcome> {
+    /// The outcome, waiting for it until `deadline` at most (shared, never copied).
+    pub fn wait_until(&self, deadline: Instant) -> Option<Arc<Outcome>> {
         let mut outcome = self.lock();
         loop {
             if let Some(done) = outcome.as_ref() {
-                return Some(done.clone());
+                return Some(Arc::clone(done));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -307,10 +337,7 @@ fn run(transport: Transport, queue: std_mpsc::Receiver<Job>) {
 pub fn lost(outcome: &Outcome) -> Option<String> {
     match outcome {
         Err(Failure::NoAnswer(why)) => Some(why.clone()),
-        Ok(parts) => parts.iter().find_map(|part| match part {
-            Err(Failure::NoAnswer(why)) => Some(why.clone()),
-            _ => None,
-        }),
+        Ok(answer) => answer.lost.clone(),
         Err(Failure::Exception(_)) => None,
     }
 }
@@ -383,13 +410,16 @@ async fn execute(conn: &mut Conn, job: &Job, gap: Duration, quiet_since: &mut In
         } => {
             let whole = transact(conn, job, gap, quiet_since, *table, *start, *count, None).await;
             match whole {
-                Ok(words) => Ok(parts
-                    .iter()
-                    .map(|&(address, n)| {
-                        let from = usize::from(address - start);
-                        Ok(words[from..from + usize::from(n)].to_vec())
-                    })
-                    .collect()),
+                Ok(words) => Ok(Answer::new(
+                    words,
+                    parts
+                        .iter()
+                        .map(|&(address, n)| {
+                            let from = usize::from(address - start);
+                            Ok((from, from + usize::from(n)))
+                        })
+                        .collect(),
+                )),
                 Err(Failure::Exception(code)) if parts.len() > 1 => {
                     tracing::debug!(
                         code,
@@ -397,12 +427,17 @@ async fn execute(conn: &mut Conn, job: &Job, gap: Duration, quiet_since: &mut In
                         count,
                         "A coalesced Modbus read was refused; reading its parts one by one."
                     );
+                    let mut words: Vec<u16> = Vec::new();
                     let mut each = Vec::with_capacity(parts.len());
-                    for &(address, n) in parts {
+                    for &(address, n) in parts.iter() {
                         let part =
                             transact(conn, job, gap, quiet_since, *table, address, n, None).await;
                         let lost = matches!(part, Err(Failure::NoAnswer(_)));
-                        each.push(part);
+                        each.push(part.map(|part| {
+                            let from = words.len();
+                            words.extend_from_slice(&part);
+                            (from, words.len())
+                        }));
                         if lost {
                             // The device stopped answering: the rest would only time out too.
                             while each.len() < parts.len() {
@@ -411,7 +446,7 @@ async fn execute(conn: &mut Conn, job: &Job, gap: Duration, quiet_since: &mut In
                             break;
                         }
                     }
-                    Ok(each)
+                    Ok(Answer::new(words, each))
                 }
                 Err(failure) => Err(failure),
             }
@@ -431,7 +466,7 @@ async fn execute(conn: &mut Conn, job: &Job, gap: Duration, quiet_since: &mut In
             Some(words),
         )
         .await
-        .map(|_| Vec::new()),
+        .map(|_| Answer::default()),
     }
 }
 

@@ -25,15 +25,16 @@ pub struct Request {
 /// address), each point in exactly one.
 pub fn plan(points: &[Point]) -> Vec<Request> {
     let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (pa, pb) = (&points[a], &points[b]);
-        (pa.transport.to_string(), pa.unit, pa.table, pa.address, a).cmp(&(
-            pb.transport.to_string(),
-            pb.unit,
-            pb.table,
-            pb.address,
-            b,
-        ))
+    // The connection's name made once per point, not once per comparison.
+    order.sort_by_cached_key(|&a| {
+        let point = &points[a];
+        (
+            point.transport.to_string(),
+            point.unit,
+            point.table,
+            point.address,
+            a,
+        )
     });
     let mut requests: Vec<Request> = Vec::new();
     for index in order {

@@ -33,6 +33,8 @@ pub struct Poll {
 struct Planned {
     line: Arc<Line>,
     request: Request,
+    /// The (address, count) of each part, shared by every pass's job.
+    parts: Arc<[(u16, u16)]>,
     state: Mutex<State>,
 }
 
@@ -59,6 +61,11 @@ impl Poll {
                 .into_iter()
                 .map(|request| Planned {
                     line: line::open(&request.transport),
+                    parts: request
+                        .parts
+                        .iter()
+                        .map(|&(_, address, count)| (address, count))
+                        .collect(),
                     request,
                     state: Mutex::default(),
                 })
@@ -91,29 +98,24 @@ impl Poll {
                     }
                 }
                 let request = &planned.request;
-                state.slot = Some(
-                    planned.line.submit(
-                        request.unit,
-                        Work::Read {
-                            table: request.table,
-                            start: request.start,
-                            count: request.count,
-                            parts: request
-                                .parts
-                                .iter()
-                                .map(|&(_, address, count)| (address, count))
-                                .collect(),
-                        },
-                        request.timeout,
-                    ),
-                );
+                state.slot = Some(planned.line.submit(
+                    request.unit,
+                    Work::Read {
+                        table: request.table,
+                        start: request.start,
+                        count: request.count,
+                        parts: Arc::clone(&planned.parts),
+                    },
+                    request.timeout,
+                ));
                 state.kicked = Some(now);
             }
         }
     }
 
-    /// The registers of point `index` for this pass (kicking first if nobody has).
-    pub fn take(&self, index: usize) -> Result<Vec<u16>, Failure> {
+    /// The registers of point `index` for this pass (kicking first if nobody has), handed to
+    /// `decode` where they lie: nothing is copied or allocated for a point that answers.
+    pub fn take<T>(&self, index: usize, decode: impl FnOnce(&[u16]) -> T) -> Result<T, Failure> {
         let (r, part) = self.places[index];
         let planned = &self.requests[r];
         let (slot, deadline, failing) = {
@@ -132,7 +134,7 @@ impl Poll {
         let Some(slot) = slot else {
             return Err(Failure::NoAnswer("not asked".to_owned()));
         };
-        let outcome: Option<Outcome> = match &failing {
+        let outcome: Option<Arc<Outcome>> = match &failing {
             Some(_) => slot.wait_until(Instant::now()),
             None => slot.wait_until(deadline),
         };
@@ -140,12 +142,10 @@ impl Poll {
         match outcome {
             Some(outcome) => {
                 state.failing = lost(&outcome);
-                match outcome {
-                    Ok(parts) => parts
-                        .into_iter()
-                        .nth(part)
-                        .unwrap_or_else(|| Err(Failure::NoAnswer("no such part".to_owned()))),
-                    Err(failure) => Err(failure),
+                drop(state);
+                match &*outcome {
+                    Ok(answer) => answer.part(part).map(decode),
+                    Err(failure) => Err(failure.clone()),
                 }
             }
             None => {

@@ -22,8 +22,9 @@ impl ModbusSource {
 
 impl Source for ModbusSource {
     fn read(&mut self, out: &mut [Result<f64, SensorError>]) {
-        out[0] = match self.poll.take(self.index) {
-            Ok(words) => Ok(self.point.decode(&words)),
+        let point = &self.point;
+        out[0] = match self.poll.take(self.index, |words| point.decode(words)) {
+            Ok(value) => Ok(value),
             Err(failure) => Err(SensorError::Device {
                 what: self.point.describe(),
                 reason: failure.to_string(),
