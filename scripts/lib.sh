@@ -152,13 +152,15 @@ free_port() {
 }
 
 # Starts mosquitto with mutual TLS on 127.0.0.1:$2 with the certificates of make_pki in $1/pki,
-# logging to $1/mosquitto.log; prints its PID once it listens.
+# logging to $1/mosquitto.log; prints its PID once it listens. With STOCK_BROKER=1, without
+# `set_tcp_nodelay true` (mosquitto's default: Nagle's algorithm on).
 start_mosquitto() {
-  local dir=$1 port=$2
+  local dir=$1 port=$2 nodelay=true
+  [ "${STOCK_BROKER:-0}" = 1 ] && nodelay=false
   cat > "$dir/mosquitto.conf" <<CONF
 user root
 persistence false
-set_tcp_nodelay true
+set_tcp_nodelay $nodelay
 log_dest file $dir/mosquitto.log
 listener $port 127.0.0.1
 cafile $dir/pki/ca.pem

@@ -3165,6 +3165,16 @@ static MQTTPacket* MQTTAsync_cycle(SOCKET* sock, unsigned long timeout, int* rc)
 				*rc = MQTTAsync_connecting(m);
 			else
 				pack = MQTTPacket_Factory(m->c->MQTTVersion, &m->c->net, rc);
+			/* fieldagent: while a connect is under way (until the CONNACK), ask for immediate
+			 * ACKs after each turn here. A TLS 1.3 server sends its session tickets after the
+			 * handshake and the CONNACK right behind them; with Nagle's algorithm on (mosquitto's
+			 * default) the CONNACK waits for the ACK of the last ticket, and Linux delays that ACK
+			 * (40 ms) because we have just sent data in answer to data (Finished, CONNECT).
+			 * TCP_QUICKACK is not sticky: such a send turns delayed ACKs on again, so it is set
+			 * after them. Nothing once connected: no system call per message. The socket is
+			 * checked because a failed connect has closed it. */
+			if (m->c->connect_state > NOT_IN_PROGRESS && m->c->net.socket == *sock)
+				Socket_quickack(*sock);
 			if (m->c->connect_state == WAIT_FOR_CONNACK && *rc == SOCKET_ERROR)
 			{
 				Log(TRACE_MINIMUM, -1, "CONNECT sent but MQTTPacket_Factory has returned SOCKET_ERROR");

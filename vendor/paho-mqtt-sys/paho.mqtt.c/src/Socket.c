@@ -926,6 +926,23 @@ exit:
 
 
 /**
+ * fieldagent: acknowledges data received on a TCP socket at once (an ACK already delayed is
+ * sent now) until the kernel turns delayed ACKs on again, which it does when we send data in
+ * answer to data. Linux only (TCP_QUICKACK); elsewhere a no-op. See MQTTAsync_cycle.
+ * @param sock the socket
+ */
+void Socket_quickack(SOCKET sock)
+{
+#if defined(TCP_QUICKACK)
+	int on = 1;
+
+	if (setsockopt(sock, IPPROTO_TCP, TCP_QUICKACK, (void*)&on, sizeof(on)) != 0)
+		Log(TRACE_MIN, -1, "Could not set TCP_QUICKACK for socket %d", sock);
+#endif
+}
+
+
+/**
  *  Attempts to read a number of bytes from a socket, non-blocking. If a previous read did not
  *  finish, then retrieve that data.
  *  @param socket the socket to read from

@@ -144,6 +144,7 @@ void Socket_outTerminate(void);
 SOCKET Socket_getReadySocket(int more_work, int timeout, mutex_type mutex, int* rc, int* interrupted);
 int Socket_getch(SOCKET socket, char* c);
 char *Socket_getdata(SOCKET socket, size_t bytes, size_t* actual_len, int* rc);
+void Socket_quickack(SOCKET sock);
 int Socket_putdatas(SOCKET socket, char* buf0, size_t buf0len, PacketBuffers bufs);
 int Socket_close(SOCKET socket);
 #if defined(__GNUC__) && defined(__linux__)
