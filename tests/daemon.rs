@@ -15,6 +15,7 @@ use crate::util::{fake_sysfs, TestDir};
 const KEEPALIVE_S: u64 = 2;
 
 /// What an agent in a test connects with; `Setup::new` gives a working default.
+#[derive(Clone)]
 pub(crate) struct Setup {
     pub client_id: String,
     pub urls: Vec<String>,

@@ -184,11 +184,15 @@ fn birth_data_by_exception_and_death_decoded_by_tahu() {
         "MQTT 3.1.1 with Clean Session: {}",
         broker.log()
     );
+    // tck-id-topics-nbirth-timestamp, tck-id-payloads-metric-datatype-req,
+    // tck-id-payloads-alias-birth-requirement, tck-id-operational-behavior-data-commands-rebirth-name-aliases
     for metric in birth.metrics() {
         assert!(metric["timestamp"].as_u64().is_some(), "{metric}");
         assert!(metric["type"].is_string(), "{metric}");
-        if metric["name"] != "bdSeq" {
-            assert!(metric["alias"].as_u64().is_some(), "{metric}");
+        match metric["name"].as_str() {
+            Some("bdSeq") => {}
+            Some("Node Control/Rebirth") => assert!(metric.get("alias").is_none(), "{metric}"),
+            _ => assert!(metric["alias"].as_u64().is_some(), "{metric}"),
         }
     }
     let cpu = birth.metric("Sensors/cpu_temp");
@@ -522,19 +526,170 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
         error.as_str().is_some_and(|e| !e.is_empty()),
         "the refused connects: {error}"
     );
-    let data = next(&sub, "NDATA", Duration::from_secs(5));
-    let history: Vec<&Value> = data
-        .metrics()
+    // Both changes follow as historical NDATA (with the sensor values of those passes), each
+    // alert change once, raise before clear.
+    let history = historical(&sub, Duration::from_secs(5));
+    let alert_history: Vec<&Value> = history
         .iter()
         .filter(|m| m["alias"] == alert["alias"])
         .collect();
-    assert_eq!(history.len(), 2, "{}", data.payload);
-    assert!(history.iter().all(|m| m["isHistorical"] == true));
+    assert_eq!(alert_history.len(), 2, "{history:?}");
     assert_eq!(
-        (&history[0]["value"], &history[1]["value"]),
+        (&alert_history[0]["value"], &alert_history[1]["value"]),
         (&json!(true), &json!(false))
     );
-    assert!(history[0]["timestamp"].as_u64() <= history[1]["timestamp"].as_u64());
+    assert!(alert_history[0]["timestamp"].as_u64() <= alert_history[1]["timestamp"].as_u64());
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Every historical metric of the NDATA that arrive within `quiet` of each other (store and
+/// forward's drain), in arrival order; each NDATA's seq checked to follow the one before.
+fn historical(sub: &Subscriber, quiet: Duration) -> Vec<Value> {
+    let mut metrics = Vec::new();
+    while let Some(message) = sub.wait_for(quiet, |m| m.topic.contains("/NDATA/")) {
+        let data = decode_all(&[message]).remove(0);
+        let kept: Vec<Value> = data
+            .metrics()
+            .iter()
+            .filter(|m| m["isHistorical"] == true)
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            break;
+        }
+        metrics.extend(kept);
+    }
+    metrics
+}
+
+/// Issue 36, store and forward: while the primary host is offline the node keeps what it would
+/// have published (durably); after the host's next ONLINE and the NBIRTH it goes out as NDATA
+/// marked historical, every value of the window once, in order, with its original timestamp
+/// and valid seqs; then live NDATA resume. `kill` restarts the agent with kill -9 halfway
+/// through the outage. (No assertion id: the specification leaves store and forward to the
+/// implementation; its `is_historical` field is what a host reads.)
+fn host_outage_is_forwarded(id: &str, kill: bool) {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
+    let (mut setup, _) = setup(&dir, id, &broker, true);
+    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
+    let mut agent = Agent::start_with(&dir, &pki, setup.clone());
+    retain_state(&broker, &pki, true, 1000);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let cpu = birth.metric("Sensors/cpu_temp")["alias"].clone();
+    retain_state(&broker, &pki, false, 2000);
+    next(&sub, "NDEATH", Duration::from_secs(5));
+    agent.expect_log("Primary host offline", Duration::from_secs(5));
+    // The window: a new value every 0.5 s (the node samples every 0.2 s).
+    let window: Vec<f64> = (0..16).map(|i| 40.0 + f64::from(i) * 0.25).collect();
+    let started = now_ms();
+    for (i, value) in window.iter().enumerate() {
+        temperature(&dir, (value * 1000.0) as u32);
+        std::thread::sleep(Duration::from_millis(500));
+        if kill && i == window.len() / 2 {
+            agent.signal(Signal::SIGKILL);
+            assert!(agent.wait(Duration::from_secs(5)).is_none(), "killed");
+            agent = Agent::start_with(&dir, &pki, setup.clone());
+            agent.expect_log("Connected.", Duration::from_secs(10));
+        }
+    }
+    let ended = now_ms();
+    // Nothing goes out while the host is offline.
+    let during = sub.collect(Duration::from_millis(300));
+    assert!(
+        during
+            .iter()
+            .all(|m| !m.topic.contains("/NDATA/") && !m.topic.contains("/NBIRTH/")),
+        "published while the host was offline: {during:?}"
+    );
+    retain_state(&broker, &pki, true, 3000);
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(rebirth.seq(), 0);
+    let first = sub
+        .wait_for(Duration::from_secs(5), |m| m.topic.contains("/NDATA/"))
+        .unwrap_or_else(|| panic!("no historical NDATA after the birth:\n{}", agent.report()));
+    let first = decode_all(&[first]).remove(0);
+    assert_eq!(first.seq(), 1, "the first NDATA after the birth has seq 1");
+    let mut seq = first.seq();
+    let mut history: Vec<Value> = first
+        .metrics()
+        .iter()
+        .filter(|m| m["isHistorical"] == true)
+        .cloned()
+        .collect();
+    assert!(
+        !history.is_empty(),
+        "the first NDATA after the birth is history: {first:?}"
+    );
+    while let Some(message) = sub.wait_for(Duration::from_secs(2), |m| m.topic.contains("/NDATA/"))
+    {
+        let data = decode_all(&[message]).remove(0);
+        assert_eq!(data.seq(), (seq + 1) % 256, "seq follows on: {data:?}");
+        seq = data.seq();
+        let kept: Vec<Value> = data
+            .metrics()
+            .iter()
+            .filter(|m| m["isHistorical"] == true)
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            break;
+        }
+        history.extend(kept);
+    }
+    let values: Vec<(f64, u64)> = history
+        .iter()
+        .filter(|m| m["alias"] == cpu)
+        .map(|m| {
+            (
+                m["value"].as_f64().unwrap(),
+                m["timestamp"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let seen: Vec<f64> = values.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        seen,
+        window,
+        "every value of the window once, in order:\n{}",
+        agent.report()
+    );
+    for (_, ts) in &values {
+        assert!(
+            (started..=ended).contains(ts),
+            "original timestamps ({ts} in {started}..{ended})"
+        );
+    }
+    assert!(values.windows(2).all(|w| w[0].1 < w[1].1), "{values:?}");
+    // Live again: a change goes out as a plain NDATA.
+    temperature(&dir, 60_000);
+    let live = sub
+        .wait_for(Duration::from_secs(5), |m| m.topic.contains("/NDATA/"))
+        .map(|m| decode_all(&[m]).remove(0))
+        .expect("live NDATA");
+    let value = live.by_alias(&cpu).expect("cpu_temp live");
+    assert_eq!(value["value"], 60.0);
+    assert!(value.get("isHistorical").is_none() || value["isHistorical"] == false);
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn issue_36_a_host_outage_is_forwarded_as_history_once_in_order_after_the_birth() {
+    host_outage_is_forwarded("sp-node-11", false);
+}
+
+#[test]
+fn issue_36_a_host_outage_with_kill_9_midway_loses_no_history() {
+    host_outage_is_forwarded("sp-node-12", true);
 }
 
 #[test]

@@ -4,29 +4,36 @@
 //! subscribes to NCMD (and the primary host's STATE). NBIRTH goes out once a reading exists and,
 //! with `primary_host_id`, only while that host's STATE says online; a host that goes offline
 //! after our birth gets NDEATH and a disconnect, and the node comes back through the backoff.
-//! NDATA carries only what changed beyond its deadband. Sparkplug is state-based: what changes
-//! while no birth stands is in the next NBIRTH, and alert changes of that time follow it as
-//! historical NDATA, so no raise or clear goes unseen. A reload that changes only the metric set
+//! NDATA carries only what changed beyond its deadband. Store and forward: while no birth stands
+//! (the primary host offline, the broker unreachable), what each pass would have published goes
+//! to the durable outbox instead (by metric name, with the original timestamps; bounded by
+//! `broker.max_queued_messages`, oldest dropped first); after the next NBIRTH it goes out as
+//! NDATA marked historical, oldest first, at `broker.drain_rate` messages a second, each with
+//! the session's next seq. Across restarts and power cuts too: the outbox is on disk. A reload
+//! that changes only the metric set
 //! is a rebirth in the same session; one that changes the session (broker, TLS, identity,
 //! Sparkplug ids) ends it with NDEATH and starts the next, as a certificate renewal does. The
 //! node's own health (plain mode's health topic) is in its `Node Info/…` metrics.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::delivery::{Answer, Delivery};
+use super::event::{Report, Taken};
 use super::mode::{Arrived, Mode};
 use super::sampler::{AlertSink, Pass};
+use super::store::Request;
 use super::Core;
 use crate::alerts::{AlertEvent, SavedState, Transition};
 use crate::config::ValidConfig;
 use crate::identity::Identity;
-use crate::mqtt::{Connected, Incoming, Outgoing, Profile};
+use crate::mqtt::{Confirmation, Connected, Incoming, Outgoing, Profile};
+use crate::outbox::{Dropped, Kind};
 use crate::sparkplug::{
-    host_state, HostState, MetricValue, Node, NodeCommand, Reading, Topics, ACTUATORS, NODE_INFO,
+    host_state, History, HostState, MetricValue, Node, NodeCommand, Reading, Topics, ACTUATORS,
+    NODE_INFO,
 };
 use crate::sync::Lock;
-
-/// Alert changes kept while no birth stands; older ones are dropped (and counted in the log).
-const MISSED_ALERTS: usize = 1000;
 
 pub(crate) struct Edge {
     topics: Topics,
@@ -40,8 +47,18 @@ pub(crate) struct Edge {
     /// The newest STATE timestamp seen in this session: an older one is stale and ignored.
     /// Forgotten at every new session, so one far-future STATE cannot block births for good.
     host_seen: u64,
-    /// Alert changes while no birth stood: sent as historical NDATA after the next birth.
-    missed: Vec<(String, bool, u64)>,
+    /// Store and forward: what was kept while no birth stood goes out through this after the
+    /// next birth, paced, as historical NDATA.
+    delivery: Delivery,
+    /// The first pass since start (or the last birth) has been taken as the baseline: what
+    /// changes after it is kept; the pass itself is what the next birth declares anyway.
+    baseline: bool,
+    /// The last value forwarded as history of each metric: a kept value equal to it is not sent
+    /// again (report by exception; the first record after a restart holds every metric).
+    forwarded: std::collections::HashMap<String, MetricValue>,
+    /// Kept records that could not be sent as NDATA (not this node's, or none of whose metrics
+    /// is declared any more), logged once a session.
+    unusable_logged: bool,
 }
 
 impl Edge {
@@ -54,7 +71,14 @@ impl Edge {
             born: false,
             host: None,
             host_seen: 0,
-            missed: Vec::new(),
+            delivery: Delivery::new(
+                config.config().broker.drain_rate,
+                // As plain mode's: an answer that never came goes again.
+                std::time::Duration::from_secs((4 * config.config().broker.keepalive_s).max(30)),
+            ),
+            baseline: false,
+            forwarded: std::collections::HashMap::new(),
+            unusable_logged: false,
         }
     }
 
@@ -99,6 +123,9 @@ impl Edge {
         let bd_seq = bd_seq.unwrap_or((self.node.bd_seq + 1) % 256);
         self.node.bd_seq = bd_seq;
         self.born = false;
+        // Kept records in flight on the last connection go again (after this session's birth).
+        self.delivery.connected(core.link.connects, &core.store);
+        self.unusable_logged = false;
         // The primary host's STATE of this session may already be here: the retained one is
         // delivered at the subscribe, which can be before this event. What the last session saw
         // was forgotten when it ended (`ended`).
@@ -120,6 +147,7 @@ impl Edge {
     }
 
     fn reading(&mut self, core: &mut Core, reading: Reading) {
+        let ts = reading.ts_ms;
         if self.node.observe(&reading) && self.born {
             tracing::info!("A new sensor value appeared; rebirth to declare it.");
             self.born = false;
@@ -128,7 +156,27 @@ impl Edge {
             self.send_changes(core);
         } else {
             self.try_birth(core);
+            if !self.born {
+                self.keep(core, ts);
+            }
         }
+    }
+
+    /// Store: what this pass would have published, to the durable outbox (it goes out as
+    /// historical NDATA after the next birth).
+    fn keep(&mut self, core: &mut Core, ts: u64) {
+        let metrics = self.node.changes_named();
+        if !std::mem::replace(&mut self.baseline, true) || metrics.is_empty() {
+            return;
+        }
+        let record = History { ts, metrics };
+        core.store.send(Request::Push {
+            kind: Kind::Telemetry,
+            qos: 0,
+            topic: Arc::from(self.topics.ndata.as_str()),
+            payload: record.encode(),
+            limit: None,
+        });
     }
 
     fn alert(&mut self, core: &mut Core, event: AlertEvent) {
@@ -139,13 +187,11 @@ impl Edge {
         }
         if self.born {
             self.send_changes(core);
-            return;
+        } else {
+            // Kept at once, with its own time: a raise and its clear between two passes are two
+            // records.
+            self.keep(core, event.ts);
         }
-        if self.missed.len() == MISSED_ALERTS {
-            self.missed.remove(0);
-            tracing::warn!(alert = %event.alert, "Too many alert changes while offline; the oldest is only in the next NBIRTH's state.");
-        }
-        self.missed.push((name, raised, event.ts));
     }
 
     fn node_info(&mut self, core: &mut Core) {
@@ -259,28 +305,54 @@ impl Edge {
             return;
         }
         self.born = true;
+        self.baseline = true;
         core.counters.sent += 1;
-        tracing::info!(topic = %self.topics.nbirth, bd_seq = self.node.bd_seq, "NBIRTH published.");
-        if self.missed.is_empty() {
-            return;
+        tracing::info!(topic = %self.topics.nbirth, bd_seq = self.node.bd_seq, kept = core.outbox.per_kind[Kind::Telemetry as usize], "NBIRTH published.");
+    }
+
+    /// Kept records the store handed over: each as historical NDATA with the next seq.
+    fn forward(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>) {
+        let mut sendable = Vec::with_capacity(messages.len());
+        for mut taken in messages {
+            let record = match History::decode(&taken.message.payload) {
+                Ok(record) if *taken.message.topic == *self.topics.ndata => Some(record),
+                _ => None,
+            };
+            let ndata = record.map(|mut record| {
+                let forwarded = &mut self.forwarded;
+                record.metrics.retain(|(name, value, _)| {
+                    let again = forwarded.get(name) == Some(value);
+                    forwarded.insert(name.clone(), value.clone());
+                    !again
+                });
+                (record.metrics.is_empty(), record.ndata(&mut self.node))
+            });
+            match ndata {
+                // Nothing new in it: done without a message.
+                Some((true, _)) => {
+                    core.store.send(Request::Delivered(taken.message.id));
+                }
+                Some((false, Some(payload))) => {
+                    taken.message.payload = payload;
+                    sendable.push(taken);
+                }
+                _ => {
+                    if !self.unusable_logged {
+                        self.unusable_logged = true;
+                        tracing::warn!(topic = %taken.message.topic, "A kept message is not this node's history (or none of its metrics is declared now); dropped.");
+                    }
+                    core.counters.dropped += 1;
+                    core.store.send(Request::Dropped(taken.message.id));
+                }
+            }
         }
-        let metrics: Vec<_> = self
-            .missed
-            .drain(..)
-            .filter_map(|(name, raised, ts)| {
-                self.node
-                    .historical(&name, MetricValue::Boolean(raised), ts)
-            })
-            .collect();
-        let count = metrics.len();
-        let payload = self.node.data(ts, metrics);
-        if core.session.publish(&self.topics.ndata, payload, 0, false) {
-            core.counters.sent += 1;
-            tracing::info!(
-                alert_changes = count,
-                "Alert changes made while offline sent as historical NDATA."
-            );
-        }
+        self.delivery.taken(
+            generation,
+            sendable,
+            &core.session,
+            &core.store,
+            &core.events,
+        );
     }
 
     /// Publishes what changed as NDATA (nothing when nothing did).
@@ -492,6 +564,56 @@ impl Mode for Edge {
         self.written(core, actuator, result, value);
     }
 
+    fn on_report(&mut self, report: &Report) {
+        if !report.dropped.is_empty() {
+            tracing::warn!(
+                dropped = report.dropped.len(),
+                "Store and forward holds broker.max_queued_messages; the oldest kept data were dropped."
+            );
+        }
+        self.delivery.set_queued(report.queued);
+    }
+
+    fn taken(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>, lost: &[Dropped]) {
+        core.counters.dropped += lost.len() as u64;
+        self.forward(core, generation, messages);
+    }
+
+    fn delivered(
+        &mut self,
+        core: &mut Core,
+        generation: u64,
+        id: u64,
+        confirmation: &Confirmation,
+    ) {
+        match self
+            .delivery
+            .delivered(generation, id, confirmation, &core.store)
+        {
+            Answer::Delivered => core.counters.sent += 1,
+            Answer::Refused { topic, reason, .. } => {
+                core.counters.refused += 1;
+                core.counters.dropped += 1;
+                tracing::warn!(topic = %topic, reason = %reason, "The broker refused historical NDATA (MQTT 5); dropped.");
+            }
+            Answer::Again => {}
+        }
+    }
+
+    /// Only after this session's birth: historical data follow an NBIRTH.
+    fn pump_at(&self, core: &Core) -> Option<std::time::Instant> {
+        (self.born && core.link.is_up() && self.delivery.wants_to_send())
+            .then(|| self.delivery.ready_at().into_std())
+    }
+
+    fn pump(&mut self, core: &mut Core) {
+        self.delivery.request(&core.store);
+    }
+
+    fn inflight(&self) -> usize {
+        self.delivery.inflight()
+    }
+
     fn reconfigure(
         &mut self,
         core: &Core,
@@ -500,6 +622,7 @@ impl Mode for Edge {
         changed: bool,
         session: bool,
     ) {
+        self.delivery.set_rate(config.config().broker.drain_rate);
         if changed {
             let state = core.book.locked().state().clone();
             self.renew(config, identity, &state, session);

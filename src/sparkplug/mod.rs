@@ -80,8 +80,8 @@ pub struct Reading {
     pub failing: Vec<Arc<str>>,
 }
 
-/// A metric's value as the node keeps it.
-#[derive(Debug, Clone, PartialEq)]
+/// A metric's value as the node keeps it (and as a stored [`History`] record holds it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MetricValue {
     Double(f64),
     UInt(u64),
@@ -289,6 +289,10 @@ impl Node {
         for (index, def) in self.defs.iter_mut().enumerate() {
             let mut metric = to_metric(index, def);
             metric.name = Some(def.name.clone());
+            // The Rebirth metric has no alias: a host sends it by name.
+            if def.name == REBIRTH {
+                metric.alias = None;
+            }
             if def.ts == 0 {
                 metric.timestamp = Some(ts);
             }
@@ -315,8 +319,25 @@ impl Node {
         metrics
     }
 
-    /// A metric as it stood at `ts`, for an NDATA marked historical (an alert that changed
-    /// while the node was offline).
+    /// As [`Node::changes`], by name with the value and its timestamp: what a pass would have
+    /// published while no birth stands, for the store (they count as sent from here).
+    pub fn changes_named(&mut self) -> Vec<(String, MetricValue, u64)> {
+        let mut changed = Vec::new();
+        for def in &mut self.defs {
+            let differs = match &def.sent {
+                Some(sent) => def.current.differs(sent, def.deadband),
+                None => true,
+            };
+            if differs && def.name != REBIRTH {
+                changed.push((def.name.clone(), def.current.clone(), def.ts));
+                def.sent = Some(def.current.clone());
+            }
+        }
+        changed
+    }
+
+    /// A metric as it stood at `ts`, for an NDATA marked historical (stored while no birth
+    /// stood); `None` for a metric the node no longer has.
     pub fn historical(&self, name: &str, value: MetricValue, ts: u64) -> Option<Metric> {
         let index = *self.by_name.get(name)?;
         let mut metric = metric(index, self.defs[index].datatype, &value, ts);
@@ -398,6 +419,45 @@ impl Node {
     }
 }
 
+/// What a pass would have published as NDATA while no birth stood, as the durable outbox keeps
+/// it for store and forward: the pass's time and each changed metric by name with its value
+/// and original timestamp. Names, not aliases: a reload may declare other aliases before it is
+/// sent, and the seq is the one of the session that sends it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct History {
+    pub ts: u64,
+    pub metrics: Vec<(String, MetricValue, u64)>,
+}
+
+impl History {
+    /// The record's bytes (JSON; a non-finite double is kept as null, which JSON cannot hold).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut record = self.clone();
+        for (_, value, _) in &mut record.metrics {
+            if matches!(value, MetricValue::Double(v) if !v.is_finite()) {
+                *value = MetricValue::Null;
+            }
+        }
+        serde_json::to_vec(&record).expect("a history record serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<History, String> {
+        serde_json::from_slice(bytes)
+            .map_err(|err| format!("not a Sparkplug history record: {err}"))
+    }
+
+    /// The NDATA that sends it now, marked historical, with the node's next seq; `None` when
+    /// none of its metrics is in the node's current birth.
+    pub fn ndata(&self, node: &mut Node) -> Option<Vec<u8>> {
+        let metrics: Vec<Metric> = self
+            .metrics
+            .iter()
+            .filter_map(|(name, value, ts)| node.historical(name, value.clone(), *ts))
+            .collect();
+        (!metrics.is_empty()).then(|| node.data(self.ts, metrics))
+    }
+}
+
 /// NDEATH: the bdSeq of the session it ends, stamped `now`.
 pub fn death(bd_seq: u64, now: u64) -> Vec<u8> {
     Payload {
@@ -428,7 +488,9 @@ fn to_metric(index: usize, def: &Def) -> Metric {
     metric(index, def.datatype, &def.current, def.ts)
 }
 
-/// A metric by alias (`index` + 1), without its name.
+/// A metric by alias (`index` + 1), without its name. With its datatype, though the
+/// specification would leave it out of NDATA (a SHOULD NOT): a decoder that keeps no state,
+/// Eclipse Tahu's own JavaScript codec among them, cannot read a value without it.
 fn metric(index: usize, datatype: DataType, value: &MetricValue, ts: u64) -> Metric {
     let mut metric = Metric {
         alias: Some(index as u64 + 1),
