@@ -776,7 +776,7 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
     // A broker setting changes: NDEATH for this session, NBIRTH with the next bdSeq.
     Agent::edit_config(&dir, id, "keepalive_s: 2", "keepalive_s: 4");
     agent.signal(Signal::SIGHUP);
-    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(10)).bd_seq(), 0);
+    death_and_will(&deaths, 0);
     let new_session = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!((new_session.bd_seq(), new_session.seq()), (1, 0));
     assert_eq!(new_session.metric("Alerts/hot")["value"], false);
@@ -785,20 +785,31 @@ fn mqtt5_reload_rebirths_or_starts_a_new_session_and_renewal_does_too() {
 
     // A renewed certificate: the same, with the new pair.
     pki.issue(id, id, false);
-    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(15)).bd_seq(), 1);
+    death_and_will(&deaths, 1);
     let renewed = next(&sub, "NBIRTH", Duration::from_secs(10));
     assert_eq!(renewed.bd_seq(), 2);
     agent.expect_log("Certificate renewed", Duration::from_secs(1));
 
     // Session Expiry 0: once the node has gone, the broker keeps no session for it.
     agent.signal(Signal::SIGTERM);
-    assert_eq!(next(&deaths, "NDEATH", Duration::from_secs(5)).bd_seq(), 2);
+    death_and_will(&deaths, 2);
     assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
     std::thread::sleep(Duration::from_millis(2500));
     let kept = Subscriber::start(&broker, &pki, "$SYS/broker/clients/disconnected")
         .wait_for(Duration::from_secs(5), |_| true)
         .expect("the broker's count of kept sessions");
     assert_eq!(kept.payload, "0", "a session outlived the node");
+}
+
+/// An intentional end of an MQTT 5 session: the node's NDEATH, then (the DISCONNECT carrying
+/// "Disconnect with Will Message") the broker's copy of its will, both with `bd_seq`.
+/// tck-id-operational-behavior-edge-node-intentional-disconnect-ndeath,
+/// tck-id-payloads-ndeath-will-message-publisher-disconnect-mqtt50.
+fn death_and_will(deaths: &Subscriber, bd_seq: i64) {
+    for which in ["the node's NDEATH", "the will"] {
+        let death = next(deaths, "NDEATH", Duration::from_secs(15));
+        assert_eq!(death.bd_seq(), bd_seq, "{which}");
+    }
 }
 
 /// Issue 31, point 14: the writes of an NCMD ran side by side in no order (`fan = 1, fan = 0`

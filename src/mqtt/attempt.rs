@@ -23,6 +23,19 @@ pub struct Attempt {
     pub(super) status: Option<(String, String)>,
     /// The attempt speaks MQTT 5 (for the words of a refusal).
     pub(super) mqtt5: bool,
+    /// A Sparkplug edge node over MQTT 5: every DISCONNECT carries "Disconnect with Will
+    /// Message" (0x04), as Sparkplug 3.0 requires, so the broker publishes the NDEATH too.
+    pub(super) will_on_disconnect: bool,
+}
+
+/// The options of a DISCONNECT within `timeout`, with reason code 0x04 when `with_will`.
+fn disconnect_options(timeout: Duration, with_will: bool) -> paho::DisconnectOptions {
+    let mut options = paho::DisconnectOptionsBuilder::new();
+    options.timeout(timeout);
+    if with_will {
+        options.reason_code(paho::ReasonCode::DisconnectWithWillMessage);
+    }
+    options.finalize()
 }
 
 impl Attempt {
@@ -37,6 +50,7 @@ impl Attempt {
                 qos: 0,
                 retain: false,
             },
+            will_on_disconnect: self.will_on_disconnect,
         }
     }
 
@@ -134,9 +148,7 @@ impl Attempt {
 
     /// Ends a connection this attempt made but will not use.
     async fn abandon(&self) {
-        let options = paho::DisconnectOptionsBuilder::new()
-            .timeout(Duration::from_secs(1))
-            .finalize();
+        let options = disconnect_options(Duration::from_secs(1), self.will_on_disconnect);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect(options)).await;
     }
 }
@@ -163,6 +175,8 @@ pub fn read_password(path: &std::path::Path) -> Result<String, MqttError> {
 pub struct Closer {
     pub(super) client: paho::AsyncClient,
     pub(super) goodbye: Outgoing,
+    /// As [`Attempt`]'s: Sparkplug over MQTT 5 disconnects with the will.
+    pub(super) will_on_disconnect: bool,
 }
 
 impl std::fmt::Debug for Closer {
@@ -175,7 +189,8 @@ impl std::fmt::Debug for Closer {
 
 impl Closer {
     /// Publishes the goodbye, waits up to `wait` for it, and disconnects cleanly (within about
-    /// `wait` again) so the broker does not send the will.
+    /// `wait` again) so the broker does not send the will (a Sparkplug edge node over MQTT 5:
+    /// so it does, the NDEATH a second time with the same bdSeq, as the specification asks).
     pub async fn close(self, wait: Duration) {
         if !self.client.is_connected() {
             return;
@@ -194,9 +209,7 @@ impl Closer {
         if !self.client.is_connected() {
             return;
         }
-        let options = paho::DisconnectOptionsBuilder::new()
-            .timeout(wait)
-            .finalize();
+        let options = disconnect_options(wait, self.will_on_disconnect);
         match tokio::time::timeout(
             wait + Duration::from_millis(500),
             self.client.disconnect(options),

@@ -339,7 +339,9 @@ impl Session {
             }
             Protocol::V5 => {
                 let mut properties = paho::Properties::new();
-                let expiry = if sparkplug {
+                // An edge node's session ends with its connection (Sparkplug 3.0), also when
+                // `check --connect` connects as the node.
+                let expiry = if sparkplug || config.config().sparkplug.is_some() {
                     0
                 } else {
                     u32::try_from(broker.session_expiry_s).unwrap_or(u32::MAX)
@@ -445,7 +447,13 @@ impl Session {
                 Profile::Sparkplug { .. } | Profile::Probe => None,
             },
             mqtt5: self.mqtt5,
+            will_on_disconnect: self.will_on_disconnect(),
         }
+    }
+
+    /// Sparkplug 3.0 over MQTT 5: every DISCONNECT says "Disconnect with Will Message".
+    fn will_on_disconnect(&self) -> bool {
+        self.mqtt5 && matches!(self.profile, Profile::Sparkplug { .. })
     }
 
     /// An owned handle that ends this session's connection, for a task.
@@ -453,6 +461,7 @@ impl Session {
         Closer {
             client: self.client.clone(),
             goodbye: self.goodbye(),
+            will_on_disconnect: self.will_on_disconnect(),
         }
     }
 
