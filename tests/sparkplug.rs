@@ -866,3 +866,49 @@ fn issue_31_14_ncmd_writes_end_at_the_value_written_last() {
         );
     }
 }
+
+/// Several brokers: a primary host offline on the broker the node is on sends it, after NDEATH
+/// there, to the next broker in `broker.urls`, and from there back again.
+/// tck-id-operational-behavior-edge-node-termination-host-offline,
+/// tck-id-operational-behavior-edge-node-termination-host-offline-reconnect,
+/// tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk,
+/// tck-id-message-flow-edge-node-birth-publish-phid-offline.
+#[test]
+fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let first = Broker::start(&pki);
+    let second = Broker::start(&pki);
+    let on_first = Subscriber::start_hex(&first, &pki, "spBv1.0/plant1/#");
+    let on_second = Subscriber::start_hex(&second, &pki, "spBv1.0/plant1/#");
+    retain_state(&first, &pki, true, 1000);
+    retain_state(&second, &pki, true, 1000);
+    let (mut setup, _) = setup(&dir, "sp-node-13", &first, true);
+    setup.urls = vec![first.url(), second.url()];
+    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&on_first, "NBIRTH", Duration::from_secs(10));
+    // The host goes offline on the first broker: NDEATH there, the next birth on the second.
+    retain_state(&first, &pki, false, 2000);
+    assert_eq!(
+        next(&on_first, "NDEATH", Duration::from_secs(5)).bd_seq(),
+        birth.bd_seq()
+    );
+    let moved = next(&on_second, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(moved.bd_seq(), birth.bd_seq() + 1);
+    let stayed = on_first.collect(Duration::from_millis(500));
+    assert!(
+        stayed.iter().all(|m| !m.topic.contains("/NBIRTH/")),
+        "a birth on the broker where the host is offline: {stayed:?}\n{}",
+        agent.report()
+    );
+    // Online on the first again, offline on the second: back to the first.
+    retain_state(&first, &pki, true, 3000);
+    retain_state(&second, &pki, false, 3000);
+    assert_eq!(
+        next(&on_second, "NDEATH", Duration::from_secs(5)).bd_seq(),
+        moved.bd_seq()
+    );
+    let back = next(&on_first, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(back.bd_seq(), moved.bd_seq() + 1);
+}

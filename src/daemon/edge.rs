@@ -251,11 +251,17 @@ impl Edge {
         if state.online {
             self.host = Some(state);
             self.try_birth(core);
-        } else if self.born {
-            // The specification's behaviour: NDEATH, disconnect, and come back (through the
-            // backoff) to wait for the host.
+            return;
+        }
+        // Offline. After an online STATE in this session (born or not yet), the specification's
+        // behaviour: NDEATH, disconnect, and start over with the next broker (through the
+        // backoff). Offline from this session's first STATE: with one broker the node waits here
+        // for the host; with several it moves on to the next.
+        let was_online = self.host.is_some_and(|host| host.online);
+        if self.born || was_online || core.session.servers() > 1 {
             self.session_ended();
             core.close_session(true);
+            core.session.next_server_first();
             let delay = core.link.backoff_delay(fastrand::f64());
             tracing::warn!(
                 retry_in_s = delay.as_secs_f64(),

@@ -420,6 +420,23 @@ impl Session {
         })
     }
 
+    /// How many brokers `broker.urls` names.
+    pub fn servers(&self) -> usize {
+        self.written.len()
+    }
+
+    /// The next connect tries the brokers from the one after the first of this one's order
+    /// (the others after it, in turn): Sparkplug's walk to the next server when the primary host
+    /// is offline on this one.
+    pub fn next_server_first(&mut self) {
+        if self.written.len() < 2 {
+            return;
+        }
+        self.written.rotate_left(1);
+        let uris: Vec<&str> = self.written.iter().map(|(uri, _)| uri.as_str()).collect();
+        self.options.server_uris(&uris);
+    }
+
     /// The will of the next connect (Sparkplug's NDEATH carries the session's bdSeq).
     pub fn set_will(&mut self, will: Outgoing) {
         self.options.will_message(will.message());
