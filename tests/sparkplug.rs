@@ -912,3 +912,68 @@ fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
     let back = next(&on_first, "NBIRTH", Duration::from_secs(10));
     assert_eq!(back.bd_seq(), moved.bd_seq() + 1);
 }
+
+/// Issue 36: NCMD writes go through the one executor (one job per actuator, a bounded queue, a
+/// deadline). An actuator whose device accepts the connection and never answers, flooded with
+/// writes: the node keeps publishing its data, and the agent's thread count stays bounded.
+#[test]
+fn issue_36_a_stuck_actuator_under_ncmd_stops_only_itself() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    // A Modbus device that takes connections and never answers a request.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
+    let mut setup = Setup::new("sp-node-15", &broker);
+    setup.top_extra = format!(
+        "actuators:\n  - {{ name: valve, modbus: {{ url: \"tcp://127.0.0.1:{port}\", table: coil, address: 1, timeout_s: 1 }}, values: [\"0\", \"1\"] }}\n\
+         sparkplug:\n  group_id: plant1\n"
+    );
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let cpu = birth.metric("Sensors/cpu_temp")["alias"].clone();
+    let before = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .count();
+    let ncmd = "spBv1.0/plant1/NCMD/sp-node-15";
+    for i in 0..40u64 {
+        let value = if i % 2 == 0 { "1" } else { "0" };
+        send(
+            &broker,
+            &pki,
+            &dir,
+            ncmd,
+            json!({ "timestamp": i, "metrics": [{ "name": "Actuators/valve", "type": "String", "value": value }] }),
+        );
+    }
+    // The node goes on: each change of the sensor comes out as NDATA.
+    for (i, millidegrees) in [50_000u32, 51_000, 52_000].into_iter().enumerate() {
+        temperature(&dir, millidegrees);
+        let wanted = f64::from(millidegrees) / 1000.0;
+        let seen = sub.wait_for(Duration::from_secs(3), |m| {
+            m.topic.contains("/NDATA/")
+                && decode_all(std::slice::from_ref(m))[0]
+                    .by_alias(&cpu)
+                    .is_some_and(|metric| metric["value"] == wanted)
+        });
+        assert!(
+            seen.is_some(),
+            "change {i} not published while the actuator hangs:\n{}",
+            agent.report()
+        );
+    }
+    let after = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        after <= before + 3,
+        "threads {before} before the writes, {after} with 40 waiting on a silent device"
+    );
+}

@@ -378,4 +378,40 @@ pub(super) fn check_sparkplug(
             "overridden: Sparkplug B 3.0 requires Clean Session true for edge nodes",
         ));
     }
+    // Metric names that differ only in case (tck-id-case-sensitivity-metric-names: an edge node
+    // should not publish them; a host may take them for one).
+    let groups: [Vec<(String, &str)>; 3] = [
+        sensors
+            .iter()
+            .map(|s| (format!("{}.name", s.key), s.name.as_str()))
+            .collect(),
+        config
+            .alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("alerts[{i}].name"), a.name.as_str()))
+            .collect(),
+        config
+            .actuators
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("actuators[{i}].name"), a.name.as_str()))
+            .collect(),
+    ];
+    for group in &groups {
+        let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+        for (key, name) in group {
+            match seen.get(&name.to_lowercase()) {
+                Some(first) if first != name => findings.push(Finding::warning(
+                    key,
+                    format!(
+                        "\"{name}\" differs from \"{first}\" only in case: a Sparkplug host may take the two metrics for one"
+                    ),
+                )),
+                _ => {
+                    seen.insert(name.to_lowercase(), name);
+                }
+            }
+        }
+    }
 }

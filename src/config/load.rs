@@ -653,4 +653,25 @@ mod tests {
         );
         assert_eq!(did_you_mean("zzz", ["broker", "log"]), None);
     }
+
+    /// tck-id-case-sensitivity-metric-names: an edge node should not publish metric names that
+    /// match in lower case; `check` warns (the config stays valid).
+    #[test]
+    fn sparkplug_names_that_differ_only_in_case_are_warned_about() {
+        let yaml = "broker: { urls: [\"mqtts://a\"], tls: { ca_file: /etc/ssl/certs/ca-certificates.crt } }\n\
+            sensors:\n  - { name: Temp, file: /run/a }\n  - { name: temp, file: /run/b }\n  - { name: other, file: /run/c }\n\
+            sparkplug: { group_id: plant1 }\n";
+        let (valid, findings) = inspect_str(yaml, Path::new("c.yaml"));
+        let text = findings.to_string();
+        assert!(valid.is_some(), "{text}");
+        assert!(
+            text.contains("sensors[1].name: \"temp\" differs from \"Temp\" only in case"),
+            "{text}"
+        );
+        assert!(!text.contains("sensors[2].name"), "{text}");
+        // Not in plain mode, where names are JSON keys and case tells them apart.
+        let plain = yaml.replace("sparkplug: { group_id: plant1 }\n", "");
+        let (_, findings) = inspect_str(&plain, Path::new("c.yaml"));
+        assert!(!findings.to_string().contains("only in case"), "{findings}");
+    }
 }

@@ -39,6 +39,7 @@ mod util;
 
 mod operations;
 mod repo;
+mod sparkplug;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -111,6 +112,9 @@ fn main() {
     }
     if wanted("powercut") {
         run.power_cuts(cycles, &mut report);
+    }
+    if wanted("sparkplug") {
+        run.sparkplug_outage(if short { 2 } else { 3 }, &mut report);
     }
     if wanted("update") || wanted("operations") {
         if run.vm.is_none() {
