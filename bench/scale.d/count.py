@@ -3,6 +3,7 @@ lines (topic, space, payload) from stdin and, at start and on every SIGUSR1, wri
 "agent_values agent_messages collectd_values collectd_messages agent_errors" (the counts so
 far; agent_errors: the sensors reported in telemetry "errors").
 
+The arrival time of the first agent telemetry message (Unix seconds) goes to FILE.first.
 An agent telemetry message counts its "values" keys (each part of a split pass counts its own);
 a collectd message (topic under collectd/) is one value. Anything else (status, health, alerts)
 is not counted.
@@ -14,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 FILE = sys.argv[1]
 agent_values = agent_messages = collectd_values = collectd_messages = agent_errors = 0
@@ -35,6 +37,9 @@ for line in sys.stdin:
         collectd_values += 1
         collectd_messages += 1
     elif topic.endswith("/telemetry"):
+        if agent_messages == 0:
+            with open(FILE + ".first", "w") as out:
+                out.write(f"{time.time():.6f}\n")
         message = json.loads(payload)
         agent_values += len(message.get("values", {}))
         agent_errors += len(message.get("errors", {}))
