@@ -500,7 +500,8 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
     let broker = Broker::start(&pki);
     // Nothing answers behind the proxy yet: the node starts offline.
     let proxy = Proxy::start(broker.port, Mode::Refuse);
-    let (mut setup, _) = setup(&dir, "sp-node-7", &broker, false);
+    retain_state(&broker, &pki, true, 1000);
+    let (mut setup, _) = setup(&dir, "sp-node-7", &broker, true);
     setup.urls = vec![proxy.url()];
     let agent = Agent::start_with(&dir, &pki, setup);
     agent.expect_log("Cannot connect.", Duration::from_secs(10));
@@ -526,19 +527,23 @@ fn alert_changes_made_offline_follow_the_birth_as_historical_data() {
         error.as_str().is_some_and(|e| !e.is_empty()),
         "the refused connects: {error}"
     );
-    // Both changes follow as historical NDATA (with the sensor values of those passes), each
-    // alert change once, raise before clear.
+    // Both changes follow as historical NDATA (with the sensor values of those passes), after
+    // the state of the first pass (every metric as it stood at start), each alert change once,
+    // raise before clear, in time order.
     let history = historical(&sub, Duration::from_secs(5));
     let alert_history: Vec<&Value> = history
         .iter()
         .filter(|m| m["alias"] == alert["alias"])
         .collect();
-    assert_eq!(alert_history.len(), 2, "{history:?}");
+    let values: Vec<&Value> = alert_history.iter().map(|m| &m["value"]).collect();
     assert_eq!(
-        (&alert_history[0]["value"], &alert_history[1]["value"]),
-        (&json!(true), &json!(false))
+        values,
+        [&json!(false), &json!(true), &json!(false)],
+        "{history:?}"
     );
-    assert!(alert_history[0]["timestamp"].as_u64() <= alert_history[1]["timestamp"].as_u64());
+    assert!(alert_history
+        .windows(2)
+        .all(|w| w[0]["timestamp"].as_u64() <= w[1]["timestamp"].as_u64()));
 }
 
 fn now_ms() -> u64 {
@@ -585,20 +590,29 @@ fn host_outage_is_forwarded(id: &str, kill: bool) {
     retain_state(&broker, &pki, true, 1000);
     let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
     let cpu = birth.metric("Sensors/cpu_temp")["alias"].clone();
+    // What the node kept before the STATE came (its first passes) has gone out.
+    sub.collect(Duration::from_millis(500));
     retain_state(&broker, &pki, false, 2000);
     next(&sub, "NDEATH", Duration::from_secs(5));
     agent.expect_log("Primary host offline", Duration::from_secs(5));
-    // The window: a new value every 0.5 s (the node samples every 0.2 s).
+    // The window: a new value every 0.5 s (the node samples every 0.2 s). With `kill`, the
+    // agent is killed halfway and the next value is written while none runs: the first pass of
+    // the new one keeps it.
     let window: Vec<f64> = (0..16).map(|i| 40.0 + f64::from(i) * 0.25).collect();
     let started = now_ms();
+    let mut down = false;
     for (i, value) in window.iter().enumerate() {
         temperature(&dir, (value * 1000.0) as u32);
+        if down {
+            agent = Agent::start_with(&dir, &pki, setup.clone());
+            agent.expect_log("Connected.", Duration::from_secs(10));
+            down = false;
+        }
         std::thread::sleep(Duration::from_millis(500));
         if kill && i == window.len() / 2 {
             agent.signal(Signal::SIGKILL);
             assert!(agent.wait(Duration::from_secs(5)).is_none(), "killed");
-            agent = Agent::start_with(&dir, &pki, setup.clone());
-            agent.expect_log("Connected.", Duration::from_secs(10));
+            down = true;
         }
     }
     let ended = now_ms();
@@ -690,6 +704,97 @@ fn issue_36_a_host_outage_is_forwarded_as_history_once_in_order_after_the_birth(
 #[test]
 fn issue_36_a_host_outage_with_kill_9_midway_loses_no_history() {
     host_outage_is_forwarded("sp-node-12", true);
+}
+
+/// Issue 36: the host goes offline again while the history of its last outage is still being
+/// forwarded (paced at 2 a second). What went before the NDEATH went once; what had not is
+/// neither lost nor sent under the dead birth: it follows the next NBIRTH with that session's
+/// seqs. Every value of the window arrives once, in order, over the two drains.
+#[test]
+fn issue_36_the_host_going_offline_mid_drain_loses_and_repeats_nothing() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sub = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/#");
+    let (mut setup, _) = setup(&dir, "sp-node-16", &broker, true);
+    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
+    setup.broker_extra = "  drain_rate: 2\n".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    retain_state(&broker, &pki, true, 1000);
+    let birth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    let cpu = birth.metric("Sensors/cpu_temp")["alias"].clone();
+    sub.collect(Duration::from_millis(1500));
+    retain_state(&broker, &pki, false, 2000);
+    next(&sub, "NDEATH", Duration::from_secs(5));
+    let window: Vec<f64> = (0..12).map(|i| 50.0 + f64::from(i) * 0.5).collect();
+    for value in &window {
+        temperature(&dir, (value * 1000.0) as u32);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Online: the drain starts; offline again after the first few records.
+    retain_state(&broker, &pki, true, 3000);
+    next(&sub, "NBIRTH", Duration::from_secs(10));
+    let mut first = Vec::new();
+    let mut sessions = vec![Vec::new()];
+    while let Some(message) = sub.wait_for(Duration::from_secs(3), |m| m.topic.contains("/NDATA/"))
+    {
+        first.push(decode_all(&[message]).remove(0));
+        if first.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(first.len(), 3, "the drain began:\n{}", agent.report());
+    retain_state(&broker, &pki, false, 4000);
+    // Until the NDEATH: what was already on its way.
+    let until_death = sub.collect(Duration::from_secs(3));
+    let death_at = until_death
+        .iter()
+        .position(|m| m.topic.contains("/NDEATH/"))
+        .unwrap_or_else(|| panic!("no NDEATH:\n{}", agent.report()));
+    first.extend(
+        decode_all(&until_death[..death_at])
+            .into_iter()
+            .filter(|d| d.topic.contains("/NDATA/")),
+    );
+    assert!(
+        until_death[death_at..]
+            .iter()
+            .all(|m| !m.topic.contains("/NDATA/")),
+        "NDATA after the NDEATH: {until_death:?}"
+    );
+    sessions[0] = first;
+    retain_state(&broker, &pki, true, 5000);
+    let rebirth = next(&sub, "NBIRTH", Duration::from_secs(10));
+    assert_eq!(rebirth.seq(), 0);
+    let mut second = Vec::new();
+    while let Some(message) = sub.wait_for(Duration::from_secs(3), |m| m.topic.contains("/NDATA/"))
+    {
+        second.push(decode_all(&[message]).remove(0));
+    }
+    sessions.push(second);
+    let mut values = Vec::new();
+    for (n, session) in sessions.iter().enumerate() {
+        for (i, data) in session.iter().enumerate() {
+            assert_eq!(
+                data.seq(),
+                i as u64 + 1,
+                "session {n}: seqs follow the birth: {session:?}"
+            );
+            values.extend(
+                data.metrics()
+                    .iter()
+                    .filter(|m| m["isHistorical"] == true && m["alias"] == cpu)
+                    .map(|m| m["value"].as_f64().unwrap()),
+            );
+        }
+    }
+    assert!(!sessions[1].is_empty(), "history left for the second birth");
+    assert_eq!(
+        values,
+        window,
+        "every value once, in order, over both drains:\n{}",
+        agent.report()
+    );
 }
 
 #[test]

@@ -229,6 +229,19 @@ impl Delivery {
         }
     }
 
+    /// The store's answer, not to be sent now after all (no Sparkplug birth stands any more):
+    /// back to the front of their queues, for the next `Take`.
+    pub fn put_back(&mut self, generation: u64, messages: Vec<Taken>, store: &StoreHandle) {
+        if generation != self.generation {
+            // The reconnect that made it old has put these back already.
+            return;
+        }
+        self.taking = false;
+        for taken in messages {
+            store.send(Request::Requeue(taken.message.id));
+        }
+    }
+
     /// Paho's answer for one message: done, refused, or it goes again.
     pub fn delivered(
         &mut self,

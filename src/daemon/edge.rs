@@ -50,15 +50,14 @@ pub(crate) struct Edge {
     /// Store and forward: what was kept while no birth stood goes out through this after the
     /// next birth, paced, as historical NDATA.
     delivery: Delivery,
-    /// The first pass since start (or the last birth) has been taken as the baseline: what
-    /// changes after it is kept; the pass itself is what the next birth declares anyway.
-    baseline: bool,
-    /// The last value forwarded as history of each metric: a kept value equal to it is not sent
-    /// again (report by exception; the first record after a restart holds every metric).
-    forwarded: std::collections::HashMap<String, MetricValue>,
     /// Kept records that could not be sent as NDATA (not this node's, or none of whose metrics
     /// is declared any more), logged once a session.
     unusable_logged: bool,
+    /// The outbox's bound dropped kept data: said once until a birth stands again.
+    bound_logged: bool,
+    /// The most bytes of one kept record (`telemetry.max_message_bytes`): a pass with more
+    /// changes is kept as several records of the same time, each sent as an NDATA of its own.
+    record_bytes: usize,
 }
 
 impl Edge {
@@ -76,9 +75,9 @@ impl Edge {
                 // As plain mode's: an answer that never came goes again.
                 std::time::Duration::from_secs((4 * config.config().broker.keepalive_s).max(30)),
             ),
-            baseline: false,
-            forwarded: std::collections::HashMap::new(),
             unusable_logged: false,
+            bound_logged: false,
+            record_bytes: record_bytes(config),
         }
     }
 
@@ -108,6 +107,7 @@ impl Edge {
         self.node = node(config, &self.hardware, alerts);
         self.node.bd_seq = bd_seq;
         self.topics = topics(config, identity);
+        self.record_bytes = record_bytes(config);
         self.born = false;
         if session_changed {
             self.session_ended();
@@ -163,20 +163,30 @@ impl Edge {
     }
 
     /// Store: what this pass would have published, to the durable outbox (it goes out as
-    /// historical NDATA after the next birth).
+    /// historical NDATA after the next birth). The first pass after a start holds every metric:
+    /// the node cannot know what the records before the restart held, and a repeated value at a
+    /// later time is still true history.
     fn keep(&mut self, core: &mut Core, ts: u64) {
-        let metrics = self.node.changes_named();
-        if !std::mem::replace(&mut self.baseline, true) || metrics.is_empty() {
+        if self.topics.state.is_none() || !self.node.has_readings() {
+            // Without a primary host there is no host whose history to complete: what was not
+            // sent is declared by the next birth. Before the first pass (an alert event can
+            // come first): that pass keeps it all.
             return;
         }
-        let record = History { ts, metrics };
-        core.store.send(Request::Push {
-            kind: Kind::Telemetry,
-            qos: 0,
-            topic: Arc::from(self.topics.ndata.as_str()),
-            payload: record.encode(),
-            limit: None,
-        });
+        let metrics = self.node.changes_named();
+        if metrics.is_empty() {
+            return;
+        }
+        let topic: Arc<str> = Arc::from(self.topics.ndata.as_str());
+        for record in History::split(ts, metrics, self.record_bytes) {
+            core.store.send(Request::Push {
+                kind: Kind::Telemetry,
+                qos: 0,
+                topic: Arc::clone(&topic),
+                payload: record.encode(),
+                limit: None,
+            });
+        }
     }
 
     fn alert(&mut self, core: &mut Core, event: AlertEvent) {
@@ -259,9 +269,10 @@ impl Edge {
         // for the host; with several it moves on to the next.
         let was_online = self.host.is_some_and(|host| host.online);
         if self.born || was_online || core.session.servers() > 1 {
+            let current = core.server.as_ref().map(|(server, _)| server.clone());
             self.session_ended();
             core.close_session(true);
-            core.session.next_server_first();
+            core.session.next_server_after(current.as_deref());
             let delay = core.link.backoff_delay(fastrand::f64());
             tracing::warn!(
                 retry_in_s = delay.as_secs_f64(),
@@ -308,37 +319,34 @@ impl Edge {
         let ts = crate::model::now_ms();
         let payload = self.node.birth(ts);
         if !core.session.publish(&self.topics.nbirth, payload, 0, false) {
+            // The connection went: nothing counts as sent, the pass is kept.
+            self.node.unsend_all();
             return;
         }
         self.born = true;
-        self.baseline = true;
+        self.bound_logged = false;
         core.counters.sent += 1;
         tracing::info!(topic = %self.topics.nbirth, bd_seq = self.node.bd_seq, kept = core.outbox.per_kind[Kind::Telemetry as usize], "NBIRTH published.");
     }
 
     /// Kept records the store handed over: each as historical NDATA with the next seq.
     fn forward(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>) {
+        if !self.born {
+            // The birth they were asked for is gone (the host went offline, a reload's rebirth
+            // is due): they wait for the next one, with its aliases and seq.
+            self.delivery.put_back(generation, messages, &core.store);
+            return;
+        }
         let mut sendable = Vec::with_capacity(messages.len());
         for mut taken in messages {
-            let record = match History::decode(&taken.message.payload) {
-                Ok(record) if *taken.message.topic == *self.topics.ndata => Some(record),
+            let ndata = match History::decode(&taken.message.payload) {
+                Ok(record) if *taken.message.topic == *self.topics.ndata => {
+                    record.ndata(&mut self.node)
+                }
                 _ => None,
             };
-            let ndata = record.map(|mut record| {
-                let forwarded = &mut self.forwarded;
-                record.metrics.retain(|(name, value, _)| {
-                    let again = forwarded.get(name) == Some(value);
-                    forwarded.insert(name.clone(), value.clone());
-                    !again
-                });
-                (record.metrics.is_empty(), record.ndata(&mut self.node))
-            });
             match ndata {
-                // Nothing new in it: done without a message.
-                Some((true, _)) => {
-                    core.store.send(Request::Delivered(taken.message.id));
-                }
-                Some((false, Some(payload))) => {
+                Some(payload) => {
                     taken.message.payload = payload;
                     sendable.push(taken);
                 }
@@ -370,11 +378,24 @@ impl Edge {
         if metrics.is_empty() {
             return;
         }
-        let payload = self.node.data(crate::model::now_ms(), metrics);
+        let aliases: Vec<u64> = metrics.iter().filter_map(|m| m.alias).collect();
+        let now = crate::model::now_ms();
+        let payload = self.node.data(now, metrics);
         if core.session.publish(&self.topics.ndata, payload, 0, false) {
             core.counters.sent += 1;
+        } else {
+            // The connection went before the loop heard of it: no birth stands for what follows
+            // (the next one is this session's rebirth or the next session's), and the changes
+            // are kept as history instead of lost.
+            self.node.unsend(&aliases);
+            self.born = false;
+            self.keep(core, now);
         }
     }
+}
+
+fn record_bytes(config: &ValidConfig) -> usize {
+    usize::try_from(config.config().telemetry.max_message_bytes).unwrap_or(usize::MAX)
 }
 
 fn subscriptions(topics: &Topics) -> Vec<String> {
@@ -571,7 +592,7 @@ impl Mode for Edge {
     }
 
     fn on_report(&mut self, report: &Report) {
-        if !report.dropped.is_empty() {
+        if !report.dropped.is_empty() && !std::mem::replace(&mut self.bound_logged, true) {
             tracing::warn!(
                 dropped = report.dropped.len(),
                 "Store and forward holds broker.max_queued_messages; the oldest kept data were dropped."
@@ -580,8 +601,8 @@ impl Mode for Edge {
         self.delivery.set_queued(report.queued);
     }
 
-    fn taken(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>, lost: &[Dropped]) {
-        core.counters.dropped += lost.len() as u64;
+    fn taken(&mut self, core: &mut Core, generation: u64, messages: Vec<Taken>, _lost: &[Dropped]) {
+        // What could not be read back is counted as lost by the loop.
         self.forward(core, generation, messages);
     }
 

@@ -79,6 +79,8 @@ pub(crate) struct Plain {
     attempted: bool,
     /// Topics on which the broker refused a message (logged once each).
     refused_topics: std::collections::HashSet<String>,
+    /// Sparkplug history found after a switch to plain mode was said to be dropped.
+    sparkplug_dropped_logged: bool,
 }
 
 impl Plain {
@@ -93,6 +95,7 @@ impl Plain {
             first_sample: Vec::new(),
             attempted: false,
             refused_topics: std::collections::HashSet::new(),
+            sparkplug_dropped_logged: false,
         }
     }
 
@@ -219,6 +222,22 @@ impl Plain {
     ) {
         self.delivery
             .telemetry_dropped(lost.iter().filter(|d| d.kind == Kind::Telemetry).count() as u64);
+        // History a Sparkplug session kept before a reload to plain mode: JSON no Sparkplug
+        // host could read on its NDATA topic, and no plain topic of this device.
+        let (messages, sparkplug): (Vec<Taken>, Vec<Taken>) = messages
+            .into_iter()
+            .partition(|taken| !is_sparkplug_history(taken));
+        if !sparkplug.is_empty() {
+            if !std::mem::replace(&mut self.sparkplug_dropped_logged, true) {
+                tracing::warn!(
+                    "Sparkplug history kept before the switch to plain topics is dropped."
+                );
+            }
+            for taken in sparkplug {
+                core.counters.dropped += 1;
+                core.store.send(Request::Dropped(taken.message.id));
+            }
+        }
         self.delivery.taken(
             generation,
             messages,
@@ -395,6 +414,17 @@ impl Mode for Plain {
         self.topics = Topics::new(config, identity);
         self.delivery.set_rate(config.config().broker.drain_rate);
     }
+}
+
+/// A record kept by Sparkplug's store and forward.
+fn is_sparkplug_history(taken: &Taken) -> bool {
+    let message = &taken.message;
+    message.kind == Kind::Telemetry
+        && message
+            .topic
+            .strip_prefix(crate::sparkplug::NAMESPACE)
+            .is_some_and(|rest| rest.starts_with('/'))
+        && crate::sparkplug::History::decode(&message.payload).is_ok()
 }
 
 #[cfg(test)]

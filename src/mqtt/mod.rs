@@ -425,14 +425,21 @@ impl Session {
         self.written.len()
     }
 
-    /// The next connect tries the brokers from the one after the first of this one's order
-    /// (the others after it, in turn): Sparkplug's walk to the next server when the primary host
-    /// is offline on this one.
-    pub fn next_server_first(&mut self) {
+    /// The next connect tries the brokers from the one after `current` (the one this session
+    /// is on; the first of this order when unknown), the others after it in turn: Sparkplug's
+    /// walk to the next server when the primary host is offline on this one.
+    pub fn next_server_after(&mut self, current: Option<&str>) {
         if self.written.len() < 2 {
             return;
         }
-        self.written.rotate_left(1);
+        let at = current
+            .and_then(|current| {
+                self.written
+                    .iter()
+                    .position(|(uri, url)| uri == current || url == current)
+            })
+            .unwrap_or(0);
+        self.written.rotate_left(at + 1);
         let uris: Vec<&str> = self.written.iter().map(|(uri, _)| uri.as_str()).collect();
         self.options.server_uris(&uris);
     }

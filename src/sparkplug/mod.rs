@@ -319,6 +319,25 @@ impl Node {
         metrics
     }
 
+    /// The metrics of these aliases count as not sent (their NDATA did not go out).
+    pub fn unsend(&mut self, aliases: &[u64]) {
+        for alias in aliases {
+            if let Some(def) = usize::try_from(alias.saturating_sub(1))
+                .ok()
+                .and_then(|index| self.defs.get_mut(index))
+            {
+                def.sent = None;
+            }
+        }
+    }
+
+    /// Nothing counts as sent (the birth did not go out).
+    pub fn unsend_all(&mut self) {
+        for def in &mut self.defs {
+            def.sent = None;
+        }
+    }
+
     /// As [`Node::changes`], by name with the value and its timestamp: what a pass would have
     /// published while no birth stands, for the store (they count as sent from here).
     pub fn changes_named(&mut self) -> Vec<(String, MetricValue, u64)> {
@@ -419,6 +438,15 @@ impl Node {
     }
 }
 
+/// About the JSON length of a value (a string's escapes aside: `split` allows for them in its
+/// margin per metric).
+fn text_len(value: &MetricValue) -> usize {
+    match value {
+        MetricValue::Text(text) => text.len() + text.len() / 8,
+        _ => 24,
+    }
+}
+
 /// What a pass would have published as NDATA while no birth stood, as the durable outbox keeps
 /// it for store and forward: the pass's time and each changed metric by name with its value
 /// and original timestamp. Names, not aliases: a reload may declare other aliases before it is
@@ -441,6 +469,43 @@ impl History {
         serde_json::to_vec(&record).expect("a history record serializes")
     }
 
+    /// The changes of one pass at `ts` as records of at most about `max_bytes` each (at least
+    /// one metric each), in their order.
+    pub fn split(
+        ts: u64,
+        metrics: Vec<(String, MetricValue, u64)>,
+        max_bytes: usize,
+    ) -> Vec<History> {
+        // JSON: `{"ts":…,"metrics":[` and per metric `["name",{"Double":…},ts],`.
+        const RECORD: usize = 40;
+        const METRIC: usize = 64;
+        let mut records = Vec::new();
+        let mut current = History {
+            ts,
+            metrics: Vec::new(),
+        };
+        let mut bytes = RECORD;
+        for metric in metrics {
+            let size = METRIC + metric.0.len() + text_len(&metric.1);
+            if !current.metrics.is_empty() && bytes + size > max_bytes {
+                records.push(std::mem::replace(
+                    &mut current,
+                    History {
+                        ts,
+                        metrics: Vec::new(),
+                    },
+                ));
+                bytes = RECORD;
+            }
+            bytes += size;
+            current.metrics.push(metric);
+        }
+        if !current.metrics.is_empty() {
+            records.push(current);
+        }
+        records
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<History, String> {
         serde_json::from_slice(bytes)
             .map_err(|err| format!("not a Sparkplug history record: {err}"))
@@ -452,7 +517,11 @@ impl History {
         let metrics: Vec<Metric> = self
             .metrics
             .iter()
-            .filter_map(|(name, value, ts)| node.historical(name, value.clone(), *ts))
+            // A metric never set since start (ts 0) stood as it was at the record's time.
+            .filter_map(|(name, value, ts)| {
+                let ts = if *ts == 0 { self.ts } else { *ts };
+                node.historical(name, value.clone(), ts)
+            })
             .collect();
         (!metrics.is_empty()).then(|| node.data(self.ts, metrics))
     }

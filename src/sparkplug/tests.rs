@@ -459,3 +459,51 @@ fn a_kept_record_goes_out_as_historical_ndata_with_its_own_timestamps() {
         MetricValue::Null
     );
 }
+
+/// A pass with more changes than one message may hold is kept as several records of the same
+/// time, each within the bound once encoded, every metric once and in order; a metric never set
+/// since start goes out with the record's time, not 1970.
+#[test]
+fn a_large_pass_is_kept_as_records_within_the_message_bound() {
+    let metrics: Vec<(String, MetricValue, u64)> = (0..5000)
+        .map(|i| {
+            let value = match i % 3 {
+                0 => MetricValue::Double(-1.234_567_890_123e-300),
+                1 => MetricValue::UInt(u64::MAX),
+                _ => MetricValue::Text("\"quoted\" \\ text".repeat(4)),
+            };
+            (
+                format!("Sensors/gateway_{i:05}"),
+                value,
+                1_700_000_000_000 + i,
+            )
+        })
+        .collect();
+    let records = History::split(42, metrics.clone(), 16 * 1024);
+    assert!(records.len() > 10, "{} records", records.len());
+    for record in &records {
+        assert_eq!(record.ts, 42);
+        let bytes = record.encode().len();
+        assert!(bytes <= 16 * 1024, "a record of {bytes} bytes");
+    }
+    let back: Vec<_> = records.into_iter().flat_map(|r| r.metrics).collect();
+    assert_eq!(back, metrics);
+    // One metric larger than the bound is still kept, alone.
+    let huge = vec![(
+        "Sensors/big".to_owned(),
+        MetricValue::Text("x".repeat(4096)),
+        1,
+    )];
+    assert_eq!(History::split(1, huge.clone(), 1024).len(), 1);
+    assert!(History::split(1, Vec::new(), 1024).is_empty());
+
+    let mut node = Node::new(&config(""), "test board", 1_000);
+    node.observe(&reading(1000, 48.0, None));
+    node.birth(3000);
+    let unset = History {
+        ts: 2500,
+        metrics: vec![("Sensors/cpu_temp".to_owned(), MetricValue::Double(1.0), 0)],
+    };
+    let ndata = decode(&unset.ndata(&mut node).unwrap());
+    assert_eq!(ndata.metrics[0].timestamp, Some(2500));
+}
