@@ -1018,6 +1018,47 @@ fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
     assert_eq!(back.bd_seq(), moved.bd_seq() + 1);
 }
 
+/// Issue 36, tck-id-operational-behavior-edge-node-termination-host-offline-reconnect: the walk
+/// goes on from the broker the node is on, not from the first of the list. With `urls: [A, B,
+/// C]` and A down, the node is on B; the host goes offline there: the next connect is to C,
+/// without going back to B (which would cost a bdSeq and another NDEATH there).
+#[test]
+fn issue_36_the_walk_to_the_next_broker_goes_on_from_the_one_the_node_is_on() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let b = Broker::start(&pki);
+    let c = Broker::start(&pki);
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a_url = format!("mqtts://127.0.0.1:{}", down.local_addr().unwrap().port());
+    drop(down);
+    let on_b = Subscriber::start_hex(&b, &pki, "spBv1.0/plant1/#");
+    let on_c = Subscriber::start_hex(&c, &pki, "spBv1.0/plant1/#");
+    retain_state(&b, &pki, true, 1000);
+    retain_state(&c, &pki, true, 1000);
+    let (mut setup, _) = setup(&dir, "sp-node-17", &b, true);
+    setup.urls = vec![a_url, b.url(), c.url()];
+    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
+    let agent = Agent::start_with(&dir, &pki, setup);
+    let birth = next(&on_b, "NBIRTH", Duration::from_secs(15));
+    retain_state(&b, &pki, false, 2000);
+    assert_eq!(
+        next(&on_b, "NDEATH", Duration::from_secs(5)).bd_seq(),
+        birth.bd_seq()
+    );
+    let moved = next(&on_c, "NBIRTH", Duration::from_secs(15));
+    assert_eq!(
+        moved.bd_seq(),
+        birth.bd_seq() + 1,
+        "straight to C, no session on B or A in between:\n{}",
+        agent.report()
+    );
+    let on_b_since = on_b.collect(Duration::from_millis(300));
+    assert!(
+        on_b_since.is_empty(),
+        "back on B after the host went offline there: {on_b_since:?}"
+    );
+}
+
 /// Issue 36: NCMD writes go through the one executor (one job per actuator, a bounded queue, a
 /// deadline). An actuator whose device accepts the connection and never answers, flooded with
 /// writes: the node keeps publishing its data, and the agent's thread count stays bounded.
