@@ -982,16 +982,8 @@ fn issue_31_14_ncmd_writes_end_at_the_value_written_last() {
 fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let first = Broker::start(&pki);
-    let second = Broker::start(&pki);
-    let on_first = Subscriber::start_hex(&first, &pki, "spBv1.0/plant1/#");
-    let on_second = Subscriber::start_hex(&second, &pki, "spBv1.0/plant1/#");
-    retain_state(&first, &pki, true, 1000);
-    retain_state(&second, &pki, true, 1000);
-    let (mut setup, _) = setup(&dir, "sp-node-13", &first, true);
-    setup.urls = vec![first.url(), second.url()];
-    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
-    let agent = Agent::start_with(&dir, &pki, setup);
+    let ([first, second], [on_first, on_second], agent) =
+        walking_node(&dir, &pki, "sp-node-13", None);
     let birth = next(&on_first, "NBIRTH", Duration::from_secs(10));
     // The host goes offline on the first broker: NDEATH there, the next birth on the second.
     retain_state(&first, &pki, false, 2000);
@@ -1018,6 +1010,31 @@ fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
     assert_eq!(back.bd_seq(), moved.bd_seq() + 1);
 }
 
+/// Two brokers with the primary host online on each and a subscriber to the node's topics there,
+/// and a node whose `broker.urls` are `before` (a broker that is down), then the two.
+fn walking_node(
+    dir: &TestDir,
+    pki: &BrokerPki,
+    id: &str,
+    before: Option<String>,
+) -> ([Broker; 2], [Subscriber; 2], Agent) {
+    let brokers = [Broker::start(pki), Broker::start(pki)];
+    let subs = brokers
+        .each_ref()
+        .map(|broker| Subscriber::start_hex(broker, pki, "spBv1.0/plant1/#"));
+    for broker in &brokers {
+        retain_state(broker, pki, true, 1000);
+    }
+    let (mut setup, _) = setup(dir, id, &brokers[0], true);
+    setup.urls = before
+        .into_iter()
+        .chain(brokers.iter().map(Broker::url))
+        .collect();
+    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
+    let agent = Agent::start_with(dir, pki, setup);
+    (brokers, subs, agent)
+}
+
 /// Issue 36, tck-id-operational-behavior-edge-node-termination-host-offline-reconnect: the walk
 /// goes on from the broker the node is on, not from the first of the list. With `urls: [A, B,
 /// C]` and A down, the node is on B; the host goes offline there: the next connect is to C,
@@ -1026,19 +1043,10 @@ fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
 fn issue_36_the_walk_to_the_next_broker_goes_on_from_the_one_the_node_is_on() {
     let dir = TestDir::new();
     let pki = BrokerPki::new(&dir);
-    let b = Broker::start(&pki);
-    let c = Broker::start(&pki);
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a_url = format!("mqtts://127.0.0.1:{}", down.local_addr().unwrap().port());
     drop(down);
-    let on_b = Subscriber::start_hex(&b, &pki, "spBv1.0/plant1/#");
-    let on_c = Subscriber::start_hex(&c, &pki, "spBv1.0/plant1/#");
-    retain_state(&b, &pki, true, 1000);
-    retain_state(&c, &pki, true, 1000);
-    let (mut setup, _) = setup(&dir, "sp-node-17", &b, true);
-    setup.urls = vec![a_url, b.url(), c.url()];
-    setup.reconnect = "{ initial_s: 1, max_s: 1, jitter: 0 }".to_owned();
-    let agent = Agent::start_with(&dir, &pki, setup);
+    let ([b, _c], [on_b, on_c], agent) = walking_node(&dir, &pki, "sp-node-17", Some(a_url));
     let birth = next(&on_b, "NBIRTH", Duration::from_secs(15));
     retain_state(&b, &pki, false, 2000);
     assert_eq!(

@@ -1,7 +1,7 @@
 //! The closed set of events the daemon's loop dispatches: what the parts around it report. It
 //! imports nothing of the daemon, so every part can name it without a circle.
 
-use crate::alerts::AlertEvent;
+use crate::alerts::{AlertEvent, SavedState};
 use crate::commands::Response;
 use crate::config::ValidConfig;
 use crate::identity::Identity;
@@ -48,6 +48,9 @@ pub enum Event {
     Finished { key: String },
     /// Sparkplug: an alert raised or cleared (plain mode's go through the store).
     Alert(AlertEvent),
+    /// Sparkplug: the alert state after the pass whose `Alert`s came just before it, saved once
+    /// what the loop kept of those events is on disk.
+    AlertState(Box<SaveAlertState>),
     /// A reload's new config, or why it was refused.
     Reloaded(Box<Result<Reloaded, String>>),
     /// A certificate renewal was checked and copied in, or refused.
@@ -152,4 +155,12 @@ pub struct Report {
     pub too_large: usize,
     /// When the oldest queued message was stored (Unix ms), if any is queued.
     pub oldest_ms: Option<u64>,
+}
+
+/// An alert state to save, and the alerts whose events changed it.
+#[derive(Debug)]
+pub struct SaveAlertState {
+    pub state: SavedState,
+    pub path: std::path::PathBuf,
+    pub names: Vec<String>,
 }

@@ -461,6 +461,12 @@ impl Daemon {
                 self.run_commands();
             }
             Event::Alert(event) => self.mode.on_alert(&mut self.core, event),
+            Event::AlertState(save) => {
+                let event::SaveAlertState { state, path, names } = *save;
+                self.core
+                    .store
+                    .send(Request::SaveState { state, path, names });
+            }
             Event::Reloaded(result) => self.on_reloaded(*result),
             Event::Operations(event) => self.on_operation_event(event),
             Event::Renewed(result) => self.on_renewed(result),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::event::Event;
+use super::event::{Event, SaveAlertState};
 use super::store::{Request, StoreHandle};
 use crate::alerts::{AlertEvent, Alerts, SavedState};
 use crate::config::ValidConfig;
@@ -443,15 +443,23 @@ fn evaluate(
             path,
         }),
         AlertSink::Loop(events_tx) => {
-            if !setup.store.send(Request::SaveState { state, path }) {
-                return false;
-            }
             // The loop's queue may be full: never wait for it while holding the book, which
             // the loop takes on a reload.
             drop(book);
+            // The state after the events: the loop keeps what they change (store and forward)
+            // before it asks for the state to be saved, so the state never counts a change the
+            // disk does not hold.
+            let names = events.iter().map(|event| event.alert.clone()).collect();
             events
                 .into_iter()
                 .all(|event| events_tx.blocking_send(Event::Alert(event)).is_ok())
+                && events_tx
+                    .blocking_send(Event::AlertState(Box::new(SaveAlertState {
+                        state,
+                        path,
+                        names,
+                    })))
+                    .is_ok()
         }
     }
 }

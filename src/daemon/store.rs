@@ -46,10 +46,12 @@ pub enum Request {
         state: SavedState,
         path: PathBuf,
     },
-    /// Sparkplug mode: the alert state after a pass (its events go to the loop).
+    /// Sparkplug mode: the alert state after a pass, asked by the loop after what it kept of
+    /// the pass's events (saved after this batch's sync, as `Alerts` is).
     SaveState {
         state: SavedState,
         path: PathBuf,
+        names: Vec<String>,
     },
     /// A command's answer: queued and synced, then recorded in the ledger when `record`.
     Answer {
@@ -229,10 +231,9 @@ impl Store {
                 self.after_sync
                     .push(AfterSync::SaveAlerts { state, path, names });
             }
-            Request::SaveState { state, path } => {
-                if let Err(err) = crate::state::save(&path, &state) {
-                    tracing::error!(path = %path.display(), error = %err, "Cannot save alert state.");
-                }
+            Request::SaveState { state, path, names } => {
+                self.after_sync
+                    .push(AfterSync::SaveAlerts { state, path, names });
             }
             Request::Answer {
                 topic,
