@@ -1010,6 +1010,54 @@ fn issue_36_a_host_offline_on_one_broker_moves_the_node_to_the_next() {
     assert_eq!(back.bd_seq(), moved.bd_seq() + 1);
 }
 
+/// Issue 36: history kept in Sparkplug mode, then the agent restarted in plain mode: the kept
+/// records (JSON meant to become historical NDATA) are dropped and said so, never published on
+/// the Sparkplug topics, and plain telemetry goes on.
+#[test]
+fn issue_36_history_kept_before_a_switch_to_plain_mode_is_dropped_not_published() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let sparkplug = Subscriber::start_hex(&broker, &pki, "spBv1.0/plant1/+/sp-node-18");
+    retain_state(&broker, &pki, false, 1000);
+    let (setup, _) = setup(&dir, "sp-node-18", &broker, true);
+    let mut plain = setup.clone();
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    agent.expect_log("Connected.", Duration::from_secs(10));
+    for millidegrees in [41_000, 42_000, 43_000] {
+        temperature(&dir, millidegrees);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    // NDEATH (the goodbye) is all the Sparkplug topics had.
+    let before = sparkplug.collect(Duration::from_millis(300));
+    assert!(
+        before.iter().all(|m| m.topic.contains("/NDEATH/")),
+        "{before:?}"
+    );
+
+    plain.top_extra = String::new();
+    let telemetry = Subscriber::start(&broker, &pki, "devices/sp-node-18/telemetry");
+    let agent = Agent::start_with(&dir, &pki, plain);
+    agent.expect_log(
+        "Sparkplug history kept before the switch to plain topics is dropped.",
+        Duration::from_secs(10),
+    );
+    assert!(
+        telemetry
+            .wait_for(Duration::from_secs(5), |_| true)
+            .is_some(),
+        "plain telemetry:\n{}",
+        agent.report()
+    );
+    let after = sparkplug.collect(Duration::from_secs(1));
+    assert!(
+        after.is_empty(),
+        "published on Sparkplug topics in plain mode: {after:?}"
+    );
+}
+
 /// Two brokers with the primary host online on each and a subscriber to the node's topics there,
 /// and a node whose `broker.urls` are `before` (a broker that is down), then the two.
 fn walking_node(
