@@ -157,11 +157,24 @@ fn setup(dir: &TestDir, id: &str, broker: &Broker, primary_host: bool) -> (Setup
     (setup, fan)
 }
 
+/// A new temperature, written over the old one in one write without truncating first (as sysfs
+/// regenerates an attribute): a pass every 0.2 s must never read an empty file, which is a
+/// sensor error and a null in the history. The thermal sensor keeps the file open, so it is
+/// rewritten in place, not replaced.
 fn temperature(dir: &TestDir, millidegrees: u32) {
-    dir.write(
-        "sys/class/thermal/thermal_zone1/temp",
-        format!("{millidegrees}\n"),
-    );
+    use std::os::unix::fs::FileExt;
+    let zone = dir.path().join("sys/class/thermal/thermal_zone1");
+    std::fs::create_dir_all(&zone).unwrap();
+    let path = zone.join("temp");
+    let text = format!("{millidegrees}\n");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(text.as_bytes(), 0).unwrap();
+    file.set_len(text.len() as u64).unwrap();
 }
 
 #[test]
