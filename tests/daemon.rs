@@ -10,6 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::broker::{free_port, Broker, BrokerOptions, BrokerPki, Subscriber};
+use crate::proxy::{Mode, Proxy};
 use crate::util::{fake_sysfs, TestDir};
 
 const KEEPALIVE_S: u64 = 2;
@@ -222,6 +223,18 @@ sensors:
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_log_count(&self, needle: &str, count: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -496,6 +509,62 @@ fn a_large_pass_arrives_in_parts() {
         .filter(|(name, value)| name.ends_with("_level") && value == &serde_json::json!(42.5))
         .count();
     assert_eq!(levels, 80);
+}
+
+/// A QoS 1 publish whose write fails as the connection goes (EPIPE: the broker's RST has come,
+/// Paho has not read it yet) used to stay in Paho's session after its memory was freed: it went
+/// out again after the reconnect as garbage (mosquitto: "malformed packet", on every connect
+/// after) and was freed a second time at its PUBACK (the agent aborted). Upstream issue
+/// eclipse-paho/paho.mqtt.c#1621; the eighth change in vendor/paho-mqtt-sys/FIELDAGENT.md.
+#[test]
+fn a_publish_that_fails_as_the_connection_goes_is_never_sent_again_garbled() {
+    let dir = TestDir::new();
+    let pki = BrokerPki::new(&dir);
+    let broker = Broker::start(&pki);
+    let proxy = Proxy::start(broker.port, Mode::Forward);
+    let value = dir.write("plc/level", "42.5\n");
+    let mut setup = Setup::at("node-epipe", proxy.url());
+    // Each pass is a burst of about 12 QoS 1 parts (drained as fast as they come): a reset at
+    // its first part finds the next ones on their way.
+    setup.telemetry = "{ interval_s: 0.1, qos: 1, max_message_bytes: 1024 }".to_owned();
+    setup.broker_extra = "  drain_rate: 100000".to_owned();
+    for i in 0..240 {
+        setup.sensors_extra.push_str(&format!(
+            "  - {{ name: plc_line_a_station_{i:03}_level, file: {} }}\n",
+            value.display()
+        ));
+    }
+    let subscriber = Subscriber::start(&broker, &pki, "devices/node-epipe/telemetry");
+    let mut agent = Agent::start_with(&dir, &pki, setup);
+    for reset in 1..=10 {
+        assert!(
+            agent.wait_log_count("Connected.", reset, Duration::from_secs(20)),
+            "reset {reset}: not connected again:\n{}\nbroker log:\n{}",
+            agent.report(),
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        proxy.set(Mode::Reset);
+    }
+    assert!(
+        agent.wait_log_count("Connected.", 11, Duration::from_secs(20)),
+        "not connected after the last reset:\n{}\nbroker log:\n{}",
+        agent.report(),
+        broker.log()
+    );
+    // Long enough for a PUBACK of a message freed twice to abort the agent.
+    let received = subscriber.collect(Duration::from_millis(300));
+    assert_eq!(agent.wait(Duration::ZERO), None, "{}", agent.report());
+    let log = broker.log();
+    assert!(
+        !log.contains("malformed packet"),
+        "the broker got a malformed packet:\n{log}"
+    );
+    assert!(received.len() > 100, "{} messages", received.len());
+    for message in &received {
+        let json: Result<serde_json::Value, _> = serde_json::from_str(&message.payload);
+        assert!(json.is_ok(), "not the JSON sent: {:?}", message.payload);
+    }
 }
 
 #[test]

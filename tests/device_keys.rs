@@ -383,8 +383,9 @@ fn round(kind: Kind) {
     let status = Subscriber::start(&broker, &pki, &format!("devices/{id}/status"));
     online(&status, &id, Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
-            "{kind:?}: not online after the restart; log:\n{}",
-            agent.log()
+            "{kind:?}: not online after the restart; log:\n{}\nbroker log:\n{}",
+            agent.log(),
+            broker.log()
         )
     });
 

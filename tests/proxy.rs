@@ -15,6 +15,9 @@ pub enum Mode {
     Refuse = 1,
     /// Bytes are read and thrown away in both directions; nothing is closed.
     Blackhole = 2,
+    /// The next bytes the client sends reset its connection (a TCP RST, as from a broker killed
+    /// with data waiting unread); then back to Forward.
+    Reset = 3,
 }
 
 pub struct Proxy {
@@ -57,8 +60,9 @@ impl Proxy {
                         client.try_clone().unwrap(),
                         server.try_clone().unwrap(),
                         &mode,
+                        true,
                     );
-                    pump(server, client, &mode);
+                    pump(server, client, &mode, false);
                 }
             })
         };
@@ -80,8 +84,9 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread while the mode is Forward; drops bytes while blackholed.
-fn pump(mut from: TcpStream, mut to: TcpStream, mode: &Arc<AtomicU8>) {
+/// Copies `from` to `to` on a thread while the mode is Forward; drops bytes while blackholed;
+/// resets `from` when it is the client (`from_client`) and the mode is Reset.
+fn pump(mut from: TcpStream, mut to: TcpStream, mode: &Arc<AtomicU8>, from_client: bool) {
     let mode = Arc::clone(mode);
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
@@ -89,6 +94,19 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mode: &Arc<AtomicU8>) {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if from_client
+                        && mode
+                            .compare_exchange(
+                                Mode::Reset as u8,
+                                Mode::Forward as u8,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok()
+                    {
+                        reset(&from);
+                        break;
+                    }
                     if mode.load(Ordering::SeqCst) == Mode::Blackhole as u8 {
                         continue;
                     }
@@ -114,4 +132,24 @@ impl Drop for Proxy {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
+}
+
+/// Ends `stream`'s connection with a TCP RST whatever other handles to the socket exist: a
+/// connect to an AF_UNSPEC address disconnects a TCP socket, and Linux resets an established one
+/// (tcp_disconnect), where shutdown would send a FIN.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let address = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: a valid socket descriptor and a sockaddr of the size given.
+    let rc = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            &address,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }

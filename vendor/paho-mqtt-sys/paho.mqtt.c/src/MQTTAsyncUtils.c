@@ -1478,6 +1478,32 @@ static int MQTTAsync_processCommand(void)
 
 		rc = MQTTProtocol_startPublish(command->client->c, p, command->command.details.pub.qos, command->command.details.pub.retained, &msg);
 
+		/* fieldagent: a QoS 1 or 2 publish whose write failed (SOCKET_ERROR, e.g. EPIPE when the
+		 * server's RST came before the receive thread read it) is reported failed below and its
+		 * command freed, payload and topic included. Upstream left the message in outboundMsgs,
+		 * whose stored publication points at that same memory: after a reconnect with
+		 * cleansession 0 it was sent again from freed memory (garbage; a broker refuses it as a
+		 * malformed packet) and freed a second time at its PUBACK (heap corruption, an abort).
+		 * Upstream issue eclipse-paho/paho.mqtt.c#1621. A publish reported failed is not Paho's
+		 * any more: the message leaves the session here, its publication frees payload and topic
+		 * once, and the command no longer points at them. */
+		if (command->command.details.pub.qos > 0 && rc == SOCKET_ERROR && msg != NULL &&
+				ListFind(command->client->c->outboundMsgs, msg) != NULL)
+		{
+#if !defined(NO_PERSISTENCE)
+			MQTTPersistence_remove(command->client->c,
+					(msg->MQTTVersion >= MQTTVERSION_5) ? PERSISTENCE_V5_PUBLISH_SENT : PERSISTENCE_PUBLISH_SENT,
+					msg->qos, msg->msgid);
+#endif
+			MQTTProtocol_removePublication(msg->publish);
+			if (msg->MQTTVersion >= MQTTVERSION_5)
+				MQTTProperties_free(&msg->properties);
+			ListRemove(command->client->c->outboundMsgs, msg);
+			msg = NULL;
+			command->command.details.pub.payload = NULL;
+			command->command.details.pub.destinationName = NULL;
+		}
+
 		if (command->command.details.pub.qos == 0)
 		{
 			if (rc == TCPSOCKET_COMPLETE)
