@@ -1543,7 +1543,14 @@ static int MQTTAsync_processCommand(void)
 					command->command.details.pub.payload = NULL; /* this will be freed by the protocol code */
 					command->command.details.pub.destinationName = NULL; /* this will be freed by the protocol code */
 				}
-				command->client->pending_write = &command->command;
+				/* fieldagent: only a write under way (TCPSOCKET_INTERRUPTED) is pending; its command
+				 * waits in responses for the write's end. Upstream set this after a failed write too,
+				 * and the command was freed below: the pointer dangled, a later command allocated at
+				 * the same address could be taken for it when some partial write completed (its
+				 * memory freed while the session still held it), and MQTTAsync_busy saw a write
+				 * pending for ever (the threads' 1 s waits back). */
+				if (rc == TCPSOCKET_INTERRUPTED)
+					command->client->pending_write = &command->command;
 			}
 		}
 		free(p); /* should this be done if the write isn't complete? */
