@@ -220,14 +220,7 @@ sensors:
 
     /// Waits until the log contains `needle` (lines are written just after what they report).
     pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.wait_log_count(needle, 1, within)
     }
 
     /// Waits until the log contains `needle` at least `count` times.
